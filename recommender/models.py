@@ -1,0 +1,86 @@
+from django.db import models
+from django.db.models import Q
+from pgvector.django import HnswIndex, VectorField
+
+# Not imported from recommender.head/backbone: that would pull scikit-learn into every Django
+# start-up. tests/recommender/test_models.py checks they agree.
+FEATURE_DIM = 2048
+EMBEDDING_DIM = 512
+
+
+class BackboneFeature(models.Model):
+    """ResNet50 features of one image under one backbone identity: retraining never re-runs the CNN."""
+
+    image = models.ForeignKey("catalog.ProductImage", on_delete=models.CASCADE, related_name="features")
+    backbone = models.CharField(max_length=120, help_text="architecture:weights:input size")
+    vector = VectorField(dimensions=FEATURE_DIM)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["image", "backbone"], name="one_feature_per_backbone")]
+        indexes = [models.Index(fields=["backbone"])]
+
+
+class ModelVersion(models.Model):
+    class Status(models.TextChoices):
+        TRAINING = "training", "Training"
+        READY = "ready", "Ready"
+        ACTIVE = "active", "Active"
+        FAILED = "failed", "Failed"
+        RETIRED = "retired", "Retired"
+
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.TRAINING, db_index=True)
+    backbone = models.CharField(max_length=120)
+    weights = models.CharField(max_length=255, help_text="Backbone weights the features came from.")
+    input_size = models.PositiveIntegerField()
+    classes = models.JSONField(default=list, blank=True)
+    hyperparameters = models.JSONField(default=dict, blank=True)
+    artifacts = models.CharField(max_length=500, blank=True, help_text="Folder of the persisted head.")
+    trigger = models.CharField(max_length=200, blank=True, help_text="Why this version was trained.")
+    n_train = models.PositiveIntegerField(default=0)
+    n_val = models.PositiveIntegerField(default=0)
+    n_images = models.PositiveIntegerField(default=0, help_text="Images with features when training began.")
+    history = models.JSONField(default=dict, blank=True)
+    val_accuracy = models.FloatField(null=True, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    progress = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["status"], condition=Q(status="active"), name="one_active_version"),
+            models.UniqueConstraint(fields=["status"], condition=Q(status="training"), name="one_training_at_a_time"),
+        ]
+
+    def __str__(self):
+        return f"v{self.pk} ({self.status})"
+
+    @property
+    def uses_random_weights(self):
+        return self.weights == "random"
+
+
+class Embedding(models.Model):
+    """The 512-d embedding of one image under one model version; only the active version is served."""
+
+    image = models.ForeignKey("catalog.ProductImage", on_delete=models.CASCADE, related_name="embeddings")
+    # Denormalised so that "one entry per product" and product filters need no extra join.
+    product = models.ForeignKey("catalog.Product", on_delete=models.CASCADE, related_name="+")
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="embeddings")
+    vector = VectorField(dimensions=EMBEDDING_DIM)
+    predicted = models.CharField(max_length=120, help_text="Category predicted by this version.")
+    confidence = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["image", "version"], name="one_embedding_per_version")]
+        indexes = [
+            HnswIndex(name="embedding_vector_hnsw", fields=["vector"], m=16, ef_construction=64,
+                      opclasses=["vector_l2_ops"]),
+            models.Index(fields=["version", "product"]),
+        ]

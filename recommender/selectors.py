@@ -1,0 +1,228 @@
+"""Reads of the recommender: similar products and search by image, answered by pgvector."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import numpy as np
+from django.core.cache import cache
+from django.db import connection, transaction
+from django.db.models import Prefetch
+
+from catalog.models import Product, ProductImage
+from recommender import runtime
+from recommender.models import BackboneFeature, Embedding, ModelVersion
+
+
+@dataclass
+class SimilarItem:
+    product: Product
+    distance: float
+
+
+@dataclass
+class SimilarResult:
+    items: list[SimilarItem]
+    version: ModelVersion | None
+    source: str  # "model" (active version), "backbone" (cold start) or "none"
+
+
+@dataclass
+class ImageSearchResult:
+    predicted: str | None
+    probabilities: dict[str, float]
+    items: list[SimilarItem]
+    version: ModelVersion | None
+    source: str
+    extras: dict = field(default_factory=dict)
+
+
+def active_version() -> ModelVersion | None:
+    return ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+
+
+def _vector_literal(vector) -> str:
+    return "[" + ",".join(f"{float(x):.7g}" for x in np.asarray(vector).ravel()) + "]"
+
+
+def _filter_sql(*, exclude_product=None, category=None, min_price=None, max_price=None, predicted=None):
+    where, params = ["p.is_active"], []
+    if exclude_product is not None:
+        where.append("e.product_id <> %s")
+        params.append(exclude_product)
+    if category is not None:
+        where.append("p.category_id = %s")
+        params.append(category.pk if hasattr(category, "pk") else int(category))
+    if min_price is not None:
+        where.append("p.price >= %s")
+        params.append(Decimal(min_price))
+    if max_price is not None:
+        where.append("p.price <= %s")
+        params.append(Decimal(max_price))
+    if predicted is not None:
+        where.append("e.predicted = %s")
+        params.append(predicted)
+    return " AND ".join(where), params
+
+
+def _nearest_products_sql(*, version_id, vector, k, exact, **filters) -> list[tuple[int, float]]:
+    """Top-k distinct products: nearest images first, then one row per product.
+
+    The index scan uses pgvector 0.8's iterative scan, so filters that drop most neighbours still
+    return k rows; ``exact`` sorts on an expression the index cannot serve (a full scan)."""
+    where, params = _filter_sql(**filters)
+    literal = _vector_literal(vector)
+    distance = "(e.vector <-> %s::vector)" + (" + 0" if exact else "")
+    # Several images of one product can crowd the top: fetch more candidates than k.
+    candidates = max(k * 4, 24)
+    sql = f"""
+        SELECT product_id, MIN(distance) AS distance FROM (
+            SELECT e.product_id, {distance} AS distance
+            FROM recommender_embedding e JOIN catalog_product p ON p.id = e.product_id
+            WHERE e.version_id = %s AND {where}
+            ORDER BY {distance}
+            LIMIT %s
+        ) candidates GROUP BY product_id ORDER BY distance, product_id LIMIT %s"""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL hnsw.ef_search = %s" % int(runtime.conf("EF_SEARCH")))
+        cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        cursor.execute(sql, [literal, version_id, *params, literal, candidates, k])
+        return [(row[0], float(row[1])) for row in cursor.fetchall()]
+
+
+def nearest_products(*, version, vector, k=6, **filters) -> list[tuple[int, float]]:
+    rows = _nearest_products_sql(version_id=version.pk, vector=vector, k=k, exact=False, **filters)
+    if len(rows) < k:
+        # The approximate scan came back short (a very selective filter, or many images per
+        # product): the exact scan tells whether more exist.
+        rows = _nearest_products_sql(version_id=version.pk, vector=vector, k=k, exact=True, **filters)
+    return rows
+
+
+def nearest_images(*, version, vector, k=6, exclude_image=None, exact=False) -> list[tuple[int, float]]:
+    """Nearest images of a version (used to measure the index's recall against an exact scan)."""
+    literal = _vector_literal(vector)
+    distance = "(vector <-> %s::vector)" + (" + 0" if exact else "")
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL hnsw.ef_search = %s" % int(runtime.conf("EF_SEARCH")))
+        cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        cursor.execute(
+            f"SELECT image_id, {distance} FROM recommender_embedding WHERE version_id = %s AND image_id <> %s "
+            f"ORDER BY {distance} LIMIT %s",
+            [literal, version.pk, exclude_image or 0, literal, k])
+        return [(row[0], float(row[1])) for row in cursor.fetchall()]
+
+
+def _cold_start_nearest(*, features_vector, backbone, k, exclude_product=None, **filters) -> list[tuple[int, float]]:
+    """No trained head yet: standardised backbone features, exact nearest neighbours in numpy."""
+    qs = BackboneFeature.objects.filter(backbone=backbone, image__product__is_active=True)
+    if filters.get("category") is not None:
+        category = filters["category"]
+        qs = qs.filter(image__product__category_id=getattr(category, "pk", category))
+    if filters.get("min_price") is not None:
+        qs = qs.filter(image__product__price__gte=filters["min_price"])
+    if filters.get("max_price") is not None:
+        qs = qs.filter(image__product__price__lte=filters["max_price"])
+    rows = list(qs.values_list("image__product_id", "vector")[:50_000])
+    rows = [r for r in rows if r[0] != exclude_product]
+    if not rows:
+        return []
+    products = np.array([r[0] for r in rows])
+    matrix = np.stack([r[1] for r in rows]).astype(np.float32)
+    mean, std = matrix.mean(axis=0), matrix.std(axis=0) + 1e-6
+    distances = np.linalg.norm((matrix - mean) / std - (np.asarray(features_vector) - mean) / std, axis=1)
+    best: dict[int, float] = {}
+    for index in np.argsort(distances):
+        pid = int(products[index])
+        if pid not in best:
+            best[pid] = float(distances[index])
+            if len(best) == k:
+                break
+    return list(best.items())
+
+
+def _products_in_order(rows) -> list[SimilarItem]:
+    ids = [pid for pid, _ in rows]
+    products = Product.objects.select_related("category").prefetch_related(
+        Prefetch("images", queryset=ProductImage.objects.order_by("position", "id"))).in_bulk(ids)
+    return [SimilarItem(product=products[pid], distance=d) for pid, d in rows if pid in products]
+
+
+def _cache_key(*parts) -> str:
+    return "similar:" + hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def similar_products(*, product: Product, k: int = 6, same_category: bool = False, category=None,
+                     min_price=None, max_price=None, use_cache: bool = True) -> SimilarResult:
+    """The k nearest other active products (one entry per product), by the active version's
+    embeddings, or by standardised backbone features before any version is trained."""
+    filters = {"category": category, "min_price": min_price, "max_price": max_price}
+    version = active_version()
+    if version is not None:
+        key = _cache_key("v", version.pk, product.pk, k, same_category, filters)
+        rows = cache.get(key) if use_cache else None
+        if rows is None:
+            query = (Embedding.objects.filter(version=version, product=product)
+                     .order_by("image__position", "image_id").values_list("vector", "predicted").first())
+            if query is None:
+                return SimilarResult(items=[], version=version, source="none")
+            vector, predicted = query
+            rows = nearest_products(version=version, vector=vector, k=k, exclude_product=product.pk,
+                                    predicted=predicted if same_category else None, **filters)
+            if use_cache:
+                cache.set(key, rows, runtime.conf("SIMILAR_CACHE_SECONDS"))
+        return SimilarResult(items=_products_in_order(rows), version=version, source="model")
+
+    backbone = runtime.backbone_spec().identity
+    feature = (BackboneFeature.objects.filter(backbone=backbone, image__product=product)
+               .order_by("image__position", "image_id").values_list("vector", flat=True).first())
+    if feature is None:
+        return SimilarResult(items=[], version=None, source="none")
+    if same_category:
+        filters["category"] = product.category_id  # no predictions yet: use the catalog's own category
+    rows = _cold_start_nearest(features_vector=feature, backbone=backbone, k=k, exclude_product=product.pk, **filters)
+    return SimilarResult(items=_products_in_order(rows), version=None, source="backbone")
+
+
+_search_lock = threading.Lock()
+
+
+def search_by_image(*, picture, k: int = 6, same_category: bool = False, category=None,
+                    min_price=None, max_price=None) -> ImageSearchResult:
+    """An uploaded picture (a decoded PIL image) -> predicted category and nearest products.
+
+    Loads the backbone in this process on first use (TensorFlow is imported lazily)."""
+    filters = {"category": category, "min_price": min_price, "max_price": max_price}
+    version = active_version()
+    with _search_lock:
+        if version is not None:
+            from recommender.backbone import BackboneSpec, get_backbone
+
+            spec = BackboneSpec(weights=version.weights, input_size=version.input_size,
+                                seed=runtime.conf("SEED"))
+            features = get_backbone(spec, batch_size=1).extract([picture])
+            head = runtime.load_head(version)
+            proba = head.predict_proba(features)[0]
+            vector = head.embed(features)[0]
+        else:
+            features = runtime.backbone().extract([picture])
+    if version is None:
+        rows = _cold_start_nearest(features_vector=features[0], backbone=runtime.backbone_spec().identity,
+                                   k=k, **filters)
+        return ImageSearchResult(predicted=None, probabilities={}, items=_products_in_order(rows),
+                                 version=None, source="backbone" if rows else "none")
+    classes = head.classes
+    probabilities = {c: float(p) for c, p in sorted(zip(classes, proba), key=lambda cp: -cp[1])}
+    predicted = classes[int(np.argmax(proba))]
+    rows = nearest_products(version=version, vector=vector, k=k,
+                            predicted=predicted if same_category else None, **filters)
+    return ImageSearchResult(predicted=predicted, probabilities=probabilities, items=_products_in_order(rows),
+                             version=version, source="model")
+
+
+def training_progress(version: ModelVersion) -> dict:
+    return {"id": version.pk, "status": version.status, **(version.progress or {})}
