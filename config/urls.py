@@ -6,6 +6,8 @@ from catalog.media import serve_media
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/", include("catalog.api.urls")),
+    path("recommender/", include("recommender.urls")),
     path("", include("catalog.urls")),
 ]
 

@@ -498,8 +498,11 @@ def recover_lost_work() -> dict:
 def retrain_reason() -> str | None:
     """Why the catalog needs a new version, or None."""
     spec = runtime.backbone_spec()
+    backlog = ProductImage.objects.filter(status__in=[Status.PENDING, Status.PROCESSING]).count()
     featured = BackboneFeature.objects.filter(backbone=spec.identity, image__product__is_active=True)
     total = featured.count()
+    if backlog > 0.1 * (total + backlog):
+        return None  # let ingestion drain first: a model trained now would be stale at once
     if total < runtime.conf("MIN_IMAGES_TO_TRAIN"):
         return None
     categories = set(featured.values_list("image__product__category__name", flat=True).distinct())

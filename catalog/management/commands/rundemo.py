@@ -1,0 +1,128 @@
+"""``make run``: the whole application on one machine, with a demo catalog.
+
+Migrates, creates a local admin, imports Fashion-MNIST products when the catalog is empty,
+starts a Celery worker (with beat) and the web server on 127.0.0.1:8000, and stops everything
+on Ctrl-C. The embedded PostgreSQL/Redis were started by manage.py (config.embedded) and are
+stopped when this process exits.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from catalog.models import Product
+
+ROOT = Path(settings.BASE_DIR)
+IMAGENET_PROBE = ("import keras; keras.applications.ResNet50(weights='imagenet', include_top=False, "
+                  "pooling='avg')")
+
+
+def banner(lines, char="="):
+    width = max(len(line) for line in lines) + 4
+    return "\n".join([char * width, *[f"  {line}" for line in lines], char * width])
+
+
+class Command(BaseCommand):
+    help = "Run the demo: web server + Celery worker + beat, with a Fashion-MNIST catalog."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--addr", default="127.0.0.1:8000")
+        parser.add_argument("--products", type=int, default=int(os.environ.get("DEMO_PRODUCTS", 1500)),
+                            help="Fashion-MNIST products to import into an empty catalog")
+        parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+
+    def handle(self, *args, addr, products, concurrency, **options):
+        env = dict(os.environ)
+        # 28x28 demo images lose nothing at 64x64, and ResNet50 runs ~6x faster there than at 224.
+        env.setdefault("RECOMMENDER_INPUT_SIZE", "64")
+        # The demo checks for a catalog that needs a model every 30 s (production: hourly).
+        env.setdefault("RETRAIN_CHECK_EVERY_SECONDS", "30")
+        env.setdefault("RECOVER_EVERY_SECONDS", "30")
+        env["RECOMMENDER_BACKBONE_WEIGHTS"] = self._weights(env)
+        os.environ.update({k: env[k] for k in ("RECOMMENDER_INPUT_SIZE", "RECOMMENDER_BACKBONE_WEIGHTS")})
+
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
+        self._admin()
+        children = []
+        try:
+            children.append(self._spawn("worker", [sys.executable, "-m", "celery", "-A", "config", "worker",
+                                                   "-B", "-s", str(Path(settings.VAR_DIR) / "celerybeat-schedule"),
+                                                   "-Q", "celery,features,training", "-c", str(concurrency),
+                                                   "-l", "INFO", "--without-gossip", "--without-mingle"], env))
+            if not Product.objects.exists():
+                self.stdout.write(f"Empty catalog: importing {products} Fashion-MNIST products...")
+                call_command("import_fashion_mnist", count=products, split="train")
+            children.append(self._spawn("web", [sys.executable, "manage.py", "runserver", addr, "--noreload"], env))
+            self.stdout.write(self.style.SUCCESS(banner([
+                f"Shop:   http://{addr}/",
+                f"Admin:  http://{addr}/admin/  (user: admin, password: admin)",
+                f"Recommender dashboard: http://{addr}/admin/recommender/modelversion/",
+                f"Backbone weights: {env['RECOMMENDER_BACKBONE_WEIGHTS']}, input size {env['RECOMMENDER_INPUT_SIZE']}",
+                "Images are processed by the worker now; a model trains automatically once they are.",
+                "Press Ctrl-C to stop everything.",
+            ])))
+            self._wait(children)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self._stop(children)
+            self.stdout.write("Stopped the web server and the worker; stopping the embedded services.")
+
+    def _weights(self, env):
+        weights = env.get("RECOMMENDER_BACKBONE_WEIGHTS")
+        if weights:
+            return weights
+        self.stdout.write("Checking that the ImageNet weights of ResNet50 can be loaded...")
+        probe = subprocess.run([sys.executable, "-c", IMAGENET_PROBE], capture_output=True, timeout=600,
+                               env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        if probe.returncode == 0:
+            return "imagenet"
+        reason = (probe.stderr.decode(errors="replace").strip().splitlines() or ["unknown error"])[-1][:150]
+        self.stderr.write(self.style.ERROR(banner([
+            "WARNING: the ImageNet weights of ResNet50 could not be loaded:",
+            reason,
+            "The demo falls back to RECOMMENDER_BACKBONE_WEIGHTS=random (seeded random weights).",
+            "Similar items will be much worse than with ImageNet weights; every model version",
+            "records this. Set RECOMMENDER_BACKBONE_WEIGHTS=imagenet or a weights file path.",
+        ], char="!")))
+        return "random"
+
+    def _admin(self):
+        User = get_user_model()
+        if not User.objects.filter(is_superuser=True).exists():
+            User.objects.create_superuser("admin", "admin@example.com", "admin")
+            self.stdout.write("Created the local superuser admin / admin (change it in the admin).")
+
+    def _spawn(self, name, cmd, env):
+        # Own process group, so Ctrl-C reaches only us and we stop children in order.
+        return name, subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+
+    def _wait(self, children):
+        signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while True:
+            for name, proc in children:
+                if proc.poll() is not None:
+                    self.stderr.write(f"The {name} process exited with code {proc.returncode}; stopping.")
+                    return
+            time.sleep(0.5)
+
+    def _stop(self, children):
+        for _, proc in children:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for _, proc in children:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
