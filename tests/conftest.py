@@ -12,9 +12,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
-def _fresh_cache():
+def _isolated(settings, tmp_path):
+    """Each test gets an empty MEDIA_ROOT and models folder, and an empty cache."""
     from django.core.cache import cache
 
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.MODELS_ROOT = tmp_path / "models"
     cache.clear()
     yield
 
@@ -38,6 +41,8 @@ class WorkerProcess:
     def __init__(self, env_overrides=None, queues="celery,features,training", concurrency=1, beat=False):
         env = dict(os.environ)
         env["DATABASE_URL"] = database_url_for_tests()
+        env["MEDIA_ROOT"] = str(settings.MEDIA_ROOT)
+        env["MODELS_ROOT"] = str(settings.MODELS_ROOT)
         env.update(env_overrides or {})
         self.log = Path(settings.VAR_DIR) / f"worker-{time.monotonic_ns()}.log"
         cmd = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, "-c", str(concurrency),
