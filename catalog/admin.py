@@ -1,12 +1,19 @@
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.base import ContentFile
 from django.db.models import Count, Q
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.html import format_html
 
+from catalog.forms import BulkUploadForm
 from catalog.models import Category, Product, ProductImage
 from catalog.validators import normalise_image
+
+admin.site.site_header = "Lookalike admin"
+admin.site.site_title = "Lookalike admin"
+admin.site.index_title = "Catalog and recommender"
 
 
 class ProductImageForm(forms.ModelForm):
@@ -121,6 +128,63 @@ class ProductAdmin(admin.ModelAdmin):
     inlines = [ProductImageInline]
     actions = ["retry_failed_images", "mark_inactive", "mark_active"]
     list_per_page = 50
+    change_list_template = "admin/catalog/product/change_list.html"
+
+    def get_urls(self):
+        return [path("bulk-upload/", self.admin_site.admin_view(self.bulk_upload_view),
+                     name="catalog_product_bulk_upload"), *super().get_urls()]
+
+    def changelist_view(self, request, extra_context=None):
+        from recommender.progress import ingestion_display, ingestion_status
+
+        status = ingestion_status()
+        return super().changelist_view(request, {**(extra_context or {}), "ingestion": status,
+                                                 "ingestion_display": ingestion_display(status)})
+
+    def bulk_upload_view(self, request):
+        """Validate a ZIP + CSV completely, then (and only then) import. "Check" never writes."""
+        from catalog.importing import catalog_import
+
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = BulkUploadForm(request.POST or None, request.FILES or None)
+        report = summary = None
+        imported = False
+        status = 200
+        if request.method == "POST":
+            if form.is_valid():
+                parsed = form.parsed
+                report = bulk_report(parsed)
+                wants_import = "_import" in request.POST
+                if wants_import and parsed.rows and (not parsed.errors or form.cleaned_data["skip_invalid"]):
+                    summary = catalog_import(rows=parsed.rows)
+                    imported = True
+                    self.message_user(request, f"Imported {len(parsed.rows)} rows from {form.csv_name}: "
+                                      f"{summary.created} products created, {summary.updated} updated, "
+                                      f"{summary.images_added} images added"
+                                      + (f"; {len(parsed.errors)} rows with errors were skipped." if parsed.errors
+                                         else "."), messages.SUCCESS)
+                elif wants_import:
+                    status = 400
+            else:
+                status = 400
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Bulk upload products",
+            "form": form,
+            "report": report,
+            "summary": summary,
+            "imported": imported,
+            "limits": BulkUploadForm.limits(),
+            "changelist_url": reverse("admin:catalog_product_changelist"),
+        }
+        if imported:
+            from recommender.progress import ingestion_display, ingestion_status
+
+            context["ingestion"] = ingestion_status()
+            context["ingestion_display"] = ingestion_display(context["ingestion"])
+        return TemplateResponse(request, "admin/catalog/product/bulk_upload.html", context, status=status)
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
@@ -184,3 +248,18 @@ class ProductImageAdmin(admin.ModelAdmin):
 
         count = images_retry(image_ids=list(queryset.values_list("id", flat=True)))
         self.message_user(request, f"{count} failed images queued again.", messages.SUCCESS)
+
+
+def bulk_report(parsed) -> dict:
+    """Per-row report of a parsed catalog: what each line would do, or why it cannot."""
+    skus = [row.sku for row in parsed.rows]
+    existing = set(Product.objects.filter(sku__in=skus).values_list("sku", flat=True))
+    lines = [{"line": row.line, "sku": row.sku, "title": row.title, "category": row.category, "price": row.price,
+              "images": len(row.images), "ok": True, "outcome": "update" if row.sku in existing else "create"}
+             for row in parsed.rows]
+    lines += [{"line": e.line, "sku": e.sku, "ok": False, "message": e.message} for e in parsed.errors]
+    lines.sort(key=lambda item: item["line"])
+    return {"lines": lines, "valid": len(parsed.rows), "invalid": len(parsed.errors),
+            "create": sum(1 for item in lines if item.get("outcome") == "create"),
+            "update": sum(1 for item in lines if item.get("outcome") == "update"),
+            "images": sum(item.get("images", 0) for item in lines)}

@@ -1,6 +1,10 @@
+import posixpath
+import zipfile
+import zlib
 from decimal import Decimal
 
 from django import forms
+from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from catalog.validators import normalise_image
@@ -31,3 +35,171 @@ class PhotoSearchForm(forms.Form):
         upload = self.cleaned_data["photo"]
         self.normalised = normalise_image(upload)
         return upload
+
+
+# --------------------------------------------------------------------------- bulk upload
+
+
+def _unsafe_reason(name: str) -> str | None:
+    """Why a path inside a ZIP (or named by the CSV) may not be used, or None when it is fine.
+
+    Nothing is ever extracted to disk, but a name that climbs out of the archive is a sign of a
+    crafted file, so it is refused with a clear message instead of being silently resolved."""
+    if not name or "\x00" in name:
+        return "an empty or NUL-containing name"
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "an absolute path"
+    if any(part == ".." for part in name.replace("\\", "/").split("/")):
+        return "a path that leaves the archive (..)"
+    return None
+
+
+def _normalise_member(name: str) -> str:
+    name = posixpath.normpath(name.replace("\\", "/"))
+    return "" if name == "." else name
+
+
+class ZipImages:
+    """Read access to the files of an uploaded ZIP, with limits checked before anything is read.
+
+    The limits guard against ZIP bombs: the member count and the declared uncompressed sizes are
+    checked up front (zipfile never returns more bytes than a member declares, and checks its
+    CRC), and each member is read with a cap of ``max_member_bytes``."""
+
+    def __init__(self, upload, *, max_members: int, max_total_bytes: int, max_member_bytes: int):
+        self.max_member_bytes = max_member_bytes
+        try:
+            self.archive = zipfile.ZipFile(upload)
+            infos = self.archive.infolist()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+            raise ValidationError("The images file is not a ZIP archive (or it is damaged).", code="not_a_zip")
+        files = [i for i in infos if not i.is_dir()]
+        if len(infos) > max_members:
+            raise ValidationError(f"The ZIP holds {len(infos):,} entries; the limit is {max_members:,}.",
+                                  code="too_many_members")
+        total = sum(i.file_size for i in files)
+        if total > max_total_bytes:
+            raise ValidationError(f"The ZIP would expand to {total:,} bytes; the limit is {max_total_bytes:,} bytes.",
+                                  code="too_large")
+        self.members: dict[str, zipfile.ZipInfo] = {}
+        for info in files:
+            reason = _unsafe_reason(info.filename)
+            if reason:
+                raise ValidationError(f"The ZIP contains {info.filename[:100]!r}, {reason}; it was refused as a "
+                                      "whole.", code="unsafe_path")
+            name = _normalise_member(info.filename)
+            if name in self.members:
+                raise ValidationError(f"The ZIP contains {name[:100]!r} twice.", code="duplicate_member")
+            self.members[name] = info
+
+    def csv_names(self) -> list[str]:
+        return sorted(n for n in self.members if n.lower().endswith(".csv")
+                      and not n.startswith("__MACOSX/") and not posixpath.basename(n).startswith("._"))
+
+    def read(self, name: str, *, limit: int | None = None) -> bytes:
+        """The bytes of a member; FileNotFoundError or ValueError (with a reason) otherwise."""
+        limit = limit or self.max_member_bytes
+        reason = _unsafe_reason(name)
+        if reason:
+            raise ValueError(f"refused: {reason}")
+        info = self.members.get(_normalise_member(name))
+        if info is None:
+            raise FileNotFoundError(name)
+        if info.flag_bits & 0x1:
+            raise ValueError("the file is encrypted in the ZIP")
+        if info.file_size > limit:
+            raise ValueError(f"the file is too large ({info.file_size:,} bytes); the limit is {limit:,} bytes")
+        try:
+            with self.archive.open(info) as handle:
+                data = handle.read(limit + 1)
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, zlib.error) as exc:
+            raise ValueError(f"it cannot be read from the ZIP ({exc})")
+        if len(data) > limit:
+            raise ValueError(f"the file is larger than the limit of {limit:,} bytes")
+        return data
+
+    def opener(self, base: str = ""):
+        """``open_image`` for catalog_parse: names in the CSV are relative to the CSV's folder."""
+
+        def open_image(name):
+            reason = _unsafe_reason(name)
+            if reason:
+                raise ValueError(f"refused: {reason}")
+            if base:
+                try:
+                    return self.read(posixpath.join(base, name.replace("\\", "/")))
+                except FileNotFoundError:
+                    pass  # also accept names relative to the root of the ZIP
+            return self.read(name)
+
+        return open_image
+
+
+class BulkUploadForm(forms.Form):
+    """A ZIP of images plus a catalog CSV (the ``import_catalog`` format). ``clean`` validates every
+    row and every image; nothing is written here."""
+
+    archive = forms.FileField(
+        label="Images (ZIP)",
+        help_text="The pictures the CSV names. Sub-folders are fine; names are relative to the CSV's folder.")
+    catalog = forms.FileField(
+        label="Catalog (CSV)", required=False,
+        help_text="Columns sku, title, category, images (several separated by ; or |), optional price and "
+                  "description. Leave empty if the ZIP contains exactly one .csv file.")
+    skip_invalid = forms.BooleanField(
+        label="Import the valid rows even if other rows have errors", required=False,
+        help_text="Unticked (the default), a single bad row means nothing is imported.")
+
+    MAX_CSV_BYTES = 20 * 1024 * 1024
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.parsed = None
+        self.csv_name = ""
+
+    @staticmethod
+    def limits() -> dict:
+        return {
+            "max_members": getattr(settings, "BULK_UPLOAD_MAX_FILES", 5000),
+            "max_total_bytes": getattr(settings, "BULK_UPLOAD_MAX_BYTES", 200 * 1024 * 1024),
+            "max_member_bytes": settings.MAX_UPLOAD_BYTES,
+        }
+
+    def clean_archive(self):
+        upload = self.cleaned_data["archive"]
+        limits = self.limits()
+        if upload.size > limits["max_total_bytes"]:
+            raise ValidationError(f"The ZIP is too large ({upload.size:,} bytes); the limit is "
+                                  f"{limits['max_total_bytes']:,} bytes.", code="too_large")
+        self.zip = ZipImages(upload, **limits)
+        return upload
+
+    def clean(self):
+        from catalog.importing import CatalogFormatError, catalog_parse
+
+        data = super().clean()
+        if self.errors:
+            return data
+        csv_upload, base = data.get("catalog"), ""
+        if csv_upload is not None:
+            if csv_upload.size > self.MAX_CSV_BYTES:
+                raise ValidationError({"catalog": f"The CSV is too large; the limit is {self.MAX_CSV_BYTES:,} bytes."})
+            csv_bytes, self.csv_name = csv_upload.read(), csv_upload.name
+        else:
+            names = self.zip.csv_names()
+            if len(names) != 1:
+                found = f"{len(names)} .csv files ({', '.join(names[:5])})" if names else "no .csv file"
+                raise ValidationError({"catalog": f"Choose the catalog CSV: the ZIP has {found}."})
+            self.csv_name = names[0]
+            base = posixpath.dirname(names[0])
+            try:
+                csv_bytes = self.zip.read(names[0], limit=self.MAX_CSV_BYTES)
+            except ValueError as exc:
+                raise ValidationError({"catalog": f"{names[0]}: {exc}."})
+        try:
+            self.parsed = catalog_parse(csv_bytes=csv_bytes, open_image=self.zip.opener(base))
+        except CatalogFormatError as exc:
+            raise ValidationError({"catalog": str(exc)})
+        if not self.parsed.rows and not self.parsed.errors:
+            raise ValidationError({"catalog": "The CSV has a header but no rows."})
+        return data

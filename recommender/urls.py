@@ -1,4 +1,11 @@
 """Staff-only JSON endpoints for live progress in the admin (training, ingestion backlog)."""
 
+from django.urls import path
+
+from recommender import views
+
 app_name = "recommender"
-urlpatterns = []
+urlpatterns = [
+    path("progress/training/", views.training_progress, name="training_progress"),
+    path("progress/ingestion/", views.ingestion_progress, name="ingestion_progress"),
+]

@@ -1,0 +1,38 @@
+"""Staff-only JSON for the live progress bars of the admin (polled by catalog/admin-progress.js)."""
+
+from functools import wraps
+
+from django.http import JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from recommender import progress
+
+
+def staff_json(view):
+    """403 as JSON for anyone but active staff: a poller must not follow a redirect to a login page."""
+
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        user = request.user
+        if not (user.is_authenticated and user.is_active and user.is_staff):
+            return JsonResponse({"detail": "Staff only."}, status=403)
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+@require_GET
+@never_cache
+@staff_json
+def training_progress(request):
+    status = progress.training_status()
+    return JsonResponse({**status, "display": progress.training_display(status)})
+
+
+@require_GET
+@never_cache
+@staff_json
+def ingestion_progress(request):
+    status = progress.ingestion_status()
+    return JsonResponse({**status, "display": progress.ingestion_display(status)})

@@ -1,0 +1,73 @@
+"""Pure ML: no Django needed (the module must not import it)."""
+
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from recommender.backbone import Backbone, BackboneSpec, BackboneWeightsError, build_resnet50
+
+
+def pictures(n, seed=0, mode="L"):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8), "L").convert(mode) for _ in range(n)]
+
+
+def test_module_has_no_django_import():
+    import recommender.backbone as backbone_module
+    import recommender.evaluation
+    import recommender.head
+
+    for module in (backbone_module, recommender.head, recommender.evaluation):
+        source = open(module.__file__).read()
+        assert "django" not in source.replace("Django", "")
+
+
+def test_features_shape_dtype_and_determinism_under_random_weights():
+    spec = BackboneSpec(weights="random", input_size=32, seed=7)
+    a = Backbone(spec, batch_size=4).extract(pictures(5))
+    b = Backbone(spec, batch_size=2).extract(pictures(5))
+    assert a.shape == (5, 2048) and a.dtype == np.float32
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # same seed, any batch size
+    assert np.isfinite(a).all() and a.std() > 0
+
+
+def test_grayscale_and_rgb_of_the_same_picture_give_the_same_features():
+    backbone = Backbone(BackboneSpec(weights="random", input_size=32), batch_size=8)
+    gray = pictures(3)
+    rgb = [p.convert("RGB") for p in gray]
+    np.testing.assert_allclose(backbone.extract(gray), backbone.extract(rgb), rtol=1e-5, atol=1e-5)
+
+
+def test_batched_equals_one_at_a_time():
+    backbone = Backbone(BackboneSpec(weights="random", input_size=32), batch_size=8)
+    images = pictures(4, seed=3)
+    np.testing.assert_allclose(backbone.extract(images), backbone.extract_one_at_a_time(images), rtol=1e-3, atol=1e-4)
+
+
+def test_identity_records_architecture_weights_and_size(tmp_path):
+    assert BackboneSpec(weights="random", input_size=64, seed=3).identity == "resnet50:random-seed3:64"
+    assert BackboneSpec(weights="imagenet", input_size=224).identity == "resnet50:imagenet:224"
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"123")
+    assert BackboneSpec(weights=str(weights)).identity.startswith("resnet50:file-")
+
+
+def test_random_weights_warn_loudly():
+    with pytest.warns(UserWarning, match="SEEDED RANDOM weights"):
+        build_resnet50(BackboneSpec(weights="random", input_size=32))
+
+
+def test_unloadable_weights_name_the_setting(tmp_path):
+    with pytest.raises(BackboneWeightsError, match="RECOMMENDER_BACKBONE_WEIGHTS"):
+        BackboneSpec(weights=str(tmp_path / "missing.h5")).identity
+    bad = tmp_path / "bad.weights.h5"
+    bad.write_bytes(b"not an hdf5 file")
+    with pytest.raises(BackboneWeightsError, match="RECOMMENDER_BACKBONE_WEIGHTS"):
+        build_resnet50(BackboneSpec(weights=str(bad), input_size=32))
+
+
+def test_input_size_below_resnet_minimum_is_refused():
+    with pytest.raises(ValueError, match="at least 32"):
+        BackboneSpec(weights="random", input_size=28)
