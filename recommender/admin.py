@@ -130,7 +130,8 @@ METRIC_LABELS = [
 
 
 def metric_cards(metrics: dict) -> list[dict]:
-    return [{"key": key, "label": label, "help": help_text, "value": metrics.get(key)}
+    return [{"key": key, "label": label, "help": help_text, "value": metrics[key],
+             "display": f"{100 * metrics[key]:.1f}%"}
             for key, label, help_text in METRIC_LABELS if metrics.get(key) is not None]
 
 

@@ -95,7 +95,9 @@ def train_head(features: np.ndarray, labels, config: HeadConfig | None = None, c
         raise ValueError("training needs at least two categories")
     index = np.arange(len(y))
     counts = np.bincount(y)
-    stratify = y if counts.min() >= 2 and config.validation_split > 0 else None
+    n_val = int(np.ceil(config.validation_split * len(y)))
+    # Stratify when every class can appear on both sides; tiny catalogs fall back to a random split.
+    stratify = y if counts.min() >= 2 and n_val >= n_classes and len(y) - n_val >= n_classes else None
     if config.validation_split > 0:
         train_index, val_index = train_test_split(index, test_size=config.validation_split,
                                                   random_state=config.seed, stratify=stratify)

@@ -154,7 +154,7 @@ def images_process(*, image_ids, token: str) -> dict:
         status=Status.READY, last_error="", processing_token="", status_changed_at=now)
     retry = []
     for image_id, message in errors.items():
-        attempts = images[image_id].attempts + 1
+        attempts = images[image_id].attempts  # loaded after the claim counted this attempt
         final = attempts >= runtime.conf("MAX_ATTEMPTS")
         ProductImage.objects.filter(id=image_id, processing_token=token).update(
             status=Status.FAILED if final else Status.PENDING, last_error=message,
