@@ -1,5 +1,9 @@
+import base64
 import io
+import logging
 
+from django.conf import settings
+from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import get_object_or_404, render
@@ -9,6 +13,7 @@ from catalog.forms import PhotoSearchForm, ProductFilterForm
 from catalog.models import Category, Product
 
 PAGE_SIZE = 24
+logger = logging.getLogger(__name__)
 
 
 def _filtered_page(request, *, category=None):
@@ -55,10 +60,23 @@ def product_detail(request, pk):
                   {"product": product, "similar": similar, "same_category": same_category})
 
 
+def _preview_data_uri(picture) -> str:
+    """A small inline preview of the shopper's own photo (never stored, so it has no URL)."""
+    preview = picture.convert("RGB")
+    preview.thumbnail((192, 192))
+    if max(preview.size) < 96:  # tiny sources (28x28) would be a blur: scale up crisply
+        scale = 96 // max(preview.size)
+        preview = preview.resize((preview.width * scale, preview.height * scale), 0)
+    buffer = io.BytesIO()
+    preview.save(buffer, "WEBP", quality=80)
+    return "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
 def photo_search(request):
     from recommender.selectors import search_by_image
 
-    result = None
+    result = preview = None
+    status = 200
     if request.method == "POST":
         form = PhotoSearchForm(request.POST, request.FILES)
         if form.is_valid():
@@ -66,8 +84,19 @@ def photo_search(request):
 
             picture = Image.open(io.BytesIO(form.normalised.content))
             picture.load()
-            result = search_by_image(picture=picture, k=12, same_category=form.cleaned_data["same_category"])
+            preview = _preview_data_uri(picture)
+            try:
+                result = search_by_image(picture=picture, k=12, same_category=form.cleaned_data["same_category"])
+            except Exception:
+                # The model could not be loaded or run: say so instead of a bare error page.
+                logger.exception("search by photo failed")
+                messages.error(request, "Search by photo is unavailable right now. Please try again in a minute.")
+                status = 503
+        else:
+            status = 400
     else:
         form = PhotoSearchForm()
-    status = 400 if request.method == "POST" and form.errors else 200
-    return render(request, "catalog/photo_search.html", {"form": form, "result": result}, status=status)
+    return render(request, "catalog/photo_search.html",
+                  {"form": form, "result": result, "preview": preview,
+                   "confidence": result.probabilities.get(result.predicted) if result and result.predicted else None,
+                   "max_upload_bytes": settings.MAX_UPLOAD_BYTES}, status=status)

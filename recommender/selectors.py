@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -16,6 +17,8 @@ from django.db.models import Prefetch
 from catalog.models import Product, ProductImage
 from recommender import runtime
 from recommender.models import BackboneFeature, Embedding, ModelVersion
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -152,6 +155,22 @@ def _products_in_order(rows) -> list[SimilarItem]:
     return [SimilarItem(product=products[pid], distance=d) for pid, d in rows if pid in products]
 
 
+def _cache_get(key):
+    # The cache (Redis) is an optimisation: when it is down, answer from the database.
+    try:
+        return cache.get(key)
+    except Exception as exc:
+        logger.warning("cache unavailable (%s); answering without it", exc)
+        return None
+
+
+def _cache_set(key, value, timeout):
+    try:
+        cache.set(key, value, timeout)
+    except Exception as exc:
+        logger.warning("cache unavailable (%s); not caching", exc)
+
+
 def _cache_key(*parts) -> str:
     return "similar:" + hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()
 
@@ -164,7 +183,7 @@ def similar_products(*, product: Product, k: int = 6, same_category: bool = Fals
     version = active_version()
     if version is not None:
         key = _cache_key("v", version.pk, product.pk, k, same_category, filters)
-        rows = cache.get(key) if use_cache else None
+        rows = _cache_get(key) if use_cache else None
         if rows is None:
             query = (Embedding.objects.filter(version=version, product=product)
                      .order_by("image__position", "image_id").values_list("vector", "predicted").first())
@@ -174,7 +193,7 @@ def similar_products(*, product: Product, k: int = 6, same_category: bool = Fals
             rows = nearest_products(version=version, vector=vector, k=k, exclude_product=product.pk,
                                     predicted=predicted if same_category else None, **filters)
             if use_cache:
-                cache.set(key, rows, runtime.conf("SIMILAR_CACHE_SECONDS"))
+                _cache_set(key, rows, runtime.conf("SIMILAR_CACHE_SECONDS"))
         return SimilarResult(items=_products_in_order(rows), version=version, source="model")
 
     backbone = runtime.backbone_spec().identity

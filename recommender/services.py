@@ -470,11 +470,10 @@ def recover_lost_work() -> dict:
     """The periodic healer: publish work that a crash or a broker outage lost."""
     now = timezone.now()
     stale = now - timedelta(seconds=runtime.conf("STALE_SECONDS"))
-    # Pending rows are published on commit; one still pending after a short grace was lost.
-    grace = now - timedelta(seconds=min(30, runtime.conf("STALE_SECONDS")))
-    lost = list(ProductImage.objects.filter(
-        Q(status=Status.PENDING, status_changed_at__lt=grace) | Q(status=Status.PROCESSING, status_changed_at__lt=stale)
-    ).values_list("id", flat=True)[:5000])
+    # Pending rows are published on commit, but may wait behind a long queue: only those pending
+    # for longer than STALE_SECONDS count as lost (re-publishing sooner only adds no-op tasks).
+    lost = list(ProductImage.objects.filter(status__in=[Status.PENDING, Status.PROCESSING],
+                                            status_changed_at__lt=stale).values_list("id", flat=True)[:5000])
     # Ready images that the active version has not embedded yet (e.g. ingested during a swap).
     active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
     unembedded = []

@@ -140,7 +140,7 @@ def test_the_periodic_task_recovers_lost_jobs(start_worker):
 
     ids = import_products(30)
     app.control.purge()  # the broker lost the published tasks (e.g. Redis restarted without AOF)
-    ProductImage.objects.update(status_changed_at=timezone.now() - timedelta(minutes=5))
+    ProductImage.objects.update(status_changed_at=timezone.now() - timedelta(minutes=10))
     start_worker(beat=True, env_overrides={"RECOVER_EVERY_SECONDS": "2"})
     wait_for(lambda: ProductImage.objects.filter(id__in=ids, status="ready").count() == 30, timeout=180,
              message="beat's recovery to process every lost image")

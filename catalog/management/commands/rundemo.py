@@ -60,7 +60,10 @@ class Command(BaseCommand):
                                                    "-l", "INFO", "--without-gossip", "--without-mingle"], env))
             if not Product.objects.exists():
                 self.stdout.write(f"Empty catalog: importing {products} Fashion-MNIST products...")
-                call_command("import_fashion_mnist", count=products, split="train")
+                # In a child process: the loader imports Keras, which this long-lived process
+                # should not keep in memory.
+                subprocess.run([sys.executable, "manage.py", "import_fashion_mnist", f"--count={products}",
+                                "--split=train"], cwd=ROOT, env=env, check=True)
             children.append(self._spawn("web", [sys.executable, "manage.py", "runserver", addr, "--noreload"], env))
             self.stdout.write(self.style.SUCCESS(banner([
                 f"Shop:   http://{addr}/",
@@ -86,7 +89,7 @@ class Command(BaseCommand):
                                env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"})
         if probe.returncode == 0:
             return "imagenet"
-        reason = (probe.stderr.decode(errors="replace").strip().splitlines() or ["unknown error"])[-1][:150]
+        reason = (probe.stderr.decode(errors="replace").strip().splitlines() or ["unknown error"])[-1][:100]
         self.stderr.write(self.style.ERROR(banner([
             "WARNING: the ImageNet weights of ResNet50 could not be loaded:",
             reason,

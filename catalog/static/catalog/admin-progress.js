@@ -38,6 +38,7 @@
       ["pending", "processing", "ready", "failed"].forEach(function (name) {
         setField(panel, name, Number(data[name]).toLocaleString("en-US"));
       });
+      panel.classList.toggle("has-failed", data.failed > 0);
       return data.backlog ? FAST : SLOW;
     }
     var was = panel.dataset.runningId || "", now = data.training ? String(data.training.id) : "";

@@ -1,0 +1,55 @@
+"""Uploaded files as normalised images, or one 400 that names every bad file.
+
+All files of a request are validated before anything is written, so a rejected request stores
+nothing (no row, no file); writes then happen in one transaction inside
+``files_removed_on_error`` (see catalog.services).
+"""
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
+from rest_framework import serializers
+
+from catalog.models import Product, ProductImage
+from catalog.services import _safe_display_name, files_removed_on_error, product_create, product_image_add
+from catalog.validators import NormalisedImage, normalise_image
+
+
+def normalise_uploads(files, *, field: str = "images") -> list[tuple[object, NormalisedImage]]:
+    accepted, errors = [], {}
+    for index, upload in enumerate(files):
+        try:
+            accepted.append((upload, normalise_image(upload)))
+        except DjangoValidationError as exc:
+            name = _safe_display_name(getattr(upload, "name", "")) or f"file {index + 1}"
+            errors[str(index)] = [serializers.ErrorDetail(f"{name}: {message}", code=exc.code or "invalid")
+                                  for message in exc.messages]
+    if errors:
+        raise serializers.ValidationError({field: errors})
+    return accepted
+
+
+def normalise_one(upload, *, field: str) -> NormalisedImage:
+    try:
+        return normalise_image(upload)
+    except DjangoValidationError as exc:
+        raise serializers.ValidationError(
+            {field: [serializers.ErrorDetail(m, code=exc.code or "invalid") for m in exc.messages]})
+
+
+def _attach(product, accepted) -> list[ProductImage]:
+    return [product_image_add(product=product, normalised=normalised, original_name=getattr(upload, "name", ""))
+            for upload, normalised in accepted]
+
+
+def images_attach(*, product: Product, accepted) -> list[ProductImage]:
+    """Attach already-normalised uploads to a product, all or nothing."""
+    with files_removed_on_error(), transaction.atomic():
+        return _attach(product, accepted)
+
+
+def product_create_with_images(*, accepted, **fields) -> Product:
+    """catalog.services.product_create with already-normalised uploads, all or nothing."""
+    with files_removed_on_error(), transaction.atomic():
+        product = product_create(**fields)  # writes no file itself (no uploads)
+        _attach(product, accepted)
+    return product

@@ -1,0 +1,337 @@
+"""The catalog admin through the test client: adding a product with an image, image status,
+the failed filter and retry, and the bulk upload (ZIP + CSV) with its per-row report."""
+
+import io
+import zipfile
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.urls import reverse
+
+from catalog.models import Category, Product, ProductImage
+from tests.factories import CategoryFactory, ProductFactory, ProductImageFactory, png_bytes, upload
+from tests.ui.data import media_files, zip_bytes
+
+pytestmark = pytest.mark.django_db
+
+ADD_URL = "admin:catalog_product_add"
+BULK_URL = "admin:catalog_product_bulk_upload"
+
+
+def inline_management(total=1, initial=0):
+    return {"images-TOTAL_FORMS": str(total), "images-INITIAL_FORMS": str(initial),
+            "images-MIN_NUM_FORMS": "0", "images-MAX_NUM_FORMS": "1000"}
+
+
+def product_form(category, **overrides):
+    data = {"sku": "NEW-1", "title": "New boot", "description": "Waterproof", "category": str(category.pk),
+            "price": "49.90", "is_active": "on", "in_stock": "on", "_save": "Save", **inline_management()}
+    data.update(overrides)
+    return data
+
+
+# --------------------------------------------------------------------------- add a product
+
+
+def test_admin_adds_a_product_with_an_image(admin_client, settings, django_capture_on_commit_callbacks):
+    category = CategoryFactory(name="Boots", slug="boots")
+    response = admin_client.get(reverse(ADD_URL))
+    assert response.status_code == 200 and 'name="images-0-image"' in response.content.decode()
+
+    data = product_form(category, **{"images-0-image": upload(png_bytes((48, 40), seed=5), "boot.png"),
+                                     "images-0-position": "0"})
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = admin_client.post(reverse(ADD_URL), data)
+    assert response.status_code == 302, response.context["adminform"].form.errors if response.context else ""
+    product = Product.objects.get(sku="NEW-1")
+    assert (product.title, str(product.price), product.category) == ("New boot", "49.90", category)
+    image = product.images.get()
+    assert image.status == ProductImage.Status.PENDING
+    assert (image.width, image.height, image.original_name) == (48, 40, "boot.png")
+    assert image.image.name.startswith("products/") and image.image.name.endswith(".png")
+    assert (settings.MEDIA_ROOT / image.image.name).is_file()
+    assert callbacks, "saving the image must enqueue its processing after commit"
+
+    page = admin_client.get(reverse("admin:catalog_product_change", args=[product.pk])).content.decode()
+    assert "Pending" in page and "48x40" in page
+
+
+def test_admin_refuses_a_product_whose_image_is_not_an_image(admin_client, settings):
+    category = CategoryFactory()
+    before = media_files(settings)
+    data = product_form(category, **{"images-0-image": upload(b"%PDF-1.4 not a picture", "spec.png"),
+                                     "images-0-position": "0"})
+    response = admin_client.post(reverse(ADD_URL), data)
+    assert response.status_code == 200
+    assert "The file is not an image" in response.content.decode()
+    assert not Product.objects.exists() and not ProductImage.objects.exists()
+    assert media_files(settings) == before
+
+
+def test_admin_refuses_the_same_picture_twice_on_one_product(admin_client):
+    category = CategoryFactory()
+    data = png_bytes(seed=11)
+    form = product_form(category, **inline_management(total=2),
+                        **{"images-0-image": upload(data, "a.png"), "images-0-position": "0",
+                           "images-1-image": upload(data, "b.png"), "images-1-position": "1"})
+    response = admin_client.post(reverse(ADD_URL), form)
+    assert response.status_code == 200
+    assert "This picture is already attached to the product." in response.content.decode()
+    assert not Product.objects.exists()
+
+
+# --------------------------------------------------------------------------- status, filter, retry
+
+
+@pytest.fixture
+def mixed_images():
+    ok = ProductImageFactory(product=ProductFactory(title="All good"))
+    ProductImage.objects.filter(pk=ok.pk).update(status="ready")
+    bad = ProductImageFactory(product=ProductFactory(title="Broken picture"))
+    ProductImage.objects.filter(pk=bad.pk).update(status="failed", attempts=5,
+                                                  last_error="Could not decode the image: OSError: truncated")
+    waiting = ProductImageFactory(product=ProductFactory(title="Still waiting"))
+    return ok, bad, waiting
+
+
+def test_product_changelist_shows_image_counts_and_filters_failed(admin_client, mixed_images,
+                                                                   django_assert_max_num_queries):
+    url = reverse("admin:catalog_product_changelist")
+    with django_assert_max_num_queries(14):
+        response = admin_client.get(url)
+    html = response.content.decode()
+    assert all(t in html for t in ["All good", "Broken picture", "Still waiting"])
+    assert "Bulk upload (ZIP + CSV)" in html
+    assert 'id="ingestion-progress"' in html and "1 waiting · 1 ready · 1 failed" in html
+
+    failed = admin_client.get(url, {"images": "failed"}).content.decode()
+    assert "Broken picture" in failed and "All good" not in failed and "Still waiting" not in failed
+    pending = admin_client.get(url, {"images": "pending"}).content.decode()
+    assert "Still waiting" in pending and "Broken picture" not in pending
+
+
+def test_product_change_page_shows_each_image_status_and_error(admin_client, mixed_images):
+    _, bad, _ = mixed_images
+    html = admin_client.get(reverse("admin:catalog_product_change", args=[bad.product_id])).content.decode()
+    assert "Failed" in html
+    assert "Could not decode the image: OSError: truncated" in html
+
+
+def test_retry_action_requeues_failed_images(admin_client, mixed_images, django_capture_on_commit_callbacks):
+    ok, bad, waiting = mixed_images
+    url = reverse("admin:catalog_product_changelist")
+    ids = [str(ok.product_id), str(bad.product_id), str(waiting.product_id)]
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = admin_client.post(url, {"action": "retry_failed_images", "_selected_action": ids}, follow=True)
+    assert "1 failed images queued again." in response.content.decode()
+    bad.refresh_from_db()
+    assert (bad.status, bad.attempts, bad.last_error) == ("pending", 0, "")
+    assert ProductImage.objects.get(pk=ok.pk).status == "ready"
+    assert len(callbacks) == 1
+
+
+def test_image_admin_filters_by_status_and_retries(admin_client, mixed_images):
+    ok, bad, _ = mixed_images
+    url = reverse("admin:catalog_productimage_changelist")
+    html = admin_client.get(url, {"status__exact": "failed"}).content.decode()
+    assert "truncated" in html and f"image {ok.pk} of" not in html
+    response = admin_client.post(url, {"action": "retry", "_selected_action": [str(bad.pk), str(ok.pk)]}, follow=True)
+    assert "1 failed images queued again." in response.content.decode()
+    assert ProductImage.objects.get(pk=bad.pk).status == "pending"
+
+
+def test_admin_pages_need_staff(client):
+    User.objects.create_user("shopper", password="pw")
+    client.login(username="shopper", password="pw")
+    for name in ["admin:catalog_product_changelist", BULK_URL, "admin:recommender_modelversion_changelist"]:
+        response = client.get(reverse(name))
+        assert response.status_code == 302 and "/admin/login/" in response["Location"], name
+
+
+# --------------------------------------------------------------------------- bulk upload
+
+CSV = (b"sku,title,category,images,price,description\n"
+       b"B-1,Red sneaker,Sneakers,img/red.png,59.90,Bright\n"
+       b"B-2,Blue tote,Bags,img/blue.png;img/blue-2.png,35,\n")
+
+
+def good_zip(extra=None, csv=None):
+    files = {"img/red.png": png_bytes(seed=21), "img/blue.png": png_bytes(seed=22),
+             "img/blue-2.png": png_bytes(seed=23)}
+    if csv is not None:
+        files["catalog.csv"] = csv
+    files.update(extra or {})
+    return zip_bytes(files)
+
+
+def post_bulk(admin_client, archive: bytes, csv: bytes | None = CSV, button="_import", **fields):
+    data = {"archive": upload(archive, "images.zip", "application/zip"), button: "1", **fields}
+    if csv is not None:
+        data["catalog"] = upload(csv, "catalog.csv", "text/csv")
+    return admin_client.post(reverse(BULK_URL), data)
+
+
+def test_bulk_upload_page_renders(admin_client):
+    response = admin_client.get(reverse(BULK_URL))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'name="archive"' in html and 'name="catalog"' in html and 'name="skip_invalid"' in html
+    assert "Check only" in html and "Import" in html
+
+
+def test_bulk_upload_check_only_reports_and_writes_nothing(admin_client, settings):
+    before = media_files(settings)
+    response = post_bulk(admin_client, good_zip(), button="_check")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "All 2 rows are valid" in html and html.count("Will create") == 2
+    assert "3 images" in html
+    assert not Product.objects.exists() and not Category.objects.exists()
+    assert media_files(settings) == before
+
+
+def test_bulk_upload_imports_products_and_images(admin_client, settings, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False):
+        response = post_bulk(admin_client, good_zip())
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "2 products created, 0 updated, 3 images added" in html
+    assert 'id="ingestion-progress"' in html and html.count("Created") >= 2
+    red = Product.objects.get(sku="B-1")
+    assert (red.title, str(red.price), red.category.name, red.description) == ("Red sneaker", "59.90", "Sneakers",
+                                                                             "Bright")
+    assert Product.objects.get(sku="B-2").images.count() == 2
+    assert ProductImage.objects.filter(status="pending").count() == 3
+    assert sorted(ProductImage.objects.values_list("original_name", flat=True)) == ["blue-2.png", "blue.png",
+                                                                                   "red.png"]
+
+    # The same upload again changes nothing (existing SKUs are updated, pictures deduplicated).
+    again = post_bulk(admin_client, good_zip()).content.decode()
+    assert "0 products created, 2 updated, 0 images added" in again
+    assert ProductImage.objects.count() == 3
+
+
+def test_bulk_upload_takes_the_csv_from_inside_the_zip(admin_client):
+    csv = CSV.replace(b"img/", b"")  # names relative to the CSV's folder
+    archive = zip_bytes({"shop/catalog.csv": csv, "shop/red.png": png_bytes(seed=21),
+                         "shop/blue.png": png_bytes(seed=22), "shop/blue-2.png": png_bytes(seed=23),
+                         "__MACOSX/shop/._catalog.csv": b"\x00\x05junk"})
+    response = post_bulk(admin_client, archive, csv=None)
+    assert response.status_code == 200, response.content.decode()[:2000]
+    assert Product.objects.count() == 2 and ProductImage.objects.count() == 3
+
+
+def test_bulk_upload_with_a_bad_row_writes_nothing_and_reports_each_row(admin_client, settings):
+    csv = CSV + (b"B-3,,Bags,img/missing.png,abc,\n"
+                 b"B-4,Fake photo,Bags,img/fake.png,10,\n"
+                 b"B-1,Duplicate,Sneakers,img/red.png,1,\n")
+    archive = good_zip({"img/fake.png": b"<html>not a picture</html>"})
+    before = media_files(settings)
+    response = post_bulk(admin_client, archive, csv=csv)
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "Nothing was imported: 3 rows of 5 have errors" in html
+    assert "import the 2 valid rows only" in html
+    assert "title is empty" in html and "image &#x27;img/missing.png&#x27; not found" in html
+    assert "price &#x27;abc&#x27; is not a non-negative number" in html
+    assert "image &#x27;img/fake.png&#x27;: The file is not an image" in html
+    assert "duplicate sku (first on line 2)" in html
+    for line in (2, 3, 4, 5, 6):
+        assert f'<td class="num">{line}</td>' in html
+    assert not Product.objects.exists() and not Category.objects.exists() and not ProductImage.objects.exists()
+    assert media_files(settings) == before
+
+
+def test_bulk_upload_can_import_only_the_valid_rows_when_asked(admin_client):
+    csv = CSV + b"B-3,Ghost,Bags,img/missing.png,1,\n"
+    response = post_bulk(admin_client, good_zip(), csv=csv, skip_invalid="on")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "1 row with errors skipped" in html
+    assert sorted(Product.objects.values_list("sku", flat=True)) == ["B-1", "B-2"]
+
+
+@pytest.mark.parametrize("member", ["../evil.png", "/etc/evil.png", "C:/evil.png", "img/../../evil.png"])
+def test_bulk_upload_refuses_a_zip_with_unsafe_paths(admin_client, member):
+    response = post_bulk(admin_client, good_zip({member: png_bytes(seed=1)}))
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "it was refused as a whole" in html
+    assert not Product.objects.exists()
+
+
+@pytest.mark.parametrize("name", ["../img/red.png", "/img/red.png"])
+def test_bulk_upload_refuses_unsafe_names_in_the_csv(admin_client, name):
+    csv = b"sku,title,category,images\nU-1,Escape,Bags," + name.encode() + b"\n"
+    response = post_bulk(admin_client, good_zip(), csv=csv)
+    assert response.status_code == 400
+    assert "refused:" in response.content.decode()
+    assert not Product.objects.exists()
+
+
+def test_bulk_upload_bounds_member_count_and_uncompressed_size(admin_client, settings):
+    settings.BULK_UPLOAD_MAX_FILES = 3
+    html = post_bulk(admin_client, good_zip({"img/extra.png": png_bytes(seed=3)})).content.decode()
+    assert "The ZIP holds 4 entries; the limit is 3." in html
+
+    settings.BULK_UPLOAD_MAX_FILES = 100
+    settings.BULK_UPLOAD_MAX_BYTES = 1_000_000
+    bomb = zip_bytes({"img/red.png": png_bytes(seed=21), "zeros.bin": b"\0" * 2_000_000})
+    assert len(bomb) < 10_000  # compresses ~1000:1
+    html = post_bulk(admin_client, bomb).content.decode()
+    assert "The ZIP would expand to" in html and "the limit is 1,000,000 bytes" in html
+    assert not Product.objects.exists()
+
+
+def test_bulk_upload_refuses_an_oversized_image_inside_the_zip(admin_client, settings):
+    settings.MAX_UPLOAD_BYTES = 5_000
+    noisy = io.BytesIO()
+    from PIL import Image
+
+    Image.effect_noise((96, 96), 90).convert("RGB").save(noisy, "PNG")
+    csv = b"sku,title,category,images\nL-1,Large,Bags,big.png\n"
+    html = post_bulk(admin_client, zip_bytes({"big.png": noisy.getvalue()}), csv=csv).content.decode()
+    assert "image &#x27;big.png&#x27;: the file is too large" in html
+    assert not Product.objects.exists()
+
+
+@pytest.mark.parametrize("archive,csv,message", [
+    (b"PK\x03\x04 this is not really a zip", CSV, "The images file is not a ZIP archive"),
+    (b"plain text", CSV, "The images file is not a ZIP archive"),
+    (zip_bytes({"a.png": png_bytes(seed=1)}), None, "the ZIP has no .csv file"),
+    (zip_bytes({"a.csv": CSV, "b.csv": CSV}), None, "the ZIP has 2 .csv files"),
+    (zip_bytes({"a.png": png_bytes(seed=1)}), b"name,picture\nx,a.png\n", "The CSV is missing the column(s): sku"),
+    (zip_bytes({"a.png": png_bytes(seed=1)}), b"sku,title,category,images\n", "The CSV has a header but no rows."),
+    (zip_bytes({"a.png": png_bytes(seed=1)}), b"\x89PNG\r\n\x1a\n\x00\x00binary", "The CSV file is binary"),
+])
+def test_bulk_upload_explains_unusable_files(admin_client, archive, csv, message):
+    response = post_bulk(admin_client, archive, csv=csv)
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    assert not Product.objects.exists()
+
+
+def test_bulk_upload_refuses_an_encrypted_member(admin_client):
+    archive = bytearray(good_zip())
+    # Set the "encrypted" flag bit of every entry (local and central headers): zipfile then
+    # refuses to read it without a password; the form must report it, not crash.
+    with zipfile.ZipFile(io.BytesIO(bytes(archive))) as probe:
+        offsets = [info.header_offset for info in probe.infolist()]
+    for offset in offsets:
+        archive[offset + 6] |= 0x1
+    central = bytes(archive).find(b"PK\x01\x02")
+    while central != -1:
+        archive[central + 8] |= 0x1
+        central = bytes(archive).find(b"PK\x01\x02", central + 4)
+    html = post_bulk(admin_client, bytes(archive)).content.decode()
+    assert "the file is encrypted in the ZIP" in html
+    assert not Product.objects.exists()
+
+
+def test_bulk_upload_needs_the_add_permission(client):
+    user = User.objects.create_user("clerk", password="pw", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_product"))
+    client.login(username="clerk", password="pw")
+    assert client.get(reverse(BULK_URL)).status_code == 403
+    changelist = client.get(reverse("admin:catalog_product_changelist"))
+    assert changelist.status_code == 200
