@@ -15,7 +15,7 @@ from catalog.models import Product, ProductImage
 from catalog.thumbnails import thumbnails_create
 from recommender.models import ModelVersion
 from tests.factories import CategoryFactory, ProductFactory, ProductImageFactory, png_bytes, upload
-from tests.ui.data import add_embeddings, add_features, catalog, media_files, model_version
+from tests.ui.data import add_embeddings, add_features, catalog, media_files, model_version, fast_passwords  # noqa: F401 (autouse)
 
 pytestmark = pytest.mark.django_db
 

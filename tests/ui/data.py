@@ -7,6 +7,7 @@ import io
 import zipfile
 
 import numpy as np
+import pytest
 from django.utils import timezone
 
 from catalog.models import ProductImage
@@ -99,3 +100,9 @@ def zip_bytes(files: dict[str, bytes]) -> bytes:
 def media_files(settings) -> list:
     root = settings.MEDIA_ROOT
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+@pytest.fixture(autouse=True)
+def fast_passwords(settings):
+    """Staff users are created in most page tests; the real hasher costs ~0.3 s per user."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
