@@ -68,7 +68,7 @@ def test_version_page_shows_metrics_curves_and_confusion_matrix(admin_client):
     for label, value in [("Accuracy", "90.0%"), ("Precision@6", "80.0%"), ("mAP@6", "75.0%"),
                          ("HNSW recall@6", "99.0%")]:
         assert re.search(rf"{re.escape(label)}</span>\s*<span class=\"lk-card-value\">{re.escape(value)}", html)
-    assert "seeded random weights" in html and "resnet50:random:32" in html
+    assert "seeded random weights" in html and "resnet50:random-seed1234:32" in html
     # Training curves: accuracy and loss, training and validation, one point per epoch.
     charts = re.findall(r'<svg[^>]*data-chart="(\w+)"', html)
     assert charts == ["accuracy", "loss"]
