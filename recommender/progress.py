@@ -181,7 +181,8 @@ def training_display(status: dict) -> dict:
 
 def ingestion_display(status: dict) -> dict:
     if not status["backlog"]:
-        detail = f"All {status['total']:,} images processed." if status["total"] else "No images yet."
+        total = status["total"]
+        detail = f"All {total:,} image{'s' if total != 1 else ''} processed." if total else "No images yet."
     elif status["rate_per_second"]:
         detail = (f"{status['rate_per_second']:.1f} images/s · about "
                   f"{duration_text(status['eta_seconds'])} left")
