@@ -224,6 +224,8 @@ RECOMMENDER = {
     "GATE_TOLERANCE": env_float("RECOMMENDER_GATE_TOLERANCE", 0.02),
     # Retrain automatically when this share of ready images has no embedding of the active version.
     "RETRAIN_NEW_SHARE": env_float("RECOMMENDER_RETRAIN_NEW_SHARE", 0.2),
+    # Scheduled retraining: a version older than this is retrained at the next check (0 = never).
+    "RETRAIN_MAX_AGE_HOURS": env_float("RECOMMENDER_RETRAIN_MAX_AGE_HOURS", 24 * 7),
     "MAX_ATTEMPTS": env_int("RECOMMENDER_MAX_ATTEMPTS", 5),
     # Work pending/processing longer than this is considered lost and re-enqueued.
     "STALE_SECONDS": env_int("RECOMMENDER_STALE_SECONDS", 300),
@@ -237,29 +239,57 @@ THUMBNAIL_SIZES = (128, 256, 512)
 
 # --------------------------------------------------------------------------- DRF
 REST_FRAMEWORK = {
+    # Token first: an anonymous request then gets 401 with "WWW-Authenticate: Token" (not a bare 403).
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
+    # Closed by default: each view opens what is public (catalog reads, similar items, search, health).
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "catalog.api.pagination.PageNumber",
     "PAGE_SIZE": 24,
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
         "rest_framework.filters.SearchFilter",
         "rest_framework.filters.OrderingFilter",
     ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "catalog.api.schema.AutoSchema",
+    "EXCEPTION_HANDLER": "catalog.api.exceptions.exception_handler",
+    # Counted in the default cache (Redis), shared by every web process.
     "DEFAULT_THROTTLE_RATES": {
         "image_search_anon": env("THROTTLE_IMAGE_SEARCH_ANON", "20/min"),
         "image_search_user": env("THROTTLE_IMAGE_SEARCH_USER", "60/min"),
+        "auth_token": env("THROTTLE_AUTH_TOKEN", "20/min"),
     },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Visual-similarity catalog API",
-    "DESCRIPTION": "Products, similar items by image embedding, search by photo, recommender control.",
+    "DESCRIPTION": (
+        "Products, similar items by image embedding, search by photo, recommender control.\n\n"
+        "Reading the catalog, similar items, search by photo and health are public; everything else needs a "
+        "staff user: a session (sign in at /admin/) or a token from POST /api/v1/auth/token/, sent as "
+        "`Authorization: Token <key>`. Every error is JSON: `{status, code, detail, errors: [{field, code, "
+        "message}]}`."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v[0-9]+",  # tags from the first path segment after it (products, ...)
+    # Separate request/response components: write-only upload fields never appear in responses.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "ImageStatusEnum": "catalog.models.ProductImage.Status",
+        "ModelVersionStatusEnum": "recommender.models.ModelVersion.Status",
+        "ResultSourceEnum": ["model", "backbone", "none"],
+    },
+    "TAGS": [
+        {"name": "categories", "description": "The catalog's categories (public)."},
+        {"name": "products", "description": "Products, their images and similar products. Reads are public; "
+                                            "writes need staff."},
+        {"name": "search", "description": "Search by photo (public, throttled)."},
+        {"name": "model-versions", "description": "The recommender's model versions and training (staff)."},
+        {"name": "health", "description": "Status of the database, Redis, workers and the active model."},
+        {"name": "auth", "description": "API tokens."},
+    ],
 }
 
 LOGGING = {

@@ -140,8 +140,8 @@ def metric_cards(metrics: dict) -> list[dict]:
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ["version", "status_badge", "backbone", "weights_label", "accuracy", "precision_at_6",
-                    "n_images", "trigger", "created_at", "activated_at", "buttons"]
+    list_display = ["version", "status_badge", "backbone_and_weights", "accuracy", "precision_at_6", "n_images",
+                    "trigger_short", "created_at", "buttons"]
     list_display_links = ["version"]
     list_filter = ["status", "weights"]
     search_fields = ["trigger", "backbone", "error"]
@@ -175,19 +175,21 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, obj):
-        if obj.status == ModelVersion.Status.TRAINING:
-            p = obj.progress or {}
-            detail = f" · epoch {p['epoch']}/{p['epochs']}" if p.get("epochs") and p.get("phase") == "training" else ""
-            return format_html("{}<small> {}{}</small>", status_badge_html(obj),
-                               progress.PHASE_LABELS.get(p.get("phase"), ""), detail)
-        return status_badge_html(obj)
+        return status_badge_html(obj)  # a running training's progress is in the live panel above
 
-    @admin.display(description="Weights", ordering="weights")
-    def weights_label(self, obj):
+    @admin.display(description="Backbone · weights", ordering="backbone")
+    def backbone_and_weights(self, obj):
         if obj.uses_random_weights:
-            return format_html('<span class="lk-warn" title="{}">random</span>',
-                               "Seeded random backbone weights: demo quality only.")
-        return obj.weights
+            weights = format_html('<span class="lk-warn" title="{}">random weights</span>',
+                                  "Seeded random backbone weights: demo quality only.")
+        else:
+            weights = obj.weights
+        return format_html('<code>{}</code><span class="lk-small">{}</span>', obj.backbone, weights)
+
+    @admin.display(description="Trigger", ordering="trigger")
+    def trigger_short(self, obj):
+        text = obj.trigger or "–"
+        return format_html('<span title="{}">{}</span>', text, text if len(text) <= 48 else text[:47] + "…")
 
     @admin.display(description="Val. accuracy", ordering="val_accuracy")
     def accuracy(self, obj):
@@ -222,9 +224,10 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 "readiness": progress.training_readiness()}
 
     def changelist_view(self, request, extra_context=None):
-        context = {**self._progress_context(), "active": ModelVersion.objects.filter(
-            status=ModelVersion.Status.ACTIVE).defer("history").first(),
-            "can_train": self.has_change_permission(request), **(extra_context or {})}
+        active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).defer("history").first()
+        context = {**self._progress_context(), "active": active,
+                   "active_accuracy": f"{100 * active.val_accuracy:.1f}%" if active and active.val_accuracy is not None
+                   else "", "can_train": self.has_change_permission(request), **(extra_context or {})}
         context["title"] = "Recommender dashboard"
         return super().changelist_view(request, context)
 
@@ -281,8 +284,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
         changelist = reverse("admin:recommender_modelversion_changelist")
         running = ModelVersion.objects.filter(status=ModelVersion.Status.TRAINING).first()
         if running:
-            self.message_user(request, f"v{running.pk} is already training; one training runs at a time.",
-                              messages.WARNING)
+            self.message_user(request, f"Version v{running.pk} is already training; one training runs at a "
+                              "time.", messages.WARNING)
             return HttpResponseRedirect(changelist)
         readiness = progress.training_readiness()
         if not readiness["ready"]:
@@ -312,8 +315,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
         except ValidationError as exc:
             self.message_user(request, " ".join(exc.messages), messages.ERROR)
         else:
-            self.message_user(request, f"v{version.pk} is now active: similar items and search by photo use it.",
-                              messages.SUCCESS)
+            self.message_user(request, f"Version v{version.pk} is now active: similar items and search by photo "
+                              "use it.", messages.SUCCESS)
         return self._back(request, reverse("admin:recommender_modelversion_change", args=[version.pk]))
 
     def retire_view(self, request, object_id):
@@ -331,5 +334,5 @@ class ModelVersionAdmin(admin.ModelAdmin):
         else:
             note = (" No version is active now: similar items fall back to raw image features until you activate "
                     "one." if was_active else "")
-            self.message_user(request, f"v{version.pk} is retired.{note}", messages.SUCCESS)
+            self.message_user(request, f"Version v{version.pk} is retired.{note}", messages.SUCCESS)
         return self._back(request, reverse("admin:recommender_modelversion_change", args=[version.pk]))

@@ -540,6 +540,9 @@ def retrain_reason() -> str | None:
     share = (total - active.n_images) / total
     if share >= runtime.conf("RETRAIN_NEW_SHARE"):
         return f"{share:.0%} of the images are newer than v{active.pk}"
+    max_age = runtime.conf("RETRAIN_MAX_AGE_HOURS")
+    if max_age and active.activated_at and timezone.now() - active.activated_at > timedelta(hours=max_age):
+        return f"scheduled: v{active.pk} is older than {max_age} h"
     return None
 
 

@@ -105,9 +105,18 @@ def test_retraining_is_triggered_by_new_categories_and_new_images(settings):
     assert services.retrain_reason() == "no active version"
     train_inline(settings)
     assert services.retrain_reason() is None
+    ModelVersion.objects.filter(status="active").update(activated_at=timezone.now() - timedelta(days=8))
+    assert services.retrain_reason().startswith("scheduled:")  # the weekly schedule
+    ModelVersion.objects.filter(status="active").update(activated_at=timezone.now())
     new = import_products(80)[60:]
     services.images_process(image_ids=new, token="t2")
     assert "newer than" in services.retrain_reason()
+    from catalog.services import category_get_or_create
+    from catalog.models import Product
+
+    Product.objects.filter(pk=ProductImage.objects.get(pk=new[0]).product_id).update(
+        category=category_get_or_create(name="Hats"))
+    assert services.retrain_reason() == "new categories: Hats"
 
 
 @pytest.mark.worker
