@@ -160,8 +160,8 @@ class BulkUploadForm(forms.Form):
     @staticmethod
     def limits() -> dict:
         return {
-            "max_members": getattr(settings, "BULK_UPLOAD_MAX_FILES", 5000),
-            "max_total_bytes": getattr(settings, "BULK_UPLOAD_MAX_BYTES", 200 * 1024 * 1024),
+            "max_members": settings.BULK_UPLOAD_MAX_FILES,
+            "max_total_bytes": settings.BULK_UPLOAD_MAX_BYTES,
             "max_member_bytes": settings.MAX_UPLOAD_BYTES,
         }
 

@@ -11,6 +11,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.safestring import mark_safe
 
 from recommender import progress
 from recommender.models import ModelVersion
@@ -140,10 +141,10 @@ def metric_cards(metrics: dict) -> list[dict]:
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ["version", "status_badge", "backbone_and_weights", "accuracy", "precision_at_6", "n_images",
-                    "trigger_short", "created_at", "buttons"]
+    list_display = ["version", "status_badge", "buttons", "backbone_and_weights", "accuracy", "precision_at_6",
+                    "n_images", "trigger_short", "created_at"]
     list_display_links = ["version"]
-    list_filter = ["status", "weights"]
+    # No filter sidebar: a catalog has tens of versions, and the table needs the width.
     search_fields = ["trigger", "backbone", "error"]
     change_list_template = "admin/recommender/modelversion/change_list.html"
     actions = None
@@ -213,7 +214,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
             out.append(format_html('<button type="submit" class="lk-button lk-secondary" formmethod="post" '
                                    'formaction="{}">Retire</button>',
                                    reverse("admin:recommender_modelversion_retire", args=[obj.pk])))
-        return format_html("".join(["{}"] * len(out)), *out) if out else ""
+        # An empty cell, not the admin's "-" placeholder.
+        return format_html("".join(["{}"] * len(out)), *out) if out else mark_safe("<span></span>")
 
     # ------------------------------------------------------------------ pages
     def _progress_context(self):

@@ -317,6 +317,9 @@ def _train(version: ModelVersion) -> None:
     if len(set(labels)) < 2:
         raise ValueError("training needs images in at least two categories")
     config = runtime.head_config()
+    # The worker's own settings train the model: record those, not the requesting process's.
+    version.hyperparameters = asdict(config)
+    version.save(update_fields=["hyperparameters"])
     _progress(version, phase="training", epoch=0, epochs=config.epochs, images=len(ids))
     result = train_head(features, labels, config, callbacks=[_epoch_callback(version, config.epochs)])
     head = result.head

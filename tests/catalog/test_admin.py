@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from catalog.models import Category, Product, ProductImage
 from tests.factories import CategoryFactory, ProductFactory, ProductImageFactory, png_bytes, upload
-from tests.ui.data import media_files, zip_bytes, fast_passwords  # noqa: F401 (autouse)
+from tests.ui.data import fast_passwords, media_files, zip_bytes  # noqa: F401 (fast_passwords: autouse)
 
 pytestmark = pytest.mark.django_db
 
@@ -63,10 +63,35 @@ def test_admin_refuses_a_product_whose_image_is_not_an_image(admin_client, setti
                                      "images-0-position": "0"})
     response = admin_client.post(reverse(ADD_URL), data)
     assert response.status_code == 200
-    # Django's ImageField answers first (it also decodes the file with Pillow).
-    assert "Upload a valid image." in response.content.decode()
+    assert "The file is not an image" in response.content.decode()
     assert not Product.objects.exists() and not ProductImage.objects.exists()
     assert media_files(settings) == before
+
+
+def test_admin_edits_a_product_and_keeps_its_image(admin_client):
+    image = ProductImageFactory(product=ProductFactory(sku="KEEP-1", title="Old title"))
+    product = image.product
+    data = product_form(product.category, sku="KEEP-1", title="New title", **inline_management(total=2, initial=1),
+                        **{"images-0-id": str(image.pk), "images-0-product": str(product.pk),
+                           "images-0-position": "3", "images-1-position": "0"})
+    response = admin_client.post(reverse("admin:catalog_product_change", args=[product.pk]), data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    product.refresh_from_db()
+    kept = product.images.get()
+    assert (product.title, kept.pk, kept.image.name, kept.position) == ("New title", image.pk, image.image.name, 3)
+
+
+def test_admin_refuses_a_product_image_that_is_too_large(admin_client, settings):
+    settings.MAX_UPLOAD_BYTES = 2_000
+    from PIL import Image
+
+    noisy = io.BytesIO()
+    Image.effect_noise((64, 64), 90).convert("RGB").save(noisy, "PNG")
+    data = product_form(CategoryFactory(), **{"images-0-image": upload(noisy.getvalue(), "big.png"),
+                                              "images-0-position": "0"})
+    html = admin_client.post(reverse(ADD_URL), data).content.decode()
+    assert "The file is too large" in html and "the limit is 2,000 bytes" in html
+    assert not Product.objects.exists()
 
 
 def test_admin_refuses_the_same_picture_twice_on_one_product(admin_client):

@@ -15,7 +15,8 @@ from catalog.models import Product, ProductImage
 from catalog.thumbnails import thumbnails_create
 from recommender.models import ModelVersion
 from tests.factories import CategoryFactory, ProductFactory, ProductImageFactory, png_bytes, upload
-from tests.ui.data import add_embeddings, add_features, catalog, media_files, model_version, fast_passwords  # noqa: F401 (autouse)
+from tests.ui.data import (  # noqa: F401 (fast_passwords: autouse)
+    add_embeddings, add_features, catalog, fast_passwords, media_files, model_version)
 
 pytestmark = pytest.mark.django_db
 
@@ -289,6 +290,13 @@ def test_photo_search_refuses_a_file_that_is_too_large(client, settings):
     assert response.status_code == 400
     assert "The file is too large" in response.content.decode()
     assert "1,000 bytes" in response.content.decode()
+
+
+def test_photo_search_refuses_an_image_with_too_many_pixels(client, settings):
+    settings.MAX_IMAGE_PIXELS = 1000
+    response = client.post(reverse("catalog:photo_search"), {"photo": upload(png_bytes((40, 40), seed=2))})
+    assert response.status_code == 400
+    assert "The image is too large (40x40 = 1,600 pixels); the limit is 1,000 pixels." in response.content.decode()
 
 
 def test_photo_search_without_a_file_says_so(client):

@@ -113,7 +113,7 @@ def test_train_button_starts_one_training_at_a_time(admin_client, settings):
     assert f"Training v{version.pk}" in response.content.decode()
 
     response = admin_client.post(url, follow=True)
-    assert f"v{version.pk} is already training" in " ".join(messages_of(response))
+    assert f"Version v{version.pk} is already training" in " ".join(messages_of(response))
     assert ModelVersion.objects.count() == 1
 
 
@@ -174,7 +174,7 @@ def test_train_activate_and_retire_real_versions_from_the_admin(admin_client, se
     page = admin_client.get(reverse("admin:recommender_modelversion_change", args=[first.pk])).content.decode()
     assert f"Activate v{first.pk}" in page and 'data-chart="accuracy"' in page
     response = admin_client.post(reverse("admin:recommender_modelversion_activate", args=[first.pk]), follow=True)
-    assert f"v{first.pk} is now active" in " ".join(messages_of(response))
+    assert f"Version v{first.pk} is now active" in " ".join(messages_of(response))
     assert dict(ModelVersion.objects.values_list("pk", "status")) == {first.pk: "active", second.pk: "retired"}
     assert f"Model v{first.pk}" in client.get(product_page).content.decode()  # not the cached v2 answer
 

@@ -1,0 +1,242 @@
+"""The newcomer's walk through the demo, in headless Chromium (Debian's package, driven by
+Playwright), against the live test server and a real Celery worker:
+
+import a Fashion-MNIST catalog -> the worker processes it while the admin shows the backlog ->
+log into the admin and train a version, watching the progress bar move -> see similar items on a
+product page -> search by photo (and a bad file) -> bulk-upload a new product and watch it
+become searchable. Screenshots (desktop and phone widths) go to test-artifacts/browser/.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from PIL import Image
+
+from catalog.models import Product, ProductImage
+from recommender.models import ModelVersion
+from tests.ui.data import fast_passwords, zip_bytes  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+PRODUCTS = 120
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium package is not installed")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    import os
+
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    # Playwright's sync API keeps an event loop on this thread while the browser is open, and
+    # Django refuses ORM calls from a thread with a running loop. The tests (and the database
+    # flush between them) only use the ORM synchronously between browser steps, which is safe:
+    # Django's documented escape hatch, for as long as the browser is open.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+class Pages:
+    """A desktop and a phone tab that share one session (the staff login)."""
+
+    def __init__(self, browser, base_url):
+        self.base = base_url
+        self.context = browser.new_context(viewport=DESKTOP, base_url=base_url)
+        self.context.set_default_timeout(20_000)
+        self.desktop = self.context.new_page()
+        self.phone = self.context.new_page()
+        self.phone.set_viewport_size(PHONE)
+        self.errors = []
+        for page in (self.desktop, self.phone):
+            # Script errors, and responses that are broken (not the 400 of a refused upload).
+            page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+            page.on("response", lambda r: (r.status >= 500 or r.status == 404 and "favicon" not in r.url)
+                    and self.errors.append(f"{r.status} {r.url}"))
+
+    def shot(self, page, name):
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+    def both(self, path, name, ready=None):
+        for page, suffix in ((self.desktop, "desktop"), (self.phone, "phone")):
+            page.goto(path)
+            if ready:
+                page.wait_for_selector(ready)
+            self.shot(page, f"{name}-{suffix}")
+
+
+def png_of(array) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode="L").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+@pytest.mark.worker
+def test_newcomer_walkthrough(live_server, start_worker, browser, fashion_mnist, settings):
+    (_, _), (x_test, y_test) = fashion_mnist
+    # Enough epochs that the training lasts several polls of the progress bar.
+    start_worker(env_overrides={"RECOMMENDER_EPOCHS": "80"})
+    User.objects.create_superuser("admin", "admin@example.com", "walkthrough-pw")
+    pages = Pages(browser, live_server.url)
+    desktop, phone = pages.desktop, pages.phone
+
+    # 1. The catalog arrives; the worker makes thumbnails and features while the admin watches.
+    call_command("import_fashion_mnist", count=PRODUCTS, verbosity=0)
+    desktop.goto("/admin/login/?next=/admin/catalog/product/")
+    desktop.fill("#id_username", "admin")
+    desktop.fill("#id_password", "walkthrough-pw")
+    desktop.click("input[type=submit]")
+    desktop.wait_for_selector("#ingestion-progress")
+    pages.shot(desktop, "01-admin-products-ingesting-desktop")
+    desktop.wait_for_function(
+        "() => document.querySelector('#ingestion-progress [data-field=detail]').textContent.startsWith('All ')",
+        timeout=240_000)
+    assert ProductImage.objects.filter(status="ready").count() == PRODUCTS
+    assert ProductImage.objects.exclude(thumbnails={}).count() == PRODUCTS  # made by the worker
+
+    # 2. Train a version from the dashboard and watch the bar move (the page polls; no reload).
+    desktop.goto("/admin/recommender/modelversion/")
+    desktop.click("#train-button")
+    desktop.wait_for_selector("#training-progress[data-state=running]")
+    phone.goto("/admin/recommender/modelversion/")
+    seen, details, shot = [], set(), False
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            state = desktop.get_attribute("#training-progress", "data-state", timeout=3000)
+            value = desktop.get_attribute("#training-progress .lk-bar", "aria-valuenow", timeout=3000)
+            detail = desktop.text_content("#training-progress [data-field=detail]", timeout=3000)
+        except Exception:  # the page reloads itself once the training ends
+            continue
+        if state != "running":
+            break
+        seen.append(float(value))
+        details.add(detail)
+        if not shot and "Epoch" in detail and 20 < float(value) < 70:
+            pages.shot(desktop, "02-dashboard-training-desktop")
+            pages.shot(phone, "02-dashboard-training-phone")
+            shot = True
+        time.sleep(0.3)
+    desktop.wait_for_selector("#training-progress[data-state=active]", timeout=120_000)
+    version = ModelVersion.objects.get()
+    assert version.status == "active", version.error
+    distinct = sorted(set(seen))
+    assert seen == sorted(seen), "the bar went backwards"
+    assert len(distinct) >= 3 and distinct[-1] > distinct[0], f"the bar did not move: {seen}"
+    assert any(d.startswith("Epoch ") and "accuracy" in d and "left" in d for d in details), details
+    desktop.locator("#result_list .lk-badge", has_text="Active").wait_for()  # the page reloaded itself
+    pages.shot(desktop, "03-dashboard-trained-desktop")
+    pages.both(f"/admin/recommender/modelversion/{version.pk}/change/", "04-version", ready="svg[data-chart=loss]")
+    assert desktop.locator("#confusion tbody tr").count() == 10
+
+    # 3. A shopper sees similar items on a product page (phone and desktop).
+    product = Product.objects.order_by("id").first()
+    pages.both("/", "05-home")
+    pages.both(product.get_absolute_url(), "06-product", ready="#similar")
+    assert desktop.locator("#similar .card").count() == 6
+    assert desktop.locator("#similar .card img").first.get_attribute("src").endswith(".webp")
+    desktop.check("#similar input[name=same]")
+    desktop.click("#similar button[type=submit]")
+    desktop.wait_for_url("**same=1*")
+    assert desktop.locator("#similar .card").count() >= 1
+    pages.both(f"{product.category.get_absolute_url()}?min_price=20&in_stock=on", "07-category")
+
+    # 4. Search by photo: a Fashion-MNIST test picture the catalog has never seen.
+    sneaker = png_of(x_test[list(y_test).index(7)])  # 7 = Sneaker
+    for page, suffix in ((desktop, "desktop"), (phone, "phone")):
+        page.goto("/search/photo/")
+        page.set_input_files("#photo-input", files=[{"name": "sneaker.png", "mimeType": "image/png",
+                                                      "buffer": sneaker}])
+        page.click("#photo-form button[type=submit]")
+        page.wait_for_selector("#results", timeout=120_000)
+        pages.shot(page, f"08-photo-search-{suffix}")
+    assert desktop.text_content("#predicted").strip() in version.classes
+    assert "% sure" in desktop.text_content(".confidence")
+    assert desktop.locator("#results .card").count() == 12
+    desktop.goto("/search/photo/")
+    desktop.set_input_files("#photo-input", files=[{"name": "notes.png", "mimeType": "image/png",
+                                                    "buffer": b"shopping list, not a photo"}])
+    desktop.click("#photo-form button[type=submit]")
+    assert "The file is not an image" in desktop.text_content("#photo-error")
+    pages.shot(desktop, "09-photo-search-bad-file-desktop")
+
+    # 5. Staff bulk-upload a new product; it becomes searchable once the worker has processed it.
+    boot = png_of(x_test[list(y_test).index(9)])  # 9 = Ankle boot
+    archive = zip_bytes({"new/catalog.csv": b"sku,title,category,images,price\nNEW-BOOT,Walkthrough boot,Ankle boot,"
+                                            b"boot.png,89.00\n", "new/boot.png": boot})
+    desktop.goto("/admin/catalog/product/bulk-upload/")
+    desktop.set_input_files("#id_archive", files=[{"name": "new.zip", "mimeType": "application/zip",
+                                                   "buffer": archive}])
+    desktop.click("input[name=_import]")
+    desktop.wait_for_selector("#import-summary")
+    assert "1 product created" in desktop.text_content("#import-summary")
+    desktop.wait_for_function(
+        "() => document.querySelector('#ingestion-progress [data-field=detail]').textContent.startsWith('All ')",
+        timeout=120_000)
+    pages.shot(desktop, "10-bulk-upload-done-desktop")
+    new = Product.objects.get(sku="NEW-BOOT")
+    desktop.goto("/search/photo/")
+    desktop.set_input_files("#photo-input", files=[{"name": "boot.png", "mimeType": "image/png", "buffer": boot}])
+    desktop.click("#photo-form button[type=submit]")
+    desktop.wait_for_selector("#results")
+    assert desktop.locator("#results .card .title").first.text_content() == "Walkthrough boot"
+    desktop.goto(new.get_absolute_url())
+    assert desktop.locator("#similar .card").count() == 6
+
+    # 6. Retire and re-activate the version with the buttons of its row on the dashboard.
+    desktop.goto("/admin/recommender/modelversion/")
+    desktop.click(f"#result_list button[formaction$='/{version.pk}/retire/']")
+    assert f"Version v{version.pk} is retired" in desktop.text_content(".messagelist")
+    desktop.click(f"#result_list button[formaction$='/{version.pk}/activate/']")
+    assert f"Version v{version.pk} is now active" in desktop.text_content(".messagelist")
+    version.refresh_from_db()
+    assert version.status == "active"
+
+    assert not pages.errors, pages.errors
+    pages.context.close()
+
+
+def test_basics_work_without_javascript(live_server, browser, transactional_db):
+    """Browsing, the similar-items toggle and search by photo are plain links and forms."""
+    from tests.factories import CategoryFactory, ProductFactory, ProductImageFactory, png_bytes
+
+    category = CategoryFactory(name="Bags", slug="bags")
+    product = ProductFactory(category=category, title="Plain tote")
+    ProductImageFactory(product=product, data=png_bytes(seed=1))
+    context = browser.new_context(java_script_enabled=False, viewport=PHONE, base_url=live_server.url)
+    page = context.new_page()
+    page.goto("/")
+    page.click("text=Bags")
+    page.fill(".filters input[name=max_price]", "1000")
+    page.click(".filters button[type=submit]")
+    page.click("text=Plain tote")
+    assert page.text_content("h1") == "Plain tote"
+    page.goto("/search/photo/")
+    page.set_input_files("#photo-input", files=[{"name": "x.txt", "mimeType": "text/plain", "buffer": b"hello"}])
+    page.click("#photo-form button[type=submit]")
+    assert "The file is not an image" in page.text_content("#photo-error")
+    page.screenshot(path=str(ARTIFACTS / "11-no-javascript-phone.png"), full_page=True)
+    context.close()
