@@ -17,6 +17,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.serializers import as_serializer_error
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -52,7 +53,7 @@ def _translate(exc):
             {"detail": exceptions.ErrorDetail("Too many form fields in one request.", code="too_many_fields")})
     if isinstance(exc, SuspiciousOperation) and type(exc).__name__ == "TooManyFilesSent":
         return exceptions.ValidationError(
-            {"images": exceptions.ErrorDetail(_too_many_files_message(), code="too_many_files")})
+            {"detail": exceptions.ErrorDetail(_too_many_files_message(), code="too_many_files")})
     if isinstance(exc, RequestDataTooBig):
         return exceptions.ValidationError(
             {"detail": exceptions.ErrorDetail("The request body is too large.", code="request_too_large")})
@@ -106,6 +107,7 @@ def exception_handler(exc, context):
     return response
 
 
+@csrf_exempt  # a POST to a wrong URL is a 404, not a CSRF failure (HTML 403 from the middleware)
 def not_found(request, *args, **kwargs):
     """JSON 404 for any path under /api/ that no endpoint matches."""
     return JsonResponse(error_body(

@@ -16,16 +16,42 @@ class _ProductFilterForm(forms.Form):
         return data
 
 
+class _StrictBooleanField(forms.NullBooleanField):
+    """true/false (or 1/0); anything else is an error, not silently "no filter"."""
+
+    def to_python(self, value):
+        if value in (None, ""):
+            return None
+        text = str(value).strip().lower()
+        if text in ("true", "1"):
+            return True
+        if text in ("false", "0"):
+            return False
+        raise forms.ValidationError(f"'{value}' is not a boolean: use true or false.", code="invalid")
+
+    def validate(self, value):
+        pass
+
+
+class StrictBooleanFilter(django_filters.BooleanFilter):
+    field_class = _StrictBooleanField
+
+    def __init__(self, *args, **kwargs):
+        # The default select widget turns unknown values into None before the field sees them.
+        kwargs.setdefault("widget", forms.TextInput)
+        super().__init__(*args, **kwargs)
+
+
 class ProductFilter(django_filters.FilterSet):
     category = django_filters.ModelChoiceFilter(queryset=Category.objects.all(), help_text="Category id.")
     min_price = django_filters.NumberFilter(field_name="price", lookup_expr="gte", min_value=Decimal("0"),
                                             max_digits=10, decimal_places=2, help_text="Price at least this.")
     max_price = django_filters.NumberFilter(field_name="price", lookup_expr="lte", min_value=Decimal("0"),
                                             max_digits=10, decimal_places=2, help_text="Price at most this.")
-    active = django_filters.BooleanFilter(field_name="is_active", help_text=(
+    active = StrictBooleanFilter(field_name="is_active", help_text=(
         "Staff: active (true) or inactive (false) products; all when absent. Others only ever see active "
         "products."))
-    in_stock = django_filters.BooleanFilter(help_text="In stock (true) or not (false).")
+    in_stock = StrictBooleanFilter(help_text="In stock (true) or not (false).")
 
     class Meta:
         model = Product

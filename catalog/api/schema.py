@@ -21,11 +21,21 @@ ERRORS = {
 }
 
 
+SUCCESS = {"200": "OK.", "201": "Created.", "202": "Accepted: the work is queued for a worker.",
+           "204": "Done (no body)."}
+
+
 class AutoSchema(SpectacularAutoSchema):
     def _is_public(self) -> bool:
         permissions = self.view.get_permissions()
         return all(isinstance(p, AllowAny) or (isinstance(p, IsStaffOrReadOnly) and self.method in SAFE_METHODS)
                    for p in permissions)
+
+    def get_auth(self):
+        auth = super().get_auth()
+        if auth and {} not in auth and self._is_public():
+            auth.append({})  # no credentials needed
+        return auth
 
     def _error_codes(self, operation) -> list[str]:
         codes = ["401"]  # any request may carry a bad token, even to a public endpoint
@@ -48,7 +58,14 @@ class AutoSchema(SpectacularAutoSchema):
             return None
         from catalog.api.serializers import ErrorSerializer
 
+        for parameter in operation.get("parameters", []):
+            if parameter.get("in") == "query" and not parameter.get("required"):
+                # Every optional query parameter treats an empty value as absent (?category=&min_price=).
+                parameter["allowEmptyValue"] = True
         responses = operation["responses"]
+        for code, response in responses.items():
+            if not response.get("description"):
+                response["description"] = SUCCESS.get(code, "")
         for code in self._error_codes(operation):
             if code in responses:
                 continue

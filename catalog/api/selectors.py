@@ -12,7 +12,8 @@ READY = ProductImage.Status.READY
 
 def products_for_api(*, include_inactive: bool):
     """Products with their images (prefetched) and ``searchable_since`` (see ProductSerializer)."""
-    qs = selectors.product_list(include_inactive=include_inactive)
+    # Explicit order: Django drops Meta.ordering from queries with aggregates (GROUP BY).
+    qs = selectors.product_list(include_inactive=include_inactive).order_by("title", "id")
     version = active_version()
     if version is None:
         # Cold start: a ready image has backbone features, which similar items and search use.

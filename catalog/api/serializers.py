@@ -137,6 +137,10 @@ _images_field_help = (f"Image files (JPEG, PNG, WebP, GIF, BMP or TIFF), at most
 
 class ProductUpdateSerializer(serializers.ModelSerializer):
     category = serializers.PrimaryKeyRelatedField(queryset=Category.objects.all(), help_text="Category id.")
+    # Explicit defaults: in a form or multipart body a missing boolean would otherwise read as false
+    # (an unticked checkbox), and a product created by curl -F would be hidden from shoppers.
+    is_active = serializers.BooleanField(default=True, help_text="Shown to shoppers.")
+    in_stock = serializers.BooleanField(default=True)
 
     class Meta:
         model = Product
@@ -170,8 +174,10 @@ class _ResultFilters(serializers.Serializer):
         "the catalog category of the product; for search by image without a model, ignored)."))
     category = serializers.PrimaryKeyRelatedField(queryset=Category.objects.all(), required=False,
                                                   help_text="Only products of this catalog category (id).")
-    min_price = serializers.DecimalField(max_digits=10, decimal_places=2, min_value=0, required=False)
-    max_price = serializers.DecimalField(max_digits=10, decimal_places=2, min_value=0, required=False)
+    min_price = serializers.DecimalField(max_digits=10, decimal_places=2, min_value=0, required=False,
+                                         coerce_to_string=False, help_text="Only products at this price or above.")
+    max_price = serializers.DecimalField(max_digits=10, decimal_places=2, min_value=0, required=False,
+                                         coerce_to_string=False, help_text="Only products at this price or below.")
 
     def validate(self, data):
         low, high = data.get("min_price"), data.get("max_price")
@@ -312,7 +318,6 @@ class HealthSerializer(serializers.Serializer):
     checks = serializers.DictField(child=HealthCheckSerializer(), help_text=(
         "database, redis, worker and model, each {ok, detail, latency_ms}."))
     active_model_version = ModelVersionRefSerializer(allow_null=True)
-    workers = serializers.ListField(child=serializers.CharField(), help_text="Celery workers that answered a ping.")
     ingestion = serializers.DictField(child=serializers.IntegerField(), allow_null=True, help_text=(
         "Images by processing status: pending, processing, ready, failed (null if the database is down)."))
 

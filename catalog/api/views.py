@@ -52,12 +52,14 @@ def _is_staff(request) -> bool:
 @extend_schema_view(
     list=extend_schema(summary="List categories", description="All categories with their number of active "
                        "products, by name (not paginated: a catalog has few)."),
-    retrieve=extend_schema(summary="A category"),
+    retrieve=extend_schema(summary="A category", parameters=[
+        OpenApiParameter("id", OpenApiTypes.INT, OpenApiParameter.PATH, description="Category id.")]),
 )
 class CategoryViewSet(viewsets.ReadOnlyModelViewSet):
     permission_classes = [AllowAny]
     serializer_class = s.CategorySerializer
     pagination_class = None
+    filter_backends = []
     lookup_value_regex = ID
 
     def get_queryset(self):
@@ -78,7 +80,10 @@ _product_id = OpenApiParameter("id", OpenApiTypes.INT, OpenApiParameter.PATH, de
 
 @extend_schema_view(
     list=extend_schema(summary="List products", description=(
-        "Active products (staff: all, see `active`), paginated, with filters, text search and ordering.")),
+        "Active products (staff: all, see `active`), paginated, with filters, text search and ordering."),
+        parameters=[OpenApiParameter(name, {"type": "number", "minimum": 0, "maximum": 99999999.99},
+                                     description=f"Price {word} this (at most 2 decimal places).")
+                    for name, word in (("min_price", "at least"), ("max_price", "at most"))]),
     retrieve=extend_schema(summary="A product", description=(
         "A product with its images (original and thumbnail URLs, processing status of each) and the time it "
         "became searchable. Inactive products are visible to staff only."), parameters=[_product_id]),
@@ -90,9 +95,11 @@ _product_id = OpenApiParameter("id", OpenApiTypes.INT, OpenApiParameter.PATH, de
                  "application/json": s.ProductUpdateSerializer},
         responses={201: s.ProductSerializer}),
     update=extend_schema(summary="Replace a product's fields (staff)", parameters=[_product_id],
-                         request=s.ProductUpdateSerializer, responses={200: s.ProductSerializer}),
+                         request={"application/json": s.ProductUpdateSerializer},
+                         responses={200: s.ProductSerializer}),
     partial_update=extend_schema(summary="Change some fields of a product (staff)", parameters=[_product_id],
-                                 request=s.ProductUpdateSerializer, responses={200: s.ProductSerializer}),
+                                 request={"application/json": s.ProductUpdateSerializer},
+                                 responses={200: s.ProductSerializer}),
     destroy=extend_schema(summary="Delete a product and its images (staff)", parameters=[_product_id]),
 )
 class ProductViewSet(viewsets.ModelViewSet):
@@ -104,12 +111,18 @@ class ProductViewSet(viewsets.ModelViewSet):
     search_fields = ["title", "sku", "description"]
     ordering_fields = ["price", "title", "created_at", "id"]
     lookup_value_regex = ID
-    queryset = Product.objects.none()  # for the schema's model introspection; get_queryset is used
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Product.objects.none()
         return products_for_api(include_inactive=_is_staff(self.request))
+
+    def initialize_request(self, request, *args, **kwargs):
+        drf_request = super().initialize_request(request, *args, **kwargs)
+        if self.action in ("update", "partial_update"):
+            # Changes are JSON: a form body that does not parse would read as "no fields" and pass.
+            drf_request.parsers = [JSONParser()]
+        return drf_request
 
     def filter_queryset(self, queryset):
         # The list's filters are not conditions on fetching one product (detail, similar, images).
@@ -273,8 +286,9 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
                      "passes the quality gate. Only one training runs at a time: if one is running, that "
                      "version is returned (200) instead of a new one (202). Follow it with .../progress/."),
         request=s.TrainRequestSerializer,
-        responses={202: s.ModelVersionSerializer, 200: s.ModelVersionSerializer})
-    @action(detail=False, methods=["post"], filter_backends=[], pagination_class=None)
+        responses={202: OpenApiResponse(s.ModelVersionSerializer, description="A new version, queued for training."),
+                   200: OpenApiResponse(s.ModelVersionSerializer, description="The training already running.")})
+    @action(detail=False, methods=["post"], filter_backends=[], pagination_class=None, parser_classes=[JSONParser])
     def train(self, request):
         serializer = s.TrainRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -371,7 +385,11 @@ class HealthView(APIView):
                      "site can serve reads), 503 when it does not. `status` is ok when everything works and "
                      "degraded when Redis, the worker or an active model is missing. Worker pings are reused "
                      f"for {WORKER_CACHE_SECONDS} s."),
-        responses={200: s.HealthSerializer, 503: s.HealthSerializer}, tags=["health"])
+        responses={
+            200: OpenApiResponse(s.HealthSerializer, description="The database answers (status ok or degraded)."),
+            503: OpenApiResponse(s.HealthSerializer, description="The database does not answer (status down)."),
+        },
+        tags=["health"])
     def get(self, request):
         checks = {"database": _check(_database), "redis": _check(_redis)}
         if checks["redis"]["ok"]:

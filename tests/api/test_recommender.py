@@ -1,0 +1,366 @@
+"""Similar items, search by photo, model versions and training control, and health through the API."""
+
+import pytest
+from django.core.cache import cache
+from rest_framework.authtoken.models import Token
+
+from catalog.models import ProductImage
+from recommender.models import ModelVersion
+from tests.api.conftest import media_files, png
+from tests.factories import CategoryFactory, ProductFactory, upload
+
+pytestmark = pytest.mark.django_db
+
+SEARCH = "/api/v1/search/image/"
+VERSIONS = "/api/v1/model-versions/"
+
+
+def similar(client, product, **params):
+    return client.get(f"/api/v1/products/{product.pk}/similar/", params)
+
+
+# --------------------------------------------------------------------------- similar items
+
+
+def test_similar_without_features_answers_none(anon_client):
+    product = ProductFactory()
+    body = similar(anon_client, product).json()
+    assert body == {"product": product.pk, "source": "none", "model_version": None, "results": []}
+
+
+def test_similar_cold_start_uses_backbone_features_and_is_public(clients, small_catalog):
+    product = small_catalog[0]
+    for who, client in clients.items():
+        response = similar(client, product, k=4)
+        assert response.status_code == 200, who
+        body = response.json()
+        assert body["source"] == "backbone" and body["model_version"] is None
+        assert len(body["results"]) == 4
+        assert product.pk not in [r["product"]["id"] for r in body["results"]]
+        distances = [r["distance"] for r in body["results"]]
+        assert distances == sorted(distances)
+        item = body["results"][0]["product"]
+        assert set(item) == {"id", "sku", "title", "category", "price", "in_stock", "thumbnail", "url"}
+        assert item["thumbnail"].startswith("http://testserver/media/") and item["thumbnail"].endswith(".webp")
+
+
+def test_similar_with_the_active_model_and_filters(anon_client, trained_catalog):
+    products, version = trained_catalog
+    product = products[0]
+    body = similar(anon_client, product, k=6).json()
+    assert body["source"] == "model"
+    assert body["model_version"]["id"] == version.pk and body["model_version"]["status"] == "active"
+    assert body["model_version"]["backbone"] == version.backbone
+    assert len(body["results"]) == 6
+
+    same = similar(anon_client, product, k=20, same_category="true").json()["results"]
+    predicted = set(version.embeddings.filter(product_id__in=[r["product"]["id"] for r in same])
+                    .values_list("predicted", flat=True))
+    mine = version.embeddings.get(product=product).predicted
+    assert predicted == {mine}
+
+    other = next(p.category for p in products if p.category != product.category)
+    in_category = similar(anon_client, product, k=20, category=other.pk).json()["results"]
+    assert in_category and {r["product"]["category"]["id"] for r in in_category} == {other.pk}
+
+    prices = sorted(float(p.price) for p in products)
+    low, high = prices[3], prices[-4]
+    priced = similar(anon_client, product, k=20, min_price=low, max_price=high).json()["results"]
+    assert priced and all(low <= float(r["product"]["price"]) <= high for r in priced)
+    # The issue's own URL form: empty values mean "no filter".
+    response = anon_client.get(f"/api/v1/products/{product.pk}/similar/?k=3&same_category=true&category="
+                               "&min_price=&max_price=")
+    assert response.status_code == 200 and len(response.json()["results"]) == 3
+
+
+@pytest.mark.parametrize("params, field, code", [
+    ({"k": "0"}, "k", "min_value"),
+    ({"k": "51"}, "k", "max_value"),
+    ({"k": "many"}, "k", "invalid"),
+    ({"category": "999999"}, "category", "does_not_exist"),
+    ({"min_price": "-1"}, "min_price", "min_value"),
+    ({"min_price": "9", "max_price": "1"}, "min_price", "invalid_range"),
+    ({"same_category": "maybe"}, "same_category", "invalid"),
+])
+def test_similar_rejects_bad_parameters(anon_client, params, field, code):
+    response = similar(anon_client, ProductFactory(), **params)
+    assert response.status_code == 400
+    assert [(e["field"], e["code"]) for e in response.json()["errors"]] == [(field, code)]
+
+
+def test_similar_of_unknown_or_inactive_product_is_404(clients):
+    hidden = ProductFactory(is_active=False)
+    response = clients["anonymous"].get("/api/v1/products/999999/similar/")
+    assert response.status_code == 404 and response.json()["detail"] == "No active product with id 999999."
+    assert similar(clients["anonymous"], hidden).status_code == 404
+    assert similar(clients["staff"], hidden).status_code == 200
+
+
+# --------------------------------------------------------------------------- search by image
+
+
+def test_search_by_image_with_the_active_model(clients, trained_catalog, fashion_mnist, settings):
+    products, version = trained_catalog
+    (x_train, _), _ = fashion_mnist
+    before = (media_files(settings), ProductImage.objects.count())
+    for who, client in clients.items():
+        response = client.post(SEARCH, {"image": upload(png(x_train[0])), "k": 5}, format="multipart")
+        assert response.status_code == 200, (who, response.json())
+        body = response.json()
+        assert body["source"] == "model" and body["model_version"]["id"] == version.pk
+        assert body["predicted"] in version.classes
+        assert body["predicted_category"]["name"] == body["predicted"]
+        assert list(body["probabilities"]) [0] == body["predicted"]
+        assert set(body["probabilities"]) == set(version.classes)
+        assert sum(body["probabilities"].values()) == pytest.approx(1, abs=1e-3)
+        assert len(body["results"]) == 5
+    # Filters as for similar items.
+    category = products[0].category
+    response = clients["anonymous"].post(SEARCH, {"image": upload(png(x_train[1])), "k": 30,
+                                                  "category": category.pk}, format="multipart")
+    assert {r["product"]["category"]["id"] for r in response.json()["results"]} == {category.pk}
+    assert (media_files(settings), ProductImage.objects.count()) == before  # nothing stored
+
+
+def test_search_by_image_before_any_model_uses_backbone_features(anon_client, small_catalog):
+    response = anon_client.post(SEARCH, {"image": upload(png((40, 40)))}, format="multipart")
+    body = response.json()
+    assert response.status_code == 200
+    assert body["source"] == "backbone" and body["predicted"] is None and body["probabilities"] == {}
+    assert body["predicted_category"] is None and len(body["results"]) == 6
+
+
+@pytest.mark.parametrize("case", ["not_an_image", "too_large", "too_many_pixels", "empty", "missing"])
+def test_search_by_image_rejects_bad_uploads(anon_client, settings, case):
+    data = {"k": 3}
+    if case == "too_large":
+        settings.MAX_UPLOAD_BYTES = 100
+        data["image"] = upload(png((50, 50), colour=None) + b"\0" * 200)
+    elif case == "too_many_pixels":
+        settings.MAX_IMAGE_PIXELS = 100
+        data["image"] = upload(png((11, 10)))
+    elif case == "empty":
+        data["image"] = upload(b"")
+    elif case == "not_an_image":
+        data["image"] = upload(b"%PDF-1.4 this is a document", "doc.pdf", "application/pdf")
+    response = anon_client.post(SEARCH, data, format="multipart")
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == ("required" if case == "missing" else case)
+    assert body["errors"][0]["field"] == "image"
+    assert body["detail"].startswith("image: ")
+    assert media_files(settings) == []
+
+
+def test_search_by_image_needs_multipart(anon_client):
+    response = anon_client.post(SEARCH, {"image": "aGVsbG8="}, format="json")
+    assert response.status_code == 415
+
+
+def _throttle(settings, **rates):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK,
+                               "DEFAULT_THROTTLE_RATES": {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
+                                                          **rates}}
+
+
+def test_search_by_image_is_throttled_per_anonymous_client_in_redis(anon_client, settings, user_client):
+    _throttle(settings, image_search_anon="2/min", image_search_user="3/min")
+    bad = lambda: {"image": upload(b"nope")}  # noqa: E731 - cheap requests; the throttle runs first
+    assert [anon_client.post(SEARCH, bad(), format="multipart").status_code for _ in range(2)] == [400, 400]
+    throttled = anon_client.post(SEARCH, bad(), format="multipart")
+    assert throttled.status_code == 429
+    assert 0 < int(throttled["Retry-After"]) <= 60
+    body = throttled.json()
+    assert body["status"] == 429 and body["code"] == "throttled" and "seconds" in body["detail"]
+    # The history lives in the shared cache (Redis), keyed by client address.
+    assert len(cache.get("throttle_image_search_anon_127.0.0.1")) == 2
+    # Another client address, and a signed-in user, have their own budgets.
+    other = anon_client.post(SEARCH, bad(), format="multipart", REMOTE_ADDR="10.1.2.3")
+    assert other.status_code == 400
+    codes = [user_client.post(SEARCH, bad(), format="multipart").status_code for _ in range(4)]
+    assert codes == [400, 400, 400, 429]
+
+
+# --------------------------------------------------------------------------- model versions
+
+
+def test_model_versions_are_staff_only(clients):
+    version = ModelVersion.objects.create(status="failed", backbone="b", weights="random", input_size=32)
+    urls = [("get", VERSIONS), ("get", f"{VERSIONS}{version.pk}/"), ("get", f"{VERSIONS}{version.pk}/progress/"),
+            ("post", f"{VERSIONS}train/"), ("post", f"{VERSIONS}{version.pk}/activate/"),
+            ("post", f"{VERSIONS}{version.pk}/retire/")]
+    for method, url in urls:
+        anon = getattr(clients["anonymous"], method)(url)
+        assert anon.status_code == 401, url
+        assert anon["WWW-Authenticate"] == "Token"
+        assert anon.json()["code"] == "not_authenticated"
+        user = getattr(clients["user"], method)(url)
+        assert user.status_code == 403, url
+        assert user.json()["code"] == "permission_denied" and "Staff only" in user.json()["detail"]
+    assert ModelVersion.objects.count() == 1
+
+
+def test_model_version_list_detail_and_training_control(staff_client, trained_catalog, settings):
+    products, version = trained_catalog
+    listing = staff_client.get(VERSIONS).json()
+    assert listing["count"] == 1
+    item = listing["results"][0]
+    assert item["id"] == version.pk and item["status"] == "active"
+    assert item["backbone"] == version.backbone and item["weights"] == "random"
+    assert item["uses_random_weights"] is True
+    assert "metrics" not in item and "history" not in item
+    assert staff_client.get(VERSIONS, {"status": "failed"}).json()["count"] == 0
+    assert staff_client.get(VERSIONS, {"status": "bogus"}).status_code == 400
+
+    detail = staff_client.get(f"{VERSIONS}{version.pk}/").json()
+    assert set(detail["history"]) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert len(detail["history"]["loss"]) == 4
+    assert 0 <= detail["metrics"]["accuracy"] <= 1 and "precision_at_6" in detail["metrics"]
+    assert "holdout_image_ids" not in detail["metrics"]
+    assert detail["hyperparameters"]["epochs"] == 4
+    assert detail["progress"]["phase"] == "done" and detail["progress"]["running"] is False
+
+    # Start a retraining (queued for a worker; none runs here), then ask again: the same version.
+    started = staff_client.post(f"{VERSIONS}train/", {"reason": "new stock"}, format="json")
+    assert started.status_code == 202
+    new = started.json()
+    assert new["status"] == "training" and new["trigger"] == "api (sam): new stock"
+    assert new["progress"] == {**new["progress"], "running": True, "phase": "queued"}
+    again = staff_client.post(f"{VERSIONS}train/", {}, format="json")
+    assert again.status_code == 200 and again.json()["id"] == new["id"]
+
+    # A training reports its progress.
+    ModelVersion.objects.filter(pk=new["id"]).update(progress={
+        "phase": "embedding", "epoch": 4, "epochs": 4, "images_embedded": 10, "images_total": 24,
+        "eta_seconds": 3.5})
+    progress = staff_client.get(f"{VERSIONS}{new['id']}/progress/").json()
+    assert progress["phase"] == "embedding" and progress["epoch"] == 4
+    assert (progress["images_embedded"], progress["images_total"], progress["eta_seconds"]) == (10, 24, 3.5)
+    # A training version can be neither activated nor retired.
+    conflict = staff_client.post(f"{VERSIONS}{new['id']}/activate/")
+    assert conflict.status_code == 409 and conflict.json()["code"] == "conflict"
+    assert "ready or retired" in conflict.json()["detail"]
+    assert staff_client.post(f"{VERSIONS}{new['id']}/retire/").status_code == 409
+    ModelVersion.objects.filter(pk=new["id"]).delete()
+
+    # Retire the active version: similar items fall back to backbone features; activate it again.
+    retired = staff_client.post(f"{VERSIONS}{version.pk}/retire/")
+    assert retired.status_code == 200 and retired.json()["status"] == "retired"
+    assert similar(staff_client, products[0]).json()["source"] == "backbone"
+    activated = staff_client.post(f"{VERSIONS}{version.pk}/activate/")
+    assert activated.status_code == 200 and activated.json()["status"] == "active"
+    assert similar(staff_client, products[0]).json()["model_version"]["id"] == version.pk
+    assert staff_client.get(f"{VERSIONS}999999/").status_code == 404
+    assert staff_client.post(f"{VERSIONS}999999/activate/").status_code == 404
+
+
+# --------------------------------------------------------------------------- health, auth, errors
+
+
+def test_health_reports_each_part(anon_client, trained_catalog):
+    _, version = trained_catalog
+    response = anon_client.get("/api/v1/health/")
+    assert response.status_code == 200
+    body = response.json()
+    checks = body["checks"]
+    assert set(checks) == {"database", "redis", "worker", "model"}
+    assert checks["database"]["ok"] and checks["redis"]["ok"] and checks["model"]["ok"]
+    # No worker runs in this test: reported, and the site is degraded rather than down.
+    assert checks["worker"] == {**checks["worker"], "ok": False, "detail": "no Celery worker answered a ping"}
+    assert body["status"] == "degraded"
+    assert body["active_model_version"]["id"] == version.pk
+    assert body["ingestion"]["ready"] == 24
+    assert response["Cache-Control"] == "no-store"
+
+
+def test_health_without_a_model(anon_client):
+    body = anon_client.get("/api/v1/health/").json()
+    assert body["checks"]["model"]["ok"] is False and "no active model version" in body["checks"]["model"]["detail"]
+    assert body["active_model_version"] is None
+
+
+def test_health_is_503_when_the_database_is_down(anon_client, monkeypatch):
+    from catalog.api import views
+
+    def refuse():
+        raise ConnectionError("connection refused")
+
+    monkeypatch.setattr(views, "_database", refuse)
+    response = anon_client.get("/api/v1/health/")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "down" and body["checks"]["database"]["ok"] is False
+    assert "connection refused" in body["checks"]["database"]["detail"]
+
+
+def test_token_endpoint_and_token_auth(anon_client, staff):
+    response = anon_client.post("/api/v1/auth/token/", {"username": "sam", "password": "wrong"}, format="json")
+    assert response.status_code == 400 and response.json()["code"] == "authorization"
+    response = anon_client.post("/api/v1/auth/token/", {"username": "sam",
+                                                        "password": "correct horse battery staple"})
+    assert response.status_code == 200
+    key = response.json()["token"]
+    assert Token.objects.get(user=staff).key == key
+    anon_client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    assert anon_client.get(VERSIONS).status_code == 200
+    anon_client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
+    bad = anon_client.get("/api/v1/products/")  # even a public endpoint refuses a wrong token
+    assert bad.status_code == 401 and bad.json()["detail"] == "Invalid token."
+
+
+def test_session_auth_needs_csrf_for_writes(staff):
+    from rest_framework.test import APIClient
+
+    client = APIClient(enforce_csrf_checks=True)
+    assert client.login(username="sam", password="correct horse battery staple")
+    assert client.get(VERSIONS).status_code == 200
+    response = client.post("/api/v1/products/", {"sku": "x", "title": "x", "category": CategoryFactory().pk},
+                           format="json")
+    assert response.status_code == 403 and "CSRF" in response.json()["detail"]
+
+
+def test_an_unexpected_error_is_a_logged_json_500(anon_client, monkeypatch, caplog):
+    from recommender import selectors
+
+    def broken(**kwargs):
+        raise RuntimeError("index unavailable")
+
+    monkeypatch.setattr(selectors, "similar_products", broken)
+    response = similar(anon_client, ProductFactory())
+    assert response.status_code == 500
+    assert response.json() == {"status": 500, "code": "server_error",
+                               "detail": "Internal server error; it has been logged.", "errors": []}
+    assert "index unavailable" in caplog.text  # the traceback is in the log, not in the response
+
+
+def test_unknown_api_path_is_a_json_404(anon_client):
+    response = anon_client.get("/api/v1/nothing-here/")
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found" and "/api/schema/swagger/" in response.json()["detail"]
+
+
+def test_api_root_and_schema_pages_are_public(anon_client):
+    assert anon_client.get("/api/v1/").status_code == 200
+    schema = anon_client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    assert {"/api/v1/products/{id}/similar/", "/api/v1/search/image/", "/api/v1/health/",
+            "/api/v1/model-versions/{id}/activate/"} <= set(paths)
+    # Every operation documents its errors with the shared error shape.
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            assert "401" in operation["responses"], (method, path)
+            for code, response in operation["responses"].items():
+                if code >= "400" and path != "/api/v1/health/":
+                    ref = response["content"]["application/json"]["schema"]["$ref"]
+                    assert ref == "#/components/schemas/Error", (method, path, code)
+    assert "Retry-After" in paths["/api/v1/search/image/"]["post"]["responses"]["429"]["headers"]
+    for page in ("/api/schema/swagger/", "/api/schema/redoc/"):
+        response = anon_client.get(page)
+        assert response.status_code == 200 and b"/api/schema/" in response.content
+
+
+def test_schema_generates_without_warnings():
+    from django.core.management import call_command
+
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", "/dev/null")
