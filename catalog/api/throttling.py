@@ -5,13 +5,26 @@ Rates come from REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] and are read per reques
 classes read them once at import), so a settings change or a test's override takes effect.
 """
 
+import logging
+
 from rest_framework.settings import api_settings
 from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
+
+
+logger = logging.getLogger(__name__)
 
 
 class _RateFromSettings:
     def get_rate(self):
         return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+
+    def allow_request(self, request, view):
+        # The counts live in Redis; when it is down, serve (fail open) rather than answer 500.
+        try:
+            return super().allow_request(request, view)
+        except Exception as exc:
+            logger.warning("throttle cache unavailable (%s); request allowed", exc)
+            return True
 
 
 class ImageSearchAnonThrottle(_RateFromSettings, AnonRateThrottle):

@@ -358,6 +358,7 @@ def test_api_root_and_schema_pages_are_public(anon_client):
     for page in ("/api/schema/swagger/", "/api/schema/redoc/"):
         response = anon_client.get(page)
         assert response.status_code == 200 and b"/api/schema/" in response.content
+        assert b"cdn.jsdelivr" not in response.content and b"/static/drf_spectacular_sidecar/" in response.content
 
 
 def test_schema_generates_without_warnings():
