@@ -1,0 +1,320 @@
+"""Shared helpers of the benchmark scripts: paths, the temporary environment, the machine's
+description, tables, JSON results and the feature cache.
+
+Benchmarks never touch the developer's data: :func:`isolate` points VAR_DIR, MEDIA_ROOT and
+MODELS_ROOT at a fresh temporary folder *before* Django or the embedded services are started,
+so each script gets its own PostgreSQL + pgvector and Redis, removed when it exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+CACHE = RESULTS / "cache"
+FASHION_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def parse_mode(argv=None, extra=None):
+    """``--quick`` (default, what ``make bench`` runs) or ``--full`` (the complete protocol)."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="the shrunk run of make bench (default)")
+    group.add_argument("--full", action="store_true", help="the complete protocol (hours on 2 cores)")
+    if extra:
+        extra(parser)
+    args = parser.parse_args(argv)
+    args.mode = "full" if args.full else "quick"
+    return args
+
+
+def weights() -> str:
+    """Backbone weights: RECOMMENDER_BACKBONE_WEIGHTS, else 'random' (ImageNet weights cannot be
+    downloaded on an offline machine; every table says which were used)."""
+    return os.environ.get("RECOMMENDER_BACKBONE_WEIGHTS") or "random"
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def prime_keras_cache() -> Path:
+    """Make keras.datasets.fashion_mnist.load_data() read the official files from disk.
+
+    Uses $KERAS_HOME (what ``make bench`` exports and primes), copying the four files there when
+    they are missing, so ImageNet weights cached in the same folder stay usable."""
+    home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+    source = Path(os.environ.get("FASHION_MNIST_DIR") or ROOT.parent / "shared" / "data" / "fashion-mnist")
+    target = home / "datasets" / "fashion-mnist"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for name in FASHION_FILES:
+            if not (target / name).exists() and (source / name).is_file():
+                shutil.copyfile(source / name, target / name)
+    except OSError:  # read-only home: a private cache with links to the files
+        home = Path(tempfile.mkdtemp(prefix="bench-keras-"))
+        target = home / "datasets" / "fashion-mnist"
+        target.mkdir(parents=True)
+        for name in FASHION_FILES:
+            if (source / name).is_file():
+                os.symlink(source / name, target / name)
+    os.environ["KERAS_HOME"] = str(home)
+    return home
+
+
+def isolate(name: str, **env) -> Path:
+    """A temporary VAR_DIR (own PostgreSQL, Redis, media and models) for this process."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    os.environ["VAR_DIR"] = str(tmp)
+    os.environ["MEDIA_ROOT"] = str(tmp / "media")
+    os.environ["MODELS_ROOT"] = str(tmp / "models")
+    os.environ["CACHE_PREFIX"] = f"bench-{name}-{os.getpid()}"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
+    os.environ["RECOMMENDER_BACKBONE_WEIGHTS"] = weights()
+    # Never inherit servers from the caller's shell: the benchmark owns its own.
+    for key in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_TASK_ALWAYS_EAGER"):
+        os.environ.pop(key, None)
+    os.environ.update({k: str(v) for k, v in env.items()})
+    prime_keras_cache()
+
+    def cleanup():
+        try:
+            from config import embedded
+
+            embedded.shutdown()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    atexit.register(cleanup)
+    return tmp
+
+
+def django_setup(migrate: bool = True) -> None:
+    """Start the embedded services of the isolated VAR_DIR, set Django up and migrate."""
+    import logging
+    import warnings
+
+    from config import embedded
+
+    embedded.bootstrap()
+    import django
+
+    django.setup()
+    warnings.filterwarnings("ignore", message=".*SEEDED RANDOM weights.*")
+    logging.getLogger("recommender").setLevel(logging.ERROR)
+    logging.getLogger("recommender.backbone").setLevel(logging.ERROR)
+    if migrate:
+        from django.core.management import call_command
+
+        call_command("migrate", interactive=False, verbosity=0)
+
+
+def quiet_tensorflow() -> None:
+    import logging
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", message=".*SEEDED RANDOM weights.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger("recommender.backbone").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _gpu() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip().replace("\n", "; ")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return None
+
+
+def machine() -> dict:
+    try:
+        import psutil
+
+        memory = round(psutil.virtual_memory().total / 2 ** 30, 1)
+    except ImportError:  # the GPU machine may lack psutil
+        memory = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {"cpu": _cpu_model(), "cores": cores, "memory_gib": memory, "gpu": _gpu(), "load_average": load,
+            "os": platform.platform(), "python": platform.python_version(), "commit": commit}
+
+
+# --------------------------------------------------------------------------- timing & tables
+
+
+class Timer:
+    def __enter__(self):
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.started
+
+
+def percentiles_ms(samples_s) -> dict:
+    samples = np.asarray(samples_s, dtype=np.float64) * 1000
+    if samples.size == 0:
+        return {"p50_ms": None, "p99_ms": None, "mean_ms": None, "n": 0}
+    return {"p50_ms": round(float(np.percentile(samples, 50)), 2),
+            "p99_ms": round(float(np.percentile(samples, 99)), 2),
+            "mean_ms": round(float(samples.mean()), 2), "n": int(samples.size)}
+
+
+def fmt(value, digits=3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if abs(value) >= 100:
+            return f"{value:.1f}"
+        return f"{value:.{digits}g}" if abs(value) < 1 else f"{value:.{max(digits - 1, 1)}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(title: str, columns: list[str], rows: list[list], notes: list[str] | None = None) -> dict:
+    return {"title": title, "columns": columns, "rows": rows, "notes": notes or []}
+
+
+def print_table(t: dict) -> None:
+    cells = [[fmt(c) for c in row] for row in t["rows"]]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) if cells else len(str(h))
+              for i, h in enumerate(t["columns"])]
+    print(f"\n{t['title']}")
+    print("  ".join(str(h).ljust(w) for h, w in zip(t["columns"], widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    for note in t["notes"]:
+        print(f"  * {note}")
+    sys.stdout.flush()
+
+
+def write_result(name: str, payload: dict) -> Path:
+    """bench/results/<name>.json, written atomically (a killed run leaves the old file)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "finished_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+               "machine": machine(), **payload}
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+    print(f"\nwrote {path.relative_to(ROOT)}")
+    return path
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+# --------------------------------------------------------------------------- data & features
+
+
+def load_fashion_mnist():
+    """The real Keras loader, reading the primed cache (no network)."""
+    prime_keras_cache()
+    quiet_tensorflow()
+    from keras.datasets import fashion_mnist
+
+    return fashion_mnist.load_data()
+
+
+def to_pictures(images):
+    from PIL import Image
+
+    return [Image.fromarray(np.asarray(a, dtype=np.uint8), mode="L") for a in images]
+
+
+def cache_key(identity: str, name: str) -> Path:
+    safe = identity.replace(":", "_").replace("/", "_")
+    return CACHE / f"{safe}__{name}.npy"
+
+
+def extract_cached(spec, name: str, images, batch_size: int = 256, log=print) -> tuple[np.ndarray, dict]:
+    """Backbone features of uint8 images through our batched extractor, cached on disk by backbone
+    identity (architecture, weights, input size) and set name. Returns (features, info)."""
+    path = cache_key(spec.identity, name)
+    if path.is_file():
+        features = np.load(path)
+        if len(features) == len(images):
+            return features, {"cached": True, "seconds": None, "images_per_second": None}
+    from recommender.backbone import get_backbone
+
+    quiet_tensorflow()
+    backbone = get_backbone(spec, batch_size=batch_size)  # built once per process
+    pictures = to_pictures(images)
+    log(f"  extracting {len(pictures):,} images ({name}) at {spec.input_size}px, batch {batch_size}...")
+    started = time.perf_counter()
+    features = backbone.extract(pictures)
+    seconds = time.perf_counter() - started
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, features)
+    os.replace(tmp, path)
+    return features, {"cached": False, "seconds": round(seconds, 1),
+                      "images_per_second": round(len(pictures) / seconds, 1)}

@@ -1,0 +1,94 @@
+"""Run every benchmark, one after another, each as its own process; then regenerate
+docs/benchmarks.md from the JSON results.
+
+    python bench/run_all.py --quick      # make bench: under 15 minutes on 2 cores
+    python bench/run_all.py --full       # the complete protocol
+    python bench/run_all.py --quick --only quality,query_speed
+
+quality runs first: it caches the Fashion-MNIST features and our embeddings that query_speed and
+ingestion reuse. A failing script is reported and the others still run; the exit code is non-zero
+if any failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import common  # noqa: E402
+
+SCRIPTS = ["quality", "extraction_speed", "query_speed", "web_load", "ingestion"]
+# TensorFlow's and absl's start-up chatter: kept in the logs, not on the console.
+NOISE = re.compile(r"^([IWE]\d{4} |WARNING: All log messages before absl|.*oneDNN custom operations|"
+                   r".*cuda_platform|.*cudart_stub|.*SEEDED RANDOM weights|\s*warnings\.warn|.*UserWarning)")
+
+
+def run_script(name: str, mode: str, timeout: float, logs: Path) -> dict:
+    log_path = logs / f"{name}.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    started = time.perf_counter()
+    print(f"\n=== {name} ({mode}) ===", flush=True)
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name(f"{name}.py")), f"--{mode}"],
+                                cwd=common.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                if not NOISE.match(line):
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                if time.monotonic() > deadline:
+                    raise subprocess.TimeoutExpired(name, timeout)
+            proc.wait(max(1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            print(f"!!! {name} ran past {timeout:.0f} s and was stopped")
+    seconds = round(time.perf_counter() - started, 1)
+    if proc.returncode != 0:
+        tail = log_path.read_text(errors="replace").splitlines()[-25:]
+        print(f"!!! {name} failed (exit {proc.returncode}); last lines of {log_path}:\n" + "\n".join(tail))
+    return {"name": name, "returncode": proc.returncode, "seconds": seconds, "log": str(log_path)}
+
+
+def main():
+    def extra(parser):
+        parser.add_argument("--only", help="comma-separated subset of: " + ", ".join(SCRIPTS))
+
+    args = common.parse_mode(extra=extra)
+    names = [n.strip() for n in args.only.split(",")] if args.only else SCRIPTS
+    unknown = set(names) - set(SCRIPTS)
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    logs = common.CACHE / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    common.prime_keras_cache()
+    timeout = 30 * 60 if args.mode == "quick" else 12 * 3600
+    started_at = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    started = time.perf_counter()
+    scripts = [run_script(name, args.mode, timeout, logs) for name in names]
+    seconds = round(time.perf_counter() - started, 1)
+    command = "make bench" if args.mode == "quick" and not args.only else \
+        f"python bench/run_all.py --{args.mode}" + (f" --only {args.only}" if args.only else "")
+    common.write_result("run_all", {
+        "mode": args.mode, "command": command, "started_at": started_at, "seconds": seconds,
+        "weights": common.weights(), "scripts": scripts})
+    subprocess.run([sys.executable, str(Path(__file__).with_name("report.py"))], cwd=common.ROOT, check=False)
+    print(f"\nAll benchmarks: {seconds / 60:.1f} min")
+    for s in scripts:
+        print(f"  {s['name']:18} {s['seconds']:7.1f} s  {'ok' if s['returncode'] == 0 else 'FAILED'}")
+    if any(s["returncode"] != 0 for s in scripts):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
