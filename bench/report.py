@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import common  # noqa: E402
 
 DOC = common.ROOT / "docs" / "benchmarks.md"
-ORDER = ["quality", "extraction_speed", "query_speed", "web_load", "ingestion"]
+ORDER = ["quality", "extraction_speed", "query_speed", "web_load", "ingestion", "soak"]
 
 
 def load(name: str) -> dict | None:
@@ -143,6 +143,15 @@ def headline(results: dict) -> list[str]:
             f"and embedding + indexing the catalog: {rt['total_seconds']} s ({rt['epochs']} epochs"
             + ("" if i.get("first_training") else "; a first version: the quick run has no older version to "
                "replace") + ").")
+    s = results.get("soak")
+    if s:
+        r = s["results"]
+        lines.append(
+            f"**Soak**: {r['requests']:,} shopper requests during an upload of 250 images and a retraining that "
+            f"activated: {r['errors_5xx']} 5xx, {r['pages_with_panel']} of {r['product_pages']} product pages with "
+            f"the panel, {r['answered_by']['old']} answers by the old version then {r['answered_by']['new']} by the "
+            f"new; {r['images_ready']} of {r['images']} images ready ("
+            + ("the test passed" if s.get("passed") else "the test FAILED") + ").")
     return lines
 
 
@@ -162,6 +171,7 @@ TITLES = {
     "query_speed": "3. Similar-items query speed and accuracy at scale",
     "web_load": "4. The web under load",
     "ingestion": "5. Ingestion and retraining",
+    "soak": "6. Soak: reads during uploads and a retraining (the suite's slow-tier test)",
 }
 
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
 
-SCRIPTS = ["quality", "extraction_speed", "query_speed", "web_load", "ingestion"]
+SCRIPTS = ["quality", "extraction_speed", "query_speed", "web_load", "ingestion", "soak"]
 # TensorFlow's and absl's start-up chatter: kept in the logs, not on the console.
 NOISE = re.compile(r"^([IWE]\d{4} |WARNING: All log messages before absl|.*oneDNN custom operations|"
                    r".*cuda_platform|.*cudart_stub|.*SEEDED RANDOM weights|\s*warnings\.warn|.*UserWarning)")

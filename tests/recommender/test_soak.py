@@ -3,6 +3,8 @@ images and a retraining runs and activates. Afterwards: zero 5xx, every image re
 similar-items panel answered throughout, by the old version and then the new one."""
 
 import io
+import json
+import os
 import random
 import threading
 import time
@@ -39,8 +41,6 @@ class Shoppers:
             return error.code, error.read()
 
     def run(self, n):
-        import json
-
         rng = random.Random(n)
         while not self.stopped.is_set() and time.monotonic() < self.stop_at:
             pid = rng.choice(self.ids)
@@ -76,16 +76,23 @@ def test_soak_uploads_and_retraining_under_steady_reads(settings, live_server, s
 
     # The quality gate is tested elsewhere; here the new version must activate.
     start_worker(env_overrides={"RECOMMENDER_EPOCHS": "12", "RECOMMENDER_GATE_TOLERANCE": "1.0"})
+    marks = {"start": time.monotonic()}
     with Shoppers(live_server.url, served) as shoppers:
         call_command("import_fashion_mnist", count=250, split="train", offset=150, verbosity=0,
                      stdout=io.StringIO())  # staff upload 250 images while shoppers read
+        marks["uploaded"] = time.monotonic()
         wait_for(lambda: not ProductImage.objects.exclude(status="ready").exists(), timeout=300,
                  message="every uploaded image ready")
+        marks["ready"] = time.monotonic()
         new = services.model_version_start(trigger="soak")
         wait_for(lambda: ModelVersion.objects.get(pk=new.pk).status != "training", timeout=300,
                  message="the retraining to finish")
+        marks["trained"] = time.monotonic()
         time.sleep(2)  # keep reading for a moment after the switch
+    marks["end"] = time.monotonic()
     new.refresh_from_db()
+    if os.environ.get("SOAK_REPORT"):  # bench/soak.py (make bench) reads the figures of this run
+        write_report(os.environ["SOAK_REPORT"], shoppers, marks, old.pk, new)
     assert new.status == "active", new.error
     assert ProductImage.objects.count() == 400 and not ProductImage.objects.exclude(status="ready").exists()
     assert len(shoppers.statuses) > 100
@@ -99,3 +106,34 @@ def test_soak_uploads_and_retraining_under_steady_reads(settings, live_server, s
     assert set(sequence[:switch]) == {old.pk}  # old version until the switch...
     # ...and the new one after it (a cached answer of the old version may linger briefly).
     assert sequence[switch:].count(new.pk) >= 0.9 * len(sequence[switch:])
+
+
+def write_report(path, shoppers, marks, old_id, new):
+    """Figures of one soak run as JSON, written before the assertions judge them."""
+    start = marks["start"]
+    with shoppers.lock:
+        statuses, panels = list(shoppers.statuses), list(shoppers.panels)
+        versions = sorted(shoppers.versions)
+    served_by = {"old": sum(v == old_id for _, v, _ in versions), "new": sum(v == new.pk for _, v, _ in versions),
+                 "other": sum(v not in (old_id, new.pk) for _, v, _ in versions)}
+    first_new = next((t - start for t, v, _ in versions if v == new.pk), None)
+    payload = {
+        "seconds": round(marks["end"] - start, 1),
+        "upload_seconds": round(marks["uploaded"] - start, 1),
+        "all_ready_seconds": round(marks["ready"] - start, 1),
+        "retraining_seconds": round(marks["trained"] - marks["ready"], 1),
+        "requests": len(statuses),
+        "requests_per_second": round(len(statuses) / max(marks["end"] - start, 1e-9), 1),
+        "status_counts": {str(code): statuses.count(code) for code in sorted(set(statuses))},
+        "errors_5xx": sum(code >= 500 for code in statuses),
+        "product_pages": len(panels), "pages_with_panel": sum(panels),
+        "similar_answers": len(versions), "short_answers": sum(count != 6 for _, _, count in versions),
+        "answered_by": served_by,
+        "first_answer_by_new_version_at_s": None if first_new is None else round(first_new, 1),
+        "new_version_activated_at_s": round(marks["trained"] - start, 1),
+        "new_version_status": new.status, "new_version_error": new.error,
+        "images": ProductImage.objects.count(),
+        "images_ready": ProductImage.objects.filter(status="ready").count(),
+    }
+    with open(path, "w") as handle:
+        json.dump(payload, handle, indent=2)
