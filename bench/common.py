@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -52,10 +53,80 @@ def parse_mode(argv=None, extra=None):
     return args
 
 
+# The same probe as ``manage.py rundemo``: load ResNet50's ImageNet weights in a child process
+# (downloaded once into $KERAS_HOME/models, then read from there). Offline it fails in seconds
+# ("Name or service not known"); a firewall that drops packets would hang it, hence the limit.
+IMAGENET_PROBE = ("import keras; keras.applications.ResNet50(weights='imagenet', include_top=False, "
+                  "pooling='avg')")
+IMAGENET_PROBE_TIMEOUT_S = 120
+# run_all.py probes once and hands the decision to every script through this variable (JSON
+# {"weights", "reason"}), next to RECOMMENDER_BACKBONE_WEIGHTS itself.
+DECISION_ENV = "BENCH_WEIGHTS_DECISION"
+_decision: dict | None = None
+
+
+def probe_imagenet(timeout: float = IMAGENET_PROBE_TIMEOUT_S, code: str = IMAGENET_PROBE) -> tuple[bool, str]:
+    """(loaded, why not): try the ImageNet weights in a child process, with the primed Keras home."""
+    prime_keras_cache()
+    try:
+        probe = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=timeout,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    except subprocess.TimeoutExpired:  # the child has been killed
+        return False, f"no answer within {timeout:g} s (network blocked or too slow?)"
+    except OSError as exc:
+        return False, f"the probe could not be started: {exc}"
+    if probe.returncode == 0:
+        return True, ""
+    last = (probe.stderr.decode(errors="replace").strip().splitlines() or ["unknown error"])[-1].strip()
+    # URLs shortened to their host; the cause comes last ("... [Errno -2] Name or service not known").
+    last = re.sub(r"https?://([^/\s]+)[^\s:]*", r"\1", last)
+    return False, last if len(last) <= 160 else f"{last[:60]} ... {last[-95:]}"
+
+
+def decide_weights() -> dict:
+    """The backbone weights of this run and why: {"weights": ..., "reason": ...}.
+
+    RECOMMENDER_BACKBONE_WEIGHTS when set; otherwise ImageNet when the probe loads them, else
+    'random'. Decided once: the result is exported (RECOMMENDER_BACKBONE_WEIGHTS and
+    BENCH_WEIGHTS_DECISION), so child processes (run_all's scripts, extraction_speed's children)
+    reuse it instead of probing again."""
+    global _decision
+    if _decision is None:
+        configured = os.environ.get("RECOMMENDER_BACKBONE_WEIGHTS")
+        try:
+            inherited = json.loads(os.environ.get(DECISION_ENV) or "null")
+        except ValueError:
+            inherited = None
+        if isinstance(inherited, dict) and configured and inherited.get("weights") == configured:
+            _decision = {"weights": configured, "reason": str(inherited.get("reason"))}
+        elif configured:
+            _decision = {"weights": configured, "reason": "set by RECOMMENDER_BACKBONE_WEIGHTS"}
+        else:
+            print(f"Backbone weights: RECOMMENDER_BACKBONE_WEIGHTS is unset; trying ImageNet "
+                  f"(at most {IMAGENET_PROBE_TIMEOUT_S} s)...", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            loaded, why = probe_imagenet()
+            seconds = time.perf_counter() - started
+            if loaded:
+                _decision = {"weights": "imagenet",
+                             "reason": f"ImageNet weights loaded by the probe in {seconds:.0f} s"}
+            else:
+                _decision = {"weights": "random",
+                             "reason": f"seeded random weights: the ImageNet weights could not be loaded "
+                                       f"(probe failed after {seconds:.0f} s: {why})"}
+            print(f"  -> {_decision['weights']}: {_decision['reason']}", file=sys.stderr, flush=True)
+        os.environ["RECOMMENDER_BACKBONE_WEIGHTS"] = _decision["weights"]
+        os.environ[DECISION_ENV] = json.dumps(_decision)
+    return _decision
+
+
 def weights() -> str:
-    """Backbone weights: RECOMMENDER_BACKBONE_WEIGHTS, else 'random' (ImageNet weights cannot be
-    downloaded on an offline machine; every table says which were used)."""
-    return os.environ.get("RECOMMENDER_BACKBONE_WEIGHTS") or "random"
+    """Backbone weights of this run (see :func:`decide_weights`; every table says which)."""
+    return decide_weights()["weights"]
+
+
+def weights_reason() -> str:
+    return decide_weights()["reason"]
 
 
 # --------------------------------------------------------------------------- environment
@@ -248,10 +319,31 @@ def print_table(t: dict) -> None:
 
 
 def write_result(name: str, payload: dict) -> Path:
-    """bench/results/<name>.json, written atomically (a killed run leaves the old file)."""
+    """bench/results/<name>.json, written atomically (a killed run leaves the old file); with the
+    weights and their reason when this process used them."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "finished_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-               "machine": machine(), **payload}
+    payload = {"benchmark": name, "finished_at": now(), "machine": machine(), **payload}
+    if _decision is not None:  # this script used the backbone weights: record which and why
+        payload.setdefault("weights", _decision["weights"])
+        payload.setdefault("weights_reason", _decision["reason"])
+    return write_json(name, payload)
+
+
+def now() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def read_result(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(name: str, payload: dict) -> Path:
+    """bench/results/<name>.json exactly as given, written atomically."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")

@@ -202,6 +202,7 @@ def main():
         configured_small = 64
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else \
         ([224, configured_small] if quick else sorted({224, configured_small, 32}, reverse=True))
+    common.decide_weights()  # probes once if needed and exports the decision to the children below
     base_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "RECOMMENDER_BACKBONE_WEIGHTS": common.weights(),
                 "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     cpu_env = {**base_env, "CUDA_VISIBLE_DEVICES": ""}
@@ -254,7 +255,7 @@ def main():
         columns = ["Input", "Method", "Images timed", "Images/s", "ms/image", "x original", "Peak RSS MiB"]
         if device == "GPU":
             columns.append("GPU peak MiB")
-        notes = [f"Weights: {common.weights()}; Keras {info['keras']} on the {info['backend']} backend; "
+        notes = [f"Weights: {common.weights()} ({common.weights_reason()}); Keras {info['keras']} on the {info['backend']} backend; "
                  "each row is a separate process (peak RSS = that process's maximum resident memory, "
                  "framework and model included), timed after a warm-up batch.",
                  "Batch 32 is RECOMMENDER_EXTRACT_BATCH_SIZE's default; batch 128 shows the headroom. A process "

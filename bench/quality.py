@@ -144,10 +144,10 @@ def main():
                                metrics["map_at_6"]])
         print(f"    accuracy {entry['accuracy']:.4f}, recall of cut classes {cut_recall:.4f}")
 
-    weights_note = (f"Backbone weights: **{spec.weights}**" +
-                    (" (seeded random: ImageNet weights cannot be downloaded on this machine; with "
-                     "RECOMMENDER_BACKBONE_WEIGHTS=imagenet the same script measures the real thing)"
-                     if spec.is_random else "") + f"; input size {input_size}px; head trained {epochs} epochs.")
+    weights_note = (f"Backbone weights: **{spec.weights}** ({common.weights_reason()}"
+                    + ("; with RECOMMENDER_BACKBONE_WEIGHTS=imagenet, where they can be had, the same script "
+                       "measures the real thing" if spec.is_random else "")
+                    + f"); input size {input_size}px; head trained {epochs} epochs.")
     tables = [
         common.table(
             "Same-category retrieval, Fashion-MNIST (5,000 queries against 5,000 recommendations)",

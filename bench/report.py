@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -43,6 +44,31 @@ def ratio(a, b, digits=1):
     return round(a / b, digits)
 
 
+EQUAL_WITHIN = 0.001
+VERSUS_ORIGINAL = (("precision_at_1", "P@1"), ("precision_at_6", "P@6"), ("map_at_6", "mAP@6"),
+                   ("accuracy", "head accuracy"))
+
+
+def versus_original(ours: dict, orig: dict) -> str:
+    """Ours against the original notebook's method, metric by metric: ahead, equal (within
+    EQUAL_WITHIN) or behind, so that the headline says where ours is not ahead."""
+    groups = {"ahead": [], "equal": [], "behind": []}
+    for key, label in VERSUS_ORIGINAL:
+        a, b = ours.get(key), orig.get(key)
+        if a is None or b is None:
+            continue
+        verdict = "equal" if abs(a - b) <= EQUAL_WITHIN else "ahead" if a > b else "behind"
+        groups[verdict].append(f"{label} ({a:.4f} vs {b:.4f})")
+    parts = []
+    if groups["ahead"]:
+        parts.append("ahead on " + ", ".join(groups["ahead"]))
+    if groups["equal"]:
+        parts.append(f"equal (within {EQUAL_WITHIN}), so not ahead, on " + ", ".join(groups["equal"]))
+    if groups["behind"]:
+        parts.append("behind on " + ", ".join(groups["behind"]))
+    return "**Ours vs the original notebook's method**, metric by metric (ours vs original): " + "; ".join(parts) + "."
+
+
 def headline(results: dict) -> list[str]:
     """Short, honest statements with the ratios of this run (ours vs the original, and vs the
     obvious alternatives), including where we are not ahead."""
@@ -69,6 +95,7 @@ def headline(results: dict) -> list[str]:
                 if any(ours[k] <= pix[k] for k in ("precision_at_1", "precision_at_6", "map_at_6")) else "") + (
                 " With random weights the retrieval gap to the simple baselines is small; it needs ImageNet "
                 "weights to mean much." if q.get("random_weights") else ""))
+        lines.append(versus_original(ours, orig))
         imb = q.get("imbalanced", {})
         if imb:
             w, u = imb["weighted"], imb["unweighted"]
@@ -135,14 +162,23 @@ def headline(results: dict) -> list[str]:
     i = results.get("ingestion")
     if i:
         one, two = i["ingestion"][0], i["ingestion"][1]
-        rt = i["retraining"]
-        lines.append(
-            f"**Ingestion** of {one['images']:,} uploaded images until searchable: {one['seconds_to_searchable']} s "
-            f"with one worker, {two['seconds_to_searchable']} s with two ({i['two_worker_speedup']}x: two workers "
-            f"share the same {i['machine']['cores']} cores). Training a new version on 15,000 stored feature vectors "
-            f"and embedding + indexing the catalog: {rt['total_seconds']} s ({rt['epochs']} epochs"
-            + ("" if i.get("first_training") else "; a first version: the quick run has no older version to "
-               "replace") + ").")
+        rt, first = i["retraining"], i.get("first_training")
+        text = (f"**Ingestion** of {one['images']:,} uploaded images until searchable: {one['seconds_to_searchable']} s "
+                f"with one worker, {two['seconds_to_searchable']} s with two ({i['two_worker_speedup']}x: two workers "
+                f"share the same {i['machine']['cores']} cores). ")
+        if first:
+            old, new = f"v{first['version']}", f"v{rt['version']}"
+            text += (f"**Retraining** on 15,000 stored feature vectors, {old} -> {new}: train the head "
+                     f"({rt['epochs']} epochs, {rt['training_seconds']} s), re-embed and re-index the catalog "
+                     f"({rt['embed_and_index_seconds']} s), evaluate, gate against the active {old}, activate: "
+                     f"{rt['total_seconds']} s in all"
+                     + (f" ({rt['gate'].split(':')[0]})" if rt.get("gate") else "")
+                     + (f"; {old} is now {i['switch']['from_status_after']}" if i.get("switch") else "") + ".")
+        else:
+            text += (f"Training a new version on 15,000 stored feature vectors and embedding + indexing the "
+                     f"catalog: {rt['total_seconds']} s ({rt['epochs']} epochs; a first version: this run had no "
+                     "older version to replace).")
+        lines.append(text)
     s = results.get("soak")
     if s:
         r = s["results"]
@@ -178,7 +214,45 @@ TITLES = {
 def machine_line(m: dict) -> str:
     gpu = m.get("gpu") or "no GPU"
     return (f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB memory, {gpu}; "
-            f"{m.get('os')}; Python {m.get('python')}; commit {m.get('commit')}")
+            f"{m.get('os')}; Python {m.get('python')}; commit {m.get('commit') or 'not recorded'}")
+
+
+def per_script(scripts: list[dict]) -> str:
+    return ", ".join(f"{s['name']} {s['seconds']}" + ("" if s["returncode"] == 0 else f" (FAILED rc={s['returncode']})")
+                     for s in scripts)
+
+
+def _when(stamp):
+    try:
+        return dt.datetime.fromisoformat(stamp)
+    except (TypeError, ValueError):
+        return None
+
+
+def newer_than(run: dict, results: dict) -> list[tuple[str, dict]]:
+    """Results written after the run (and after its partial reruns) by a script run on its own."""
+    latest = [_when(run.get("finished_at"))] + [_when(r.get("finished_at")) for r in run.get("partial_reruns", [])]
+    latest = max((t for t in latest if t), default=None)
+    if latest is None:
+        return []
+    return [(n, results[n]) for n in ORDER if results.get(n) and (_when(results[n].get("finished_at")) or latest) > latest]
+
+
+def weights_line(run: dict, results: dict) -> str:
+    """The run's backbone weights and why (bench.common.decide_weights records the reason)."""
+    weights = run.get("weights")
+    reason = run.get("weights_reason")
+    if not reason:
+        later = next(((n, results[n]) for n in ORDER if (results.get(n) or {}).get("weights_reason")
+                      and results[n].get("weights") == weights), None)
+        reason = "this run did not record why" + (
+            f"; bench/{later[0]}.py's later run ({later[1].get('finished_at')}) recorded: {later[1]['weights_reason']}"
+            if later else "")
+    line = f"{weights} - {reason}"
+    if weights == "random":
+        line += (". Every script runs unchanged with `RECOMMENDER_BACKBONE_WEIGHTS=imagenet` (or picks ImageNet "
+                 "itself when the probe can load them)")
+    return line + "."
 
 
 def render(results: dict, run: dict | None) -> str:
@@ -191,15 +265,19 @@ def render(results: dict, run: dict | None) -> str:
     if run:
         lines += [f"- **Date**: {run.get('finished_at')}",
                   f"- **Command**: `{run.get('command')}` ({run.get('mode')} mode), total "
-                  f"{run.get('seconds', 0) / 60:.1f} min",
+                  f"{run.get('seconds', 0) / 60:.1f} min"
+                  + (" - a partial run: the other sections come from earlier runs (see their dates)"
+                     if run.get("partial") else ""),
                   f"- **Machine**: {machine_line(m)}",
-                  f"- **Backbone weights**: {run.get('weights')}"
-                  + (" - seeded random weights, because ImageNet weights cannot be downloaded on this machine. "
-                     "Every script runs unchanged with `RECOMMENDER_BACKBONE_WEIGHTS=imagenet`."
-                     if run.get("weights") == "random" else ""),
-                  f"- **Per script** (seconds): " + ", ".join(
-                      f"{s['name']} {s['seconds']}" + ("" if s["returncode"] == 0 else f" (FAILED rc={s['returncode']})")
-                      for s in run.get("scripts", [])),
+                  f"- **Backbone weights**: {weights_line(run, results)}",
+                  f"- **Per script** (seconds): " + per_script(run.get("scripts", [])),
+                  *[f"- **Partial rerun** after it (not in the total above; the section of each script it "
+                    f"ran shows the rerun's figures): "
+                    f"`{r.get('command')}` on {r.get('finished_at')}, weights {r.get('weights')}: "
+                    + per_script(r.get("scripts", [])) for r in run.get("partial_reruns", [])],
+                  *[f"- **Run on its own** after it (not in the total above; its section shows these figures): "
+                    f"`bench/{n}.py --{d.get('mode', 'quick')}` on {d.get('finished_at')}, {d.get('seconds')} s"
+                    for n, d in newer_than(run, results)],
                   "- Load average is recorded with every result: this 2-core machine was shared with other work "
                   "during the run, which slows everything down and is not subtracted. Speeds vary by up to ~2x "
                   "between runs (e.g. 13 to 22 img/s for batched extraction at 224px); compare rows within one "
@@ -237,7 +315,8 @@ def render(results: dict, run: dict | None) -> str:
               "make bench                                  # quick run, < 15 min on 2 cores",
               ".venv/bin/python bench/run_all.py --full    # the complete protocol (hours on 2 cores)",
               ".venv/bin/python bench/quality.py --quick   # one benchmark",
-              "RECOMMENDER_BACKBONE_WEIGHTS=imagenet make bench   # with ImageNet weights, where they can be had",
+              "RECOMMENDER_BACKBONE_WEIGHTS=imagenet make bench   # require ImageNet weights (no fallback)",
+              "RECOMMENDER_BACKBONE_WEIGHTS=random make bench     # seeded random weights, no ImageNet probe",
               "```", "",
               "Each script prints its tables and writes `bench/results/<name>.json`; `bench/run_all.py` runs them "
               "one after another as separate processes and regenerates this page. Every benchmark runs in a "

@@ -8,6 +8,14 @@ docs/benchmarks.md from the JSON results.
 quality runs first: it caches the Fashion-MNIST features and our embeddings that query_speed and
 ingestion reuse. A failing script is reported and the others still run; the exit code is non-zero
 if any failed.
+
+The backbone weights are decided once, before the first script: RECOMMENDER_BACKBONE_WEIGHTS when
+set, else ImageNet if a probe can load them, else seeded random weights; the decision and its
+reason reach every script through the environment (bench.common.decide_weights).
+
+bench/results/run_all.json describes the last complete run (its command, date, total and per-script
+times: the header of docs/benchmarks.md). A ``--only`` run does not replace it: it is appended to
+that file's ``partial_reruns``, and the report lists it as a rerun of those scripts.
 """
 
 from __future__ import annotations
@@ -60,6 +68,19 @@ def run_script(name: str, mode: str, timeout: float, logs: Path) -> dict:
     return {"name": name, "returncode": proc.returncode, "seconds": seconds, "log": str(log_path)}
 
 
+def record_partial(record: dict) -> None:
+    """A --only run: keep the last complete run's header (command, date, total, per-script times)
+    and append this rerun to its ``partial_reruns``; with no run on file, write the partial run
+    itself, marked ``partial`` (later --only runs are appended to it)."""
+    record = {**record, "finished_at": common.now(), "machine": common.machine()}
+    full = common.read_result("run_all")
+    if full and full.get("scripts"):
+        full["partial_reruns"] = [*full.get("partial_reruns", []), record]
+        common.write_json("run_all", full)
+    else:
+        common.write_json("run_all", {"benchmark": "run_all", "partial": True, **record})
+
+
 def main():
     def extra(parser):
         parser.add_argument("--only", help="comma-separated subset of: " + ", ".join(SCRIPTS))
@@ -72,6 +93,8 @@ def main():
     logs = common.CACHE / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     common.prime_keras_cache()
+    decision = common.decide_weights()
+    print(f"Backbone weights for every script: {decision['weights']} ({decision['reason']})", flush=True)
     timeout = 30 * 60 if args.mode == "quick" else 12 * 3600
     started_at = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     started = time.perf_counter()
@@ -79,9 +102,12 @@ def main():
     seconds = round(time.perf_counter() - started, 1)
     command = "make bench" if args.mode == "quick" and not args.only else \
         f"python bench/run_all.py --{args.mode}" + (f" --only {args.only}" if args.only else "")
-    common.write_result("run_all", {
-        "mode": args.mode, "command": command, "started_at": started_at, "seconds": seconds,
-        "weights": common.weights(), "scripts": scripts})
+    record = {"mode": args.mode, "command": command, "started_at": started_at, "seconds": seconds,
+              "weights": decision["weights"], "weights_reason": decision["reason"], "scripts": scripts}
+    if args.only:
+        record_partial(record)
+    else:
+        common.write_result("run_all", record)
     subprocess.run([sys.executable, str(Path(__file__).with_name("report.py"))], cwd=common.ROOT, check=False)
     print(f"\nAll benchmarks: {seconds / 60:.1f} min")
     for s in scripts:

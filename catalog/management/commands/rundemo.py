@@ -2,7 +2,7 @@
 
 Migrates, creates a local admin, imports Fashion-MNIST products when the catalog is empty,
 starts a Celery worker (with beat) and the web server on 127.0.0.1:8000, and stops everything
-on Ctrl-C. The embedded PostgreSQL/Redis were started by manage.py (config.embedded) and are
+on Ctrl-C or SIGTERM. The embedded PostgreSQL/Redis were started by manage.py (config.embedded) and are
 stopped when this process exits.
 """
 
@@ -23,6 +23,31 @@ from catalog.models import Product
 ROOT = Path(settings.BASE_DIR)
 IMAGENET_PROBE = ("import keras; keras.applications.ResNet50(weights='imagenet', include_top=False, "
                   "pooling='avg')")
+# The probe downloads ~95 MB once (then reads Keras' cache). Offline it fails in seconds, but a
+# firewall that drops packets leaves it hanging: past this it counts as "cannot be loaded" and the
+# demo falls back to random weights instead of waiting for ever.
+IMAGENET_PROBE_TIMEOUT_S = 120
+
+
+def probe_imagenet(env, timeout=IMAGENET_PROBE_TIMEOUT_S, code=IMAGENET_PROBE):
+    """Try to load the ImageNet weights in a child process. Returns (ok, reason): reason is the
+    last line of the child's error output, or why it was stopped."""
+    try:
+        probe = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=timeout,
+                               env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    except subprocess.TimeoutExpired:  # subprocess.run has killed the child
+        return False, f"no answer within {timeout:g} s (network blocked or too slow?)"
+    except OSError as exc:
+        return False, f"the probe could not be started: {exc}"
+    if probe.returncode == 0:
+        return True, ""
+    return False, (probe.stderr.decode(errors="replace").strip().splitlines() or ["unknown error"])[-1][:100]
+
+
+def _interrupt(signum, frame):
+    # SIGTERM (e.g. `kill`, a process manager) takes the same path as Ctrl-C: the worker and the web
+    # server are stopped, and the embedded services by manage.py's atexit handlers.
+    raise KeyboardInterrupt()
 
 
 def banner(lines, char="="):
@@ -40,6 +65,17 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
 
     def handle(self, *args, addr, products, concurrency, **options):
+        # First thing: a SIGTERM at any point (the probe, the migrations, the demo import) must end
+        # in the cleanup below and in manage.py's atexit handlers, not kill this process outright.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            self._run(addr, products, concurrency)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _run(self, addr, products, concurrency):
         env = dict(os.environ)
         # 28x28 demo images lose nothing at 64x64, and ResNet50 runs ~6x faster there than at 224.
         env.setdefault("RECOMMENDER_INPUT_SIZE", "64")
@@ -77,6 +113,8 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             pass
         finally:
+            # A second SIGTERM must not cut the (bounded: 20 s, then SIGKILL) stop short.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self._stop(children)
             self.stdout.write("Stopped the web server and the worker; stopping the embedded services.")
 
@@ -84,12 +122,11 @@ class Command(BaseCommand):
         weights = env.get("RECOMMENDER_BACKBONE_WEIGHTS")
         if weights:
             return weights
-        self.stdout.write("Checking that the ImageNet weights of ResNet50 can be loaded...")
-        probe = subprocess.run([sys.executable, "-c", IMAGENET_PROBE], capture_output=True, timeout=600,
-                               env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"})
-        if probe.returncode == 0:
+        self.stdout.write("Checking that the ImageNet weights of ResNet50 can be loaded "
+                          f"(at most {IMAGENET_PROBE_TIMEOUT_S} s)...")
+        ok, reason = probe_imagenet(env)
+        if ok:
             return "imagenet"
-        reason = (probe.stderr.decode(errors="replace").strip().splitlines() or ["unknown error"])[-1][:100]
         self.stderr.write(self.style.ERROR(banner([
             "WARNING: the ImageNet weights of ResNet50 could not be loaded:",
             reason,
@@ -110,7 +147,6 @@ class Command(BaseCommand):
         return name, subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
 
     def _wait(self, children):
-        signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
         while True:
             for name, proc in children:
                 if proc.poll() is not None:
