@@ -16,6 +16,24 @@ admin.site.site_title = "Lookalike admin"
 admin.site.index_title = "Catalog and recommender"
 
 
+class CurrentImageWidget(forms.Widget):
+    """The stored picture of an existing row, shown but not replaceable: a new file would leave
+    the row's status, thumbnails, features and embeddings describing the old picture."""
+
+    def render(self, name, value, attrs=None, renderer=None):
+        url = getattr(value, "url", "") if value else ""
+        if not url:
+            return "-"
+        return format_html('<a href="{}" target="_blank" rel="noopener">Current file</a>'
+                           '<div class="help">To replace the picture, delete this row and add a new one.</div>', url)
+
+    def value_from_datadict(self, data, files, name):
+        return None  # whatever the client sends for an existing row is ignored
+
+    def value_omitted_from_data(self, data, files, name):
+        return False
+
+
 class ProductImageForm(forms.ModelForm):
     # A plain file field: normalise_image decides (size first, then decoding) and says why in
     # its own words; the model's ImageField would decode first and only say "not valid".
@@ -25,10 +43,20 @@ class ProductImageForm(forms.ModelForm):
         model = ProductImage
         fields = ["image", "position"]
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            # An existing row's file is read-only: replacing a picture is deleting its row and adding
+            # a new one, so files, thumbnails, features and embeddings always belong to the picture.
+            self.fields["image"] = forms.Field(label="Image", required=False, disabled=True,
+                                               widget=CurrentImageWidget())
+
     def clean_image(self):
+        if self.instance.pk:
+            return self.instance.image  # never replaced (see __init__)
         upload = self.cleaned_data.get("image")
-        if upload is None or not hasattr(upload, "content_type") and upload == self.instance.image:
-            return upload  # unchanged existing file
+        if upload is None:
+            return upload
         normalised = normalise_image(upload)
         self.instance.content_hash = normalised.sha256
         self.instance.image_format = normalised.format
@@ -154,13 +182,19 @@ class ProductAdmin(admin.ModelAdmin):
         form = BulkUploadForm(request.POST or None, request.FILES or None)
         report = summary = None
         imported = False
+        updates_refused = []
         status = 200
         if request.method == "POST":
             if form.is_valid():
                 parsed = form.parsed
                 report = bulk_report(parsed)
                 wants_import = "_import" in request.POST
-                if wants_import and parsed.rows and (not parsed.errors or form.cleaned_data["skip_invalid"]):
+                if report["update"] and not self.has_change_permission(request):
+                    # Existing SKUs would be changed: that needs the change permission, not only add.
+                    updates_refused = [line["sku"] for line in report["lines"] if line.get("outcome") == "update"]
+                if wants_import and updates_refused:
+                    status = 403
+                elif wants_import and parsed.rows and (not parsed.errors or form.cleaned_data["skip_invalid"]):
                     summary = catalog_import(rows=parsed.rows)
                     imported = True
                     total = len(parsed.rows) + len(parsed.errors)
@@ -178,6 +212,8 @@ class ProductAdmin(admin.ModelAdmin):
             "report": report,
             "summary": summary,
             "imported": imported,
+            "updates_refused": updates_refused,
+            "import_refused": status == 403,
             "limits": BulkUploadForm.limits(),
             "changelist_url": reverse("admin:catalog_product_changelist"),
         }
@@ -200,7 +236,7 @@ class ProductAdmin(admin.ModelAdmin):
     def failed_images(self, obj):
         return format_html('<b style="color:#b42318">{}</b>', obj._failed) if obj._failed else "0"
 
-    @admin.action(description="Retry failed images of the selected products")
+    @admin.action(description="Retry failed images of the selected products", permissions=["change"])
     def retry_failed_images(self, request, queryset):
         from recommender.services import images_retry
 
@@ -208,11 +244,11 @@ class ProductAdmin(admin.ModelAdmin):
         count = images_retry(image_ids=list(ids))
         self.message_user(request, f"{count} failed images queued again.", messages.SUCCESS)
 
-    @admin.action(description="Hide the selected products from shoppers")
+    @admin.action(description="Hide the selected products from shoppers", permissions=["change"])
     def mark_inactive(self, request, queryset):
         self.message_user(request, f"{queryset.update(is_active=False)} products hidden.")
 
-    @admin.action(description="Show the selected products to shoppers")
+    @admin.action(description="Show the selected products to shoppers", permissions=["change"])
     def mark_active(self, request, queryset):
         self.message_user(request, f"{queryset.update(is_active=True)} products shown.")
 
@@ -244,7 +280,7 @@ class ProductImageAdmin(admin.ModelAdmin):
     def short_error(self, obj):
         return (obj.last_error[:80] + "…") if len(obj.last_error) > 80 else obj.last_error
 
-    @admin.action(description="Retry the selected failed images")
+    @admin.action(description="Retry the selected failed images", permissions=["change"])
     def retry(self, request, queryset):
         from recommender.services import images_retry
 

@@ -23,8 +23,24 @@ class ProductFilterForm(forms.Form):
         data = super().clean()
         low, high = data.get("min_price"), data.get("max_price")
         if low is not None and high is not None and low > high:
-            raise ValidationError("The minimum price is above the maximum price.")
+            raise ValidationError("The minimum price is above the maximum price.", code="invalid_range")
         return data
+
+    def applicable_filters(self) -> dict:
+        """The filters of the valid fields: an invalid field is left out (its error is shown next to
+        it) instead of dropping every filter; an impossible price range drops both bounds."""
+        if not self.is_bound:
+            return {}
+        if self.is_valid():
+            return dict(self.cleaned_data)
+        filters = {name: value for name, value in self.cleaned_data.items() if name not in self.errors}
+        for name in self.errors:
+            if name in self.fields:  # the input points at its error message (see _filters.html)
+                self.fields[name].widget.attrs["aria-describedby"] = f"{self[name].auto_id}-error"
+        if self.non_field_errors():
+            filters.pop("min_price", None)
+            filters.pop("max_price", None)
+        return filters
 
 
 class PhotoSearchForm(forms.Form):

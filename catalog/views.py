@@ -1,6 +1,7 @@
 import base64
 import io
 import logging
+import math
 
 from django.conf import settings
 from django.contrib import messages
@@ -18,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 def _filtered_page(request, *, category=None):
     form = ProductFilterForm(request.GET or None)
-    filters = form.cleaned_data if form.is_valid() else {}
+    filters = form.applicable_filters()
     products = selectors.product_list(
         category=category, q=filters.get("q"), min_price=filters.get("min_price"),
         max_price=filters.get("max_price"), in_stock=filters.get("in_stock"), ordering=filters.get("sort") or None)
@@ -56,8 +57,13 @@ def product_detail(request, pk):
         raise Http404("No such product.")
     same_category = request.GET.get("same") == "1"
     similar = similar_products(product=product, k=6, same_category=same_category)
+    # The panel (and its toggle) shows whenever the product has similar items without the toggle,
+    # so that ticking "same category only" with no match can be unticked again.
+    has_similar = bool(similar.items) or (
+        same_category and bool(similar_products(product=product, k=6, same_category=False).items))
     return render(request, "catalog/product.html",
-                  {"product": product, "similar": similar, "same_category": same_category})
+                  {"product": product, "similar": similar, "same_category": same_category,
+                   "has_similar": has_similar})
 
 
 def _preview_data_uri(picture) -> str:
@@ -72,12 +78,33 @@ def _preview_data_uri(picture) -> str:
     return "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def _photo_search_wait(request) -> int | None:
+    """Seconds to wait when this client has used up its searches by photo, else None.
+
+    The same throttles, rates (REST_FRAMEWORK image_search_anon / image_search_user) and Redis
+    counters as POST /api/v1/search/image/: one budget per client for the expensive operation,
+    whichever way it is called. They fail open when the cache is down."""
+    from catalog.api.throttling import ImageSearchAnonThrottle, ImageSearchUserThrottle
+
+    waits = []
+    for throttle in (ImageSearchAnonThrottle(), ImageSearchUserThrottle()):
+        if not throttle.allow_request(request, None):
+            waits.append(throttle.wait() or 1)
+    return max(1, math.ceil(max(waits))) if waits else None
+
+
 def photo_search(request):
     from recommender.selectors import search_by_image
 
     result = preview = None
     status = 200
-    if request.method == "POST":
+    retry_after = _photo_search_wait(request) if request.method == "POST" else None
+    if retry_after is not None:
+        form = PhotoSearchForm()
+        messages.error(request, f"You have searched by photo many times in a short while. Please try again in "
+                                f"{retry_after} second{'s' if retry_after != 1 else ''}.")
+        status = 429
+    elif request.method == "POST":
         form = PhotoSearchForm(request.POST, request.FILES)
         if form.is_valid():
             from PIL import Image
@@ -96,7 +123,10 @@ def photo_search(request):
             status = 400
     else:
         form = PhotoSearchForm()
-    return render(request, "catalog/photo_search.html",
-                  {"form": form, "result": result, "preview": preview,
-                   "confidence": result.probabilities.get(result.predicted) if result and result.predicted else None,
-                   "max_upload_bytes": settings.MAX_UPLOAD_BYTES}, status=status)
+    response = render(request, "catalog/photo_search.html",
+                      {"form": form, "result": result, "preview": preview,
+                       "confidence": result.probabilities.get(result.predicted) if result and result.predicted else None,
+                       "max_upload_bytes": settings.MAX_UPLOAD_BYTES}, status=status)
+    if retry_after is not None:
+        response["Retry-After"] = str(retry_after)
+    return response

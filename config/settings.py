@@ -158,6 +158,13 @@ DATA_UPLOAD_MAX_NUMBER_FILES = MAX_FILES_PER_REQUEST
 BULK_UPLOAD_MAX_FILES = env_int("BULK_UPLOAD_MAX_FILES", 5000)
 BULK_UPLOAD_MAX_BYTES = env_int("BULK_UPLOAD_MAX_BYTES", 200 * 1024 * 1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+# catalog.uploads stops keeping a file (in memory or in a temporary file) once it is over its limit
+# (MAX_UPLOAD_BYTES; the bulk upload's ZIP and CSV: theirs); the form or API then says "too large".
+FILE_UPLOAD_HANDLERS = [
+    "catalog.uploads.UploadSizeCapHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 
 LOGIN_URL = "admin:login"
 

@@ -122,6 +122,52 @@ def test_search_by_image_with_the_active_model(clients, trained_catalog, fashion
     assert (media_files(settings), ProductImage.objects.count()) == before  # nothing stored
 
 
+def test_search_by_image_filters_same_category_and_price(anon_client, trained_catalog, fashion_mnist):
+    products, version = trained_catalog
+    (x_train, _), _ = fashion_mnist
+
+    def search(**params):
+        response = anon_client.post(SEARCH, {"image": upload(png(x_train[0])), "k": 30, **params}, format="multipart")
+        assert response.status_code == 200, response.json()
+        return response.json()
+
+    def predicted_of(results):
+        ids = [r["product"]["id"] for r in results]
+        return set(version.embeddings.filter(product_id__in=ids).values_list("predicted", flat=True))
+
+    everything = search()
+    assert len(everything["results"]) == len(products)  # unfiltered, k=30 returns the whole catalog
+    assert len(predicted_of(everything["results"])) > 1
+
+    same = search(same_category="true")
+    assert same["results"] and len(same["results"]) < len(products)
+    assert predicted_of(same["results"]) == {same["predicted"]} == {everything["predicted"]}
+
+    prices = sorted(float(p.price) for p in products)
+    low, high = prices[3], prices[-4]
+    above = search(min_price=low)["results"]
+    assert above and all(float(r["product"]["price"]) >= low for r in above)
+    assert len(above) == sum(1 for p in prices if p >= low)
+    below = search(max_price=high)["results"]
+    assert below and all(float(r["product"]["price"]) <= high for r in below)
+    assert len(below) == sum(1 for p in prices if p <= high)
+    between = search(min_price=low, max_price=high, same_category="true")["results"]
+    assert all(low <= float(r["product"]["price"]) <= high for r in between)
+    assert {r["product"]["id"] for r in between} <= {r["product"]["id"] for r in same["results"]}
+
+
+@pytest.mark.parametrize("params, field, code", [
+    ({"min_price": "9", "max_price": "1"}, "min_price", "invalid_range"),
+    ({"min_price": "-1"}, "min_price", "min_value"),
+    ({"max_price": "cheap"}, "max_price", "invalid"),
+    ({"same_category": "maybe"}, "same_category", "invalid"),
+])
+def test_search_by_image_rejects_bad_filters(anon_client, params, field, code):
+    response = anon_client.post(SEARCH, {"image": upload(png((8, 8))), **params}, format="multipart")
+    assert response.status_code == 400
+    assert [(e["field"], e["code"]) for e in response.json()["errors"]] == [(field, code)]
+
+
 def test_search_by_image_before_any_model_uses_backbone_features(anon_client, small_catalog):
     response = anon_client.post(SEARCH, {"image": upload(png((40, 40)))}, format="multipart")
     body = response.json()

@@ -361,3 +361,125 @@ def test_bulk_upload_needs_the_add_permission(client):
     assert client.get(reverse(BULK_URL)).status_code == 403
     changelist = client.get(reverse("admin:catalog_product_changelist"))
     assert changelist.status_code == 200
+
+
+# --------------------------------------------------------------------------- permissions of a view-only clerk
+
+
+def clerk(client, *codenames):
+    user = User.objects.create_user("clerk", password="pw", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    client.login(username="clerk", password="pw")
+    return user
+
+
+def test_view_only_staff_is_not_offered_the_actions_that_change_rows(client, mixed_images):
+    ok, bad, waiting = mixed_images
+    clerk(client, "view_product", "view_productimage")
+    products = reverse("admin:catalog_product_changelist")
+    images = reverse("admin:catalog_productimage_changelist")
+    html = client.get(products).content.decode()
+    assert "Broken picture" in html  # the clerk does see the list
+    for action in ["retry_failed_images", "mark_inactive", "mark_active"]:
+        assert f'value="{action}"' not in html, action
+    assert 'value="retry"' not in client.get(images).content.decode()
+
+    # Posting an action anyway changes nothing.
+    ids = [str(ok.product_id), str(bad.product_id), str(waiting.product_id)]
+    for action in ["retry_failed_images", "mark_inactive"]:
+        response = client.post(products, {"action": action, "_selected_action": ids})
+        assert response.status_code in (200, 302)
+    client.post(images, {"action": "retry", "_selected_action": [str(bad.pk)]})
+    bad.refresh_from_db()
+    assert (bad.status, bad.attempts) == ("failed", 5)
+    assert Product.objects.filter(is_active=True).count() == 3
+
+
+def test_staff_with_the_change_permission_gets_the_actions(client, mixed_images):
+    clerk(client, "view_product", "change_product", "view_productimage", "change_productimage")
+    html = client.get(reverse("admin:catalog_product_changelist")).content.decode()
+    assert all(f'value="{a}"' in html for a in ["retry_failed_images", "mark_inactive", "mark_active"])
+    assert 'value="retry"' in client.get(reverse("admin:catalog_productimage_changelist")).content.decode()
+
+
+def test_bulk_upload_without_the_change_permission_refuses_to_update_existing_products(client, settings):
+    ProductFactory(sku="B-1", title="Old title", price=1)
+    clerk(client, "view_product", "add_product")
+    before = media_files(settings)
+
+    check = post_bulk(client, good_zip(), button="_check")
+    assert check.status_code == 200
+    html = check.content.decode()
+    assert "1 row would update existing products (B-1), and you may add products but not change them" in html
+    assert "press “Import”" not in html
+
+    response = post_bulk(client, good_zip())
+    assert response.status_code == 403
+    html = response.content.decode()
+    assert "Nothing was imported: 1 row would update existing products (B-1)" in html
+    assert "“Can change product” permission" in html
+    assert list(Product.objects.values_list("sku", "title")) == [("B-1", "Old title")]
+    assert not ProductImage.objects.exists() and media_files(settings) == before
+
+    # Only new SKUs: the add permission is enough.
+    csv = b"sku,title,category,images\nB-9,New tote,Bags,img/blue.png\n"
+    response = post_bulk(client, good_zip(), csv=csv)
+    assert response.status_code == 200, response.content.decode()[:2000]
+    assert Product.objects.filter(sku="B-9").exists()
+
+
+# --------------------------------------------------------------------------- images of an existing product
+
+
+def ready_image_with_thumbnails(settings):
+    from PIL import Image
+
+    from catalog.thumbnails import thumbnails_create
+
+    image = ProductImageFactory(data=png_bytes((64, 64), seed=31))
+    with image.image.open("rb") as handle:
+        picture = Image.open(handle)
+        picture.load()
+    image.thumbnails = thumbnails_create(image_field=image.image, picture=picture, sizes=settings.THUMBNAIL_SIZES)
+    image.status = ProductImage.Status.READY
+    image.save(update_fields=["thumbnails", "status"])
+    return image
+
+
+def test_an_existing_image_row_shows_its_file_but_cannot_replace_it(admin_client, settings):
+    image = ready_image_with_thumbnails(settings)
+    product = image.product
+    url = reverse("admin:catalog_product_change", args=[product.pk])
+    html = admin_client.get(url).content.decode()
+    assert 'name="images-0-image"' not in html  # no file input on the existing row
+    assert image.image.url in html and "delete this row and add a new one" in html
+    assert 'name="images-1-image"' in html  # the empty row still takes a new picture
+
+    before = (media_files(settings), image.image.name, image.content_hash, image.thumbnails)
+    data = product_form(product.category, sku=product.sku, title=product.title,
+                        **inline_management(total=2, initial=1),
+                        **{"images-0-id": str(image.pk), "images-0-product": str(product.pk),
+                           "images-0-position": "0", "images-0-image": upload(png_bytes((48, 48), seed=32), "new.png"),
+                           "images-1-position": "0"})
+    response = admin_client.post(url, data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    image.refresh_from_db()
+    assert (media_files(settings), image.image.name, image.content_hash, image.thumbnails) == before
+    assert (image.status, image.width, image.height) == ("ready", 64, 64)
+    assert product.images.count() == 1
+
+
+def test_deleting_an_image_row_removes_its_file_and_thumbnails(admin_client, settings,
+                                                               django_capture_on_commit_callbacks):
+    image = ready_image_with_thumbnails(settings)
+    product = image.product
+    assert len(media_files(settings)) == 1 + len(settings.THUMBNAIL_SIZES)
+    data = product_form(product.category, sku=product.sku, title=product.title,
+                        **inline_management(total=1, initial=1),
+                        **{"images-0-id": str(image.pk), "images-0-product": str(product.pk),
+                           "images-0-position": "0", "images-0-DELETE": "on"})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(reverse("admin:catalog_product_change", args=[product.pk]), data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    assert not product.images.exists()
+    assert media_files(settings) == []

@@ -15,6 +15,7 @@ from catalog.models import Product, ProductImage
 from catalog.thumbnails import thumbnails_create
 from recommender.models import ModelVersion
 from tests.factories import CategoryFactory, ProductFactory, ProductImageFactory, png_bytes, upload
+from tests.api.conftest import small_catalog, trained_catalog  # noqa: F401 (fixtures)
 from tests.ui.data import (  # noqa: F401 (fast_passwords: autouse)
     add_embeddings, add_features, catalog, fast_passwords, media_files, model_version)
 
@@ -72,18 +73,34 @@ def test_category_page_filters_by_price_and_stock(client):
 
 
 def test_category_page_explains_an_impossible_price_range(client):
-    CategoryFactory(name="Shoes", slug="shoes")
-    response = client.get(reverse("catalog:category", kwargs={"slug": "shoes"}), {"min_price": "9", "max_price": "1"})
+    shoes = CategoryFactory(name="Shoes", slug="shoes")
+    ProductFactory(category=shoes, title="Available", price=Decimal("5.00"))
+    ProductFactory(category=shoes, title="Sold out", price=Decimal("5.00"), in_stock=False)
+    response = client.get(reverse("catalog:category", kwargs={"slug": "shoes"}),
+                          {"min_price": "9", "max_price": "1", "in_stock": "on"})
     assert response.status_code == 200
     assert "The minimum price is above the maximum price." in response.content.decode()
+    # The impossible range is not applied; the valid filter still is.
+    assert cards(response) == ["Available"]
 
 
-def test_category_page_ignores_a_non_numeric_price(client):
+def test_category_page_applies_the_valid_filters_and_shows_the_invalid_ones_error(client):
     shoes = CategoryFactory(name="Shoes", slug="shoes")
-    ProductFactory(category=shoes, title="Kept")
-    response = client.get(reverse("catalog:category", kwargs={"slug": "shoes"}), {"min_price": "abc"})
+    ProductFactory(category=shoes, title="Cheap", price=Decimal("5.00"))
+    ProductFactory(category=shoes, title="Sold out", price=Decimal("50.00"), in_stock=False)
+    ProductFactory(category=shoes, title="Dear", price=Decimal("500.00"))
+    url = reverse("catalog:category", kwargs={"slug": "shoes"})
+    response = client.get(url, {"in_stock": "on", "min_price": "abc", "max_price": "100"})
     assert response.status_code == 200
-    assert cards(response) == ["Kept"]
+    assert cards(response) == ["Cheap"]  # in stock and max price applied; the bad min price is not
+    html = response.content.decode()
+    # The error is next to its own input, not only at the top of the form.
+    assert re.search(r'name="min_price"[^>]*>\s*<span class="error" role="alert" id="id_min_price-error">'
+                     r"Enter a number.</span>", html), html[html.find('class="filters"'):][:1500]
+    assert 'id="id_max_price-error"' not in html
+    assert re.search(r'<input[^>]*name="min_price"[^>]*aria-describedby="id_min_price-error"|'
+                     r'<input[^>]*aria-describedby="id_min_price-error"[^>]*name="min_price"', html)
+    assert 'value="100"' in html  # the valid input is kept as typed
 
 
 def test_unknown_category_is_404(client):
@@ -166,6 +183,27 @@ def test_product_page_without_similar_items_renders_without_the_panel(client):
     html = response.content.decode()
     assert "Lonely" in html and "Only one of its kind" in html and "No image yet" in html
     assert 'id="similar"' not in html
+    # Nothing to show without the toggle: no panel with it either.
+    assert 'id="similar"' not in client.get(product.get_absolute_url(), {"same": "1"}).content.decode()
+
+
+@pytest.mark.parametrize("with_model", [False, True])
+def test_same_category_toggle_stays_when_it_finds_nothing(client, with_model):
+    products = catalog(per_category=3)
+    hat = ProductFactory(category=CategoryFactory(name="Hats", slug="hats"), title="Lonely hat")
+    ProductImageFactory(product=hat, data=png_bytes(seed=777))
+    products.append(hat)
+    add_features(products)
+    if with_model:
+        add_embeddings(model_version(classes=["Bags", "Hats", "Shoes"]), products)
+    url = hat.get_absolute_url()
+    assert len(similar_titles(client.get(url))) == 6
+    response = client.get(url, {"same": "1"})
+    html = response.content.decode()
+    assert 'id="similar"' in html and 'name="same" value="1" checked' in html  # the toggle can be unticked
+    assert "No similar items in this category yet." in html
+    assert similar_titles(response) == []
+    assert "No similar items in this category yet." not in client.get(url).content.decode()
 
 
 def test_inactive_or_unknown_product_is_404(client):
@@ -327,3 +365,63 @@ def test_photo_search_finds_the_nearest_products(client, settings):
     assert 'src="data:image/webp;base64,' in html  # a preview of the shopper's photo, not stored
     assert "No trained model yet" in html
     assert Product.objects.count() == before
+
+
+def _throttle(settings, **rates):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK,
+                               "DEFAULT_THROTTLE_RATES": {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
+                                                          **rates}}
+
+
+def test_photo_search_is_throttled_per_client_with_the_apis_rates(client, settings):
+    from django.contrib.auth.models import User
+
+    _throttle(settings, image_search_anon="2/min", image_search_user="3/min")
+    url = reverse("catalog:photo_search")
+    bad = lambda: {"photo": upload(b"nope", "x.png")}  # noqa: E731 - cheap requests; the throttle runs first
+    assert [client.post(url, bad()).status_code for _ in range(2)] == [400, 400]
+    throttled = client.post(url, bad())
+    assert throttled.status_code == 429
+    assert 0 < int(throttled["Retry-After"]) <= 60
+    html = throttled.content.decode()
+    assert "You have searched by photo many times in a short while. Please try again in" in html
+    assert 'type="file" name="photo"' in html and 'id="results"' not in html  # a page, not a bare error
+    assert client.get(url).status_code == 200  # the form itself is not throttled
+    # Another address, and a signed-in user, have their own budgets.
+    assert client.post(url, bad(), REMOTE_ADDR="10.1.2.3").status_code == 400
+    client.force_login(User.objects.create_user("shopper", password="pw"))
+    assert [client.post(url, bad()).status_code for _ in range(4)] == [400, 400, 400, 429]
+
+
+def test_photo_search_serves_when_the_throttle_cache_is_down(client, settings, monkeypatch):
+    from rest_framework.throttling import SimpleRateThrottle
+
+    class Down:
+        def get(self, *args, **kwargs):
+            raise ConnectionError("Redis is down")
+
+        set = get
+
+    _throttle(settings, image_search_anon="1/min")
+    monkeypatch.setattr(SimpleRateThrottle, "cache", Down())
+    url = reverse("catalog:photo_search")
+    assert [client.post(url, {"photo": upload(b"nope")}).status_code for _ in range(3)] == [400, 400, 400]
+
+
+def test_photo_search_with_a_trained_model_shows_the_predicted_category_and_confidence(
+        client, trained_catalog, fashion_mnist):
+    _, version = trained_catalog
+    (x_train, _), _ = fashion_mnist
+    buffer = io.BytesIO()
+    Image.fromarray(x_train[0], mode="L").save(buffer, "PNG")
+    response = client.post(reverse("catalog:photo_search"), {"photo": upload(buffer.getvalue(), "mine.png")})
+    assert response.status_code == 200
+    html = response.content.decode()
+    predicted = re.search(r'<span id="predicted">([^<]+)</span>', html).group(1)
+    assert predicted in version.classes
+    confidence = int(re.search(r'<span class="confidence"[^>]*>(\d+)% sure</span>', html).group(1))
+    assert 100 // len(version.classes) <= confidence <= 100  # the top class is at least as likely as chance
+    first = re.search(r'<li><span class="name">([^<]+)</span>.*?<span class="pct">(\d+)%</span>', html)
+    assert (first.group(1), int(first.group(2))) == (predicted, confidence)
+    assert "No trained model yet" not in html
+    assert len(cards(response)) == 12

@@ -222,21 +222,42 @@ def test_newcomer_walkthrough(live_server, start_worker, browser, fashion_mnist,
 def test_basics_work_without_javascript(live_server, browser, transactional_db):
     """Browsing, the similar-items toggle and search by photo are plain links and forms."""
     from tests.factories import CategoryFactory, ProductFactory, ProductImageFactory, png_bytes
+    from tests.ui.data import add_features, catalog
 
-    category = CategoryFactory(name="Bags", slug="bags")
-    product = ProductFactory(category=category, title="Plain tote")
+    products = catalog(per_category=4, categories=("Shoes", "Bags"))
+    product = ProductFactory(category=CategoryFactory(name="Bags", slug="bags"), title="Plain tote")
     ProductImageFactory(product=product, data=png_bytes(seed=1))
+    add_features([*products, product])  # processed images (cold start: no model yet)
     context = browser.new_context(java_script_enabled=False, viewport=PHONE, base_url=live_server.url)
     page = context.new_page()
     page.goto("/")
-    page.click("text=Bags")
+    page.click(".categories a:has-text('Bags')")
     page.fill(".filters input[name=max_price]", "1000")
     page.click(".filters button[type=submit]")
     page.click("text=Plain tote")
     assert page.text_content("h1") == "Plain tote"
+
+    # The similar-items toggle is a plain GET form.
+    assert page.locator("#similar .card").count() == 6
+    assert "same=1" not in page.url
+    page.check("#similar input[name=same]")
+    page.click("#similar button[type=submit]")
+    page.wait_for_url("**same=1**")
+    assert "same=1" in page.url
+    assert page.locator("#similar").count() == 1 and page.is_checked("#similar input[name=same]")
+    titles = page.locator("#similar .card .title").all_text_contents()
+    assert titles and all(t.startswith("Bags") for t in titles)
+
+    # Search by photo: a bad file, then a real one.
     page.goto("/search/photo/")
     page.set_input_files("#photo-input", files=[{"name": "x.txt", "mimeType": "text/plain", "buffer": b"hello"}])
     page.click("#photo-form button[type=submit]")
     assert "The file is not an image" in page.text_content("#photo-error")
+    page.set_input_files("#photo-input", files=[{"name": "bag.png", "mimeType": "image/png",
+                                                 "buffer": png_bytes((48, 48), seed=2)}])
+    page.click("#photo-form button[type=submit]")
+    page.wait_for_selector("#results")
+    assert page.locator("#results .card").count() == len(products) + 1  # the whole (small) catalog
+    assert "No trained model yet" in page.text_content("#prediction")
     page.screenshot(path=str(ARTIFACTS / "11-no-javascript-phone.png"), full_page=True)
     context.close()
