@@ -45,6 +45,8 @@ class ModelVersion(models.Model):
     metrics = models.JSONField(default=dict, blank=True)
     progress = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(
+        default=0, help_text="Times a worker started this training (a second start means the first was lost).")
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from catalog.models import ProductImage
-from recommender import runtime
+from recommender import db, runtime
 from recommender.models import BackboneFeature, Embedding, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,12 @@ def _claim(image_ids, token: str) -> list[int]:
 
     Claimable: pending; processing under the same token (a redelivery of the same task after a
     worker died); processing for longer than STALE_SECONDS (a lost task). Rows locked by another
-    worker are skipped (two workers on one image process it once)."""
+    worker are skipped (two workers on one image process it once).
+
+    A batch that holds rows a previous run left in processing (its worker died: perhaps one of
+    these images crashes the process) is split: every row goes back to pending, keeping the
+    attempt that run cost, and each is sent as its own task, so that an image that kills its
+    worker uses up only its own attempts and the others are processed."""
     now = timezone.now()
     stale = now - timedelta(seconds=runtime.conf("STALE_SECONDS"))
     max_attempts = runtime.conf("MAX_ATTEMPTS")
@@ -81,7 +86,7 @@ def _claim(image_ids, token: str) -> list[int]:
             .filter(Q(status=Status.PENDING)
                     | Q(status=Status.PROCESSING, processing_token=token)
                     | Q(status=Status.PROCESSING, status_changed_at__lt=stale))
-            .only("id", "attempts", "last_error")
+            .only("id", "status", "attempts", "last_error")
         )
         exhausted = [r.id for r in rows if r.attempts >= max_attempts]
         claimed = [r.id for r in rows if r.attempts < max_attempts]
@@ -90,6 +95,13 @@ def _claim(image_ids, token: str) -> list[int]:
                 ProductImage.objects.filter(id=row.id).update(
                     status=Status.FAILED, status_changed_at=now, processing_token="",
                     last_error=f"Gave up after {row.attempts} attempts. Last error: {row.last_error or 'worker lost'}")
+        interrupted = any(r.status == Status.PROCESSING for r in rows if r.id in claimed)
+        if interrupted and len(claimed) > 1:
+            ProductImage.objects.filter(id__in=claimed).update(
+                status=Status.PENDING, processing_token="", status_changed_at=now,
+                last_error="A worker was lost while processing this image's batch; retried on its own.")
+            transaction.on_commit(lambda: [images_enqueue(image_ids=[i]) for i in claimed])
+            return []
         ProductImage.objects.filter(id__in=claimed).update(
             status=Status.PROCESSING, attempts=F("attempts") + 1, processing_token=token, status_changed_at=now)
     return claimed
@@ -125,10 +137,17 @@ def images_process(*, image_ids, token: str) -> dict:
 
     need = [i for i in pictures if i not in have]
     if need:
-        features = runtime.backbone().extract([pictures[i] for i in need])
-        BackboneFeature.objects.bulk_create(
-            [BackboneFeature(image_id=i, backbone=identity, vector=f) for i, f in zip(need, features)],
-            ignore_conflicts=True)
+        try:
+            features = runtime.backbone().extract([pictures[i] for i in need])
+        except Exception as exc:  # weights that cannot be loaded, out of memory...: said on every image
+            logger.exception("feature extraction failed for %d images", len(need))
+            for image_id in need:
+                errors[image_id] = f"Feature extraction failed: {type(exc).__name__}: {exc}"
+                pictures.pop(image_id)
+        else:
+            BackboneFeature.objects.bulk_create(
+                [BackboneFeature(image_id=i, backbone=identity, vector=f) for i, f in zip(need, features)],
+                ignore_conflicts=True)
 
     from django.conf import settings
 
@@ -144,7 +163,15 @@ def images_process(*, image_ids, token: str) -> dict:
     active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
     if active and ok:
         if active.backbone == identity:
-            embeddings_create(version=active, image_ids=ok)
+            try:
+                embeddings_create(version=active, image_ids=ok)
+            except DatabaseError:
+                raise  # the task retries these with backoff
+            except Exception as exc:  # the version's files are missing or damaged
+                logger.exception("embedding with v%s failed", active.pk)
+                for image_id in ok:
+                    errors[image_id] = f"Embedding with model v{active.pk} failed: {type(exc).__name__}: {exc}"
+                ok = []
         else:
             logger.warning("active v%s uses backbone %s but workers extract %s; retrain to serve these images",
                            active.pk, active.backbone, identity)
@@ -179,13 +206,8 @@ def images_retry(*, image_ids) -> int:
 
 
 def _load_features(backbone: str, image_ids=None, *, ready_only=True):
-    """(image_ids, product_ids, category names, features matrix) for a backbone identity.
-
-    Read with psycopg's binary protocol and pgvector's numpy loader: 10x faster than the ORM's
-    text parsing (1,500 x 2048 floats: 0.08 s against 1.8 s through the ORM, 22x)."""
-    import psycopg
-    from pgvector.psycopg import register_vector
-
+    """(image_ids, product_ids, category names, features matrix) for a backbone identity, read in
+    binary (see :func:`recommender.db.fetch_binary`)."""
     sql = """SELECT f.image_id, i.product_id, c.name, f.vector
              FROM recommender_backbonefeature f
              JOIN catalog_productimage i ON i.id = f.image_id
@@ -199,24 +221,18 @@ def _load_features(backbone: str, image_ids=None, *, ready_only=True):
     if ready_only:
         sql += " AND p.is_active"
     sql += " ORDER BY f.image_id"
-    connection.ensure_connection()
-    raw = connection.connection
-    if not getattr(raw, "_vector_registered", False):
-        register_vector(raw)
-        raw._vector_registered = True
-    # Django's connections use client-side binding cursors, which cannot return binary results.
-    with psycopg.Cursor(raw) as cursor:
-        cursor.execute(sql, params, binary=True)
-        rows = cursor.fetchall()
+    rows = db.fetch_binary(sql, params)
     if not rows:
         return [], [], [], np.empty((0, 2048), np.float32)
     ids, products, labels, vectors = zip(*rows)
-    matrix = np.stack([v.to_numpy() if hasattr(v, "to_numpy") else np.asarray(v) for v in vectors])
-    return list(ids), list(products), list(labels), matrix.astype(np.float32, copy=False)
+    return list(ids), list(products), list(labels), db.to_matrix(vectors, 2048)
 
 
 def embeddings_create(*, version: ModelVersion, image_ids, progress=None) -> int:
     """Embed images with a version's head (batched) and store them; existing rows are kept."""
+    image_ids = list(image_ids)
+    if not image_ids:
+        return 0  # and no Keras import
     head = runtime.load_head(version)
     created = 0
     for chunk in _chunks(image_ids, 2048):
@@ -237,17 +253,21 @@ def embeddings_create(*, version: ModelVersion, image_ids, progress=None) -> int
     return created
 
 
-def _missing_embedding_ids(version: ModelVersion) -> list[int]:
-    return list(BackboneFeature.objects.filter(backbone=version.backbone)
-                .exclude(image__embeddings__version=version).values_list("image_id", flat=True))
+def _missing_embedding_ids(version: ModelVersion, limit: int | None = None, ready_only=False) -> list[int]:
+    qs = BackboneFeature.objects.filter(backbone=version.backbone)
+    if ready_only:  # not those a running ingestion task is about to embed
+        qs = qs.filter(image__status=Status.READY)
+    qs = qs.exclude(image__embeddings__version=version).values_list("image_id", flat=True)
+    return list(qs[:limit] if limit else qs)
 
 
 # --------------------------------------------------------------------------- training
 
 
-def model_version_start(*, trigger: str = "manual") -> ModelVersion:
-    """Create a version in 'training' and enqueue its training after commit. One at a time: when a
-    training is already running, that version is returned."""
+def model_version_start(*, trigger: str = "manual", publish: bool = True) -> ModelVersion:
+    """Create a version in 'training' and enqueue its training after commit (``publish=False``:
+    the caller trains it itself). One at a time: when a training is already running, that version
+    is returned."""
     spec = runtime.backbone_spec()
     try:
         with transaction.atomic():
@@ -255,7 +275,8 @@ def model_version_start(*, trigger: str = "manual") -> ModelVersion:
                 status=ModelVersion.Status.TRAINING, backbone=spec.identity, weights=spec.weights,
                 input_size=spec.input_size, hyperparameters=asdict(runtime.head_config()), trigger=trigger,
                 progress={"phase": "queued"}, heartbeat_at=timezone.now())
-            transaction.on_commit(lambda: _publish_training(version.pk))
+            if publish:
+                transaction.on_commit(lambda: _publish_training(version.pk))
     except IntegrityError:
         return ModelVersion.objects.get(status=ModelVersion.Status.TRAINING)
     return version
@@ -287,19 +308,62 @@ def _epoch_callback(version: ModelVersion, epochs: int):
     return Progress()
 
 
+# Session-level advisory locks (namespace, version id): held by the process that trains a version
+# for as long as it runs, and released by PostgreSQL when that process's connection dies. So
+# "is a training of v<id> alive?" has an exact answer, unlike a heartbeat.
+_TRAINING_LOCK_NAMESPACE = 0x4C4B
+
+
+def _training_lock(version_id: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_TRAINING_LOCK_NAMESPACE, version_id])
+        return bool(cursor.fetchone()[0])
+
+
+def _training_unlock(version_id: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_TRAINING_LOCK_NAMESPACE, version_id])
+
+
+def training_alive(version_id: int) -> bool:
+    """Whether some process is training this version right now."""
+    if _training_lock(version_id):
+        _training_unlock(version_id)
+        return False
+    return True
+
+
 def model_version_train(*, version_id: int) -> ModelVersion:
     """Train, persist, embed, evaluate and (if it passes the gate) activate a version.
 
+    Idempotent: a second delivery while the first runs (the broker's visibility timeout, two
+    workers) finds the training lock taken and does nothing; a delivery after it finished finds it
+    no longer training. A redelivery after the worker that trained it died marks it failed: the
+    version is not retried in a loop (an out-of-memory kill would repeat), staff start a new one.
     Failure at any point leaves the active version serving, removes this version's files and
     embeddings, and records the reason on the row."""
     version = ModelVersion.objects.get(pk=version_id)
     if version.status != ModelVersion.Status.TRAINING:
         return version  # a second delivery after it finished: nothing to do
+    if not _training_lock(version_id):
+        return version  # another process is training it right now
     try:
-        _train(version)
-    except Exception as exc:
-        logger.exception("training v%s failed", version.pk)
-        model_version_fail(version=version, reason=f"{type(exc).__name__}: {exc}")
+        version.refresh_from_db()
+        if version.status != ModelVersion.Status.TRAINING:
+            return version
+        if version.attempts:
+            model_version_fail(version=version, reason=(
+                f"Training was interrupted (worker lost during '{version.progress.get('phase', 'start')}'); "
+                "start a new training."))
+        else:
+            ModelVersion.objects.filter(pk=version.pk).update(attempts=F("attempts") + 1)
+            try:
+                _train(version)
+            except Exception as exc:
+                logger.exception("training v%s failed", version.pk)
+                model_version_fail(version=version, reason=f"{type(exc).__name__}: {exc}")
+    finally:
+        _training_unlock(version_id)
     version.refresh_from_db()
     return version
 
@@ -362,31 +426,50 @@ def _train(version: ModelVersion) -> None:
     version.refresh_from_db()
 
     passed, reason = _quality_gate(version)
-    ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.READY, finished_at=timezone.now())
+    updated = ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.TRAINING).update(
+        status=ModelVersion.Status.READY, finished_at=timezone.now())
     version.refresh_from_db()
+    if not updated:
+        return  # failed meanwhile (by staff or the recovery): leave it as it is
     if not passed:
         model_version_fail(version=version, reason=f"Quality gate: {reason}")
         return
     _progress(version, phase="activating", gate=reason)
+    # Images ingested while it trained were embedded by the old version only: embed them here, on
+    # the worker, so that the new version serves the whole catalog from its first request.
+    embeddings_create(version=version, image_ids=_missing_embedding_ids(version))
     model_version_activate(version=version)
     _progress(version, phase="done")
 
 
 def model_version_fail(*, version: ModelVersion, reason: str) -> None:
-    """Mark failed, drop its embeddings and files; never touches the active version."""
+    """Mark failed, drop its embeddings and files; never touches an active, retired or already
+    failed version (only a training, or a ready one that has not been activated)."""
+    failable = (ModelVersion.Status.TRAINING, ModelVersion.Status.READY)
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().filter(pk=version.pk).first()
+        if locked is None or locked.status not in failable:
+            return
+        ModelVersion.objects.filter(pk=version.pk).update(
+            status=ModelVersion.Status.FAILED, error=reason[:5000], finished_at=timezone.now(),
+            progress={**(locked.progress or {}), "phase": "failed"})
     Embedding.objects.filter(version_id=version.pk).delete()
     path = runtime.artifacts_dir(version.pk)
     shutil.rmtree(path, ignore_errors=True)
     for leftover in path.parent.glob(f".{path.name}.tmp-*"):
         shutil.rmtree(leftover, ignore_errors=True)
     runtime.forget_head(version.pk)
-    ModelVersion.objects.filter(pk=version.pk).exclude(status=ModelVersion.Status.ACTIVE).update(
-        status=ModelVersion.Status.FAILED, error=reason[:5000], finished_at=timezone.now(),
-        progress={**version.progress, "phase": "failed"})
+
+
+GATE_MIN_IMAGES = 30  # fewer unseen held-out images than this: too noisy, compare on all of them
 
 
 def _quality_gate(version: ModelVersion) -> tuple[bool, str]:
-    """Compare with the active version on *this* version's held-out images."""
+    """Compare with the active version on held-out images that *neither* version trained on.
+
+    This version's validation split mostly holds images the active version trained on, which
+    would score the active version on its own training data. Unseen by it: its own validation
+    split, and images whose features arrived after it started training."""
     active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
     if active is None:
         return True, "no active version to compare with"
@@ -394,8 +477,17 @@ def _quality_gate(version: ModelVersion) -> tuple[bool, str]:
         return True, "catalog categories or backbone changed; versions are not comparable"
     tolerance = runtime.conf("GATE_TOLERANCE")
     holdout = version.metrics.get("holdout_image_ids", [])
-    mine = version.metrics
-    theirs = evaluate_head(version=active, image_ids=holdout, index_version=active)
+    trained_by_active = _training_image_ids(active, holdout)
+    unseen = [i for i in holdout if i not in trained_by_active]
+    if len(unseen) >= GATE_MIN_IMAGES:
+        basis = f"on {len(unseen)} held-out images neither version trained on"
+        mine = evaluate_head(version=version, image_ids=unseen)
+        theirs = evaluate_head(version=active, image_ids=unseen)
+    else:
+        basis = (f"on all {len(holdout)} held-out images (only {len(unseen)} are unseen by v{active.pk}, "
+                 "which favours it)")
+        mine = version.metrics
+        theirs = evaluate_head(version=active, image_ids=holdout)
     checks = []
     for key in ("accuracy", "precision_at_6"):
         new, old = mine.get(key), theirs.get(key)
@@ -403,7 +495,7 @@ def _quality_gate(version: ModelVersion) -> tuple[bool, str]:
             continue
         checks.append((key, new, old, new >= old - tolerance))
     failed = [c for c in checks if not c[3]]
-    summary = ", ".join(f"{k} {n:.3f} vs active {o:.3f}" for k, n, o, _ in checks)
+    summary = ", ".join(f"{k} {n:.3f} vs active {o:.3f}" for k, n, o, _ in checks) + f" ({basis})"
     if failed:
         return False, f"worse than active v{active.pk} beyond tolerance {tolerance}: {summary}"
     return True, f"passed against v{active.pk}: {summary}"
@@ -415,8 +507,6 @@ def model_version_activate(*, version: ModelVersion) -> ModelVersion:
         raise ValidationError(f"Only a ready or retired version can be activated (v{version.pk} is {version.status}).")
     if not version.artifacts or not Path(version.artifacts).is_dir():
         raise ValidationError(f"v{version.pk} has no model files; it cannot be activated.")
-    # Images ingested while it trained were embedded by the old version only: embed them now.
-    embeddings_create(version=version, image_ids=_missing_embedding_ids(version))
     with transaction.atomic():
         locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
         if locked.status == ModelVersion.Status.ACTIVE:
@@ -425,7 +515,29 @@ def model_version_activate(*, version: ModelVersion) -> ModelVersion:
         locked.status = ModelVersion.Status.ACTIVE
         locked.activated_at = timezone.now()
         locked.save(update_fields=["status", "activated_at"])
+        # Images this version has not embedded (ingested after it trained, e.g. a retired version
+        # activated again) are embedded by a worker, not in this (web) request: they join its
+        # similar items within moments. The periodic recovery repeats this if the broker is down.
+        if _missing_embedding_ids(locked, limit=1):
+            transaction.on_commit(lambda: _publish_embedding(locked.pk))
     return locked
+
+
+def _publish_embedding(version_id: int) -> None:
+    from recommender.tasks import embed_missing
+
+    try:
+        embed_missing.apply_async(args=[version_id], retry=False)
+    except Exception as exc:
+        logger.warning("broker unavailable (%s); v%s's missing embeddings wait for the recovery", exc, version_id)
+
+
+def embeddings_backfill(*, version_id: int) -> int:
+    """Embed the images an active version lacks (idempotent: existing embeddings are kept)."""
+    version = ModelVersion.objects.filter(pk=version_id, status=ModelVersion.Status.ACTIVE).first()
+    if version is None:
+        return 0
+    return embeddings_create(version=version, image_ids=_missing_embedding_ids(version))
 
 
 def model_version_retire(*, version: ModelVersion) -> ModelVersion:
@@ -439,7 +551,7 @@ def model_version_retire(*, version: ModelVersion) -> ModelVersion:
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate_head(*, version: ModelVersion, image_ids, index_version: ModelVersion | None = None, k: int = 6) -> dict:
+def evaluate_head(*, version: ModelVersion, image_ids, k: int = 6) -> dict:
     """Classification and same-category retrieval of ``version`` on ``image_ids`` (queries),
     retrieving from the rest of the catalog (all other images with features)."""
     from recommender.evaluation import classification_metrics, retrieval_metrics
@@ -459,20 +571,49 @@ def evaluate_head(*, version: ModelVersion, image_ids, index_version: ModelVersi
     return result
 
 
-def model_version_evaluate(*, version: ModelVersion, image_ids=None, k: int = 6) -> dict:
-    """Evaluate on held-out images (the version's validation split by default) and store the
-    results on the version, with the recall of the HNSW index against an exact scan."""
-    holdout = image_ids if image_ids is not None else version.metrics.get("holdout_image_ids", [])
-    metrics = evaluate_head(version=version, image_ids=holdout, k=k)
-    metrics["hnsw_recall_at_6"] = hnsw_recall(version=version, sample=holdout[:100], k=k)
+def _training_image_ids(version: ModelVersion, image_ids) -> set[int]:
+    """Which of ``image_ids`` this version trained on (had features when it started, not held out)."""
+    return set(BackboneFeature.objects.filter(
+        backbone=version.backbone, image_id__in=list(image_ids),
+        created_at__lte=version.started_at or version.created_at).values_list("image_id", flat=True)) - set(
+        version.metrics.get("holdout_image_ids", []))
+
+
+def model_version_evaluate(*, version: ModelVersion, image_ids=None, k: int = 6, progress=None) -> dict:
+    """Evaluate on held-out images and store the results on the version, with the recall of the
+    HNSW index against an exact scan.
+
+    By default: its validation split (stored as its metrics and validation accuracy). Given
+    ``image_ids`` (e.g. a new batch of products): the images it trained on are left out, and the
+    result is kept under ``metrics["custom"]`` without replacing the validation figures.
+    ``progress(stage, done, total)`` is called as the work advances."""
+    step = progress or (lambda *a: None)
+    custom = image_ids is not None
+    queries = list(image_ids) if custom else list(version.metrics.get("holdout_image_ids", []))
+    excluded = 0
+    if custom:
+        trained = _training_image_ids(version, queries)
+        excluded = len([i for i in queries if i in trained])
+        queries = [i for i in queries if i not in trained]
+    step("classifying and retrieving", 0, 1)
+    metrics = evaluate_head(version=version, image_ids=queries, k=k)
+    step("classifying and retrieving", 1, 1)
+    metrics["hnsw_recall_at_6"] = hnsw_recall(
+        version=version, sample=queries[:100], k=k,
+        progress=lambda done, total: step("index recall against an exact scan", done, total))
     metrics["evaluated_at"] = timezone.now().isoformat()
-    metrics["holdout_image_ids"] = version.metrics.get("holdout_image_ids", list(holdout))
+    if custom:
+        metrics.update({"images": len(queries), "excluded_training_images": excluded})
+        stored = {**version.metrics, "custom": metrics}
+        ModelVersion.objects.filter(pk=version.pk).update(metrics=stored)
+        return metrics
+    metrics["holdout_image_ids"] = queries
     metrics["training_seconds"] = version.metrics.get("training_seconds")
     ModelVersion.objects.filter(pk=version.pk).update(metrics=metrics, val_accuracy=metrics.get("accuracy"))
     return metrics
 
 
-def hnsw_recall(*, version: ModelVersion, sample, k: int = 6) -> float | None:
+def hnsw_recall(*, version: ModelVersion, sample, k: int = 6, progress=None) -> float | None:
     """Recall@k of the index scan against an exact scan, for up to len(sample) query images."""
     from recommender.evaluation import recall_against_exact
     from recommender.selectors import nearest_images
@@ -481,10 +622,12 @@ def hnsw_recall(*, version: ModelVersion, sample, k: int = 6) -> float | None:
     if not queries:
         return None
     approx, exact = [], []
-    for image_id, vector in queries:
+    for done, (image_id, vector) in enumerate(queries, 1):
         approx.append([i for i, _ in nearest_images(version=version, vector=vector, k=k, exclude_image=image_id)])
         exact.append([i for i, _ in nearest_images(version=version, vector=vector, k=k, exclude_image=image_id,
                                                    exact=True)])
+        if progress:
+            progress(done, len(queries))
     return recall_against_exact(approx, exact)
 
 
@@ -499,24 +642,30 @@ def recover_lost_work() -> dict:
     # for longer than STALE_SECONDS count as lost (re-publishing sooner only adds no-op tasks).
     lost = list(ProductImage.objects.filter(status__in=[Status.PENDING, Status.PROCESSING],
                                             status_changed_at__lt=stale).values_list("id", flat=True)[:5000])
-    # Ready images that the active version has not embedded yet (e.g. ingested during a swap).
+    if lost:
+        images_enqueue(image_ids=lost)
+    # Ready images that the active version has not embedded yet (ingested during a swap, or an
+    # embedding task lost with the broker): embedded by a worker, without touching their status.
     active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
-    unembedded = []
-    if active:
-        unembedded = list(ProductImage.objects.filter(status=Status.READY, features__backbone=active.backbone)
-                          .exclude(embeddings__version=active).values_list("id", flat=True)[:5000])
-        ProductImage.objects.filter(id__in=unembedded).update(status=Status.PENDING, status_changed_at=now)
-    if lost or unembedded:
-        images_enqueue(image_ids=lost + unembedded)
-    # A training whose worker died stops sending heartbeats.
-    dead = ModelVersion.objects.filter(
-        status=ModelVersion.Status.TRAINING,
-        heartbeat_at__lt=now - timedelta(seconds=runtime.conf("TRAINING_STALE_SECONDS")))
-    dead_ids = []
-    for version in dead:
-        model_version_fail(version=version, reason="Training stopped sending heartbeats (worker lost).")
-        dead_ids.append(version.pk)
-    return {"requeued": len(lost), "reembed": len(unembedded), "dead_trainings": dead_ids}
+    unembedded = len(_missing_embedding_ids(active, limit=5000, ready_only=True)) if active else 0
+    if unembedded:
+        _publish_embedding(active.pk)
+    dead_ids, republished = [], []
+    for version in ModelVersion.objects.filter(status=ModelVersion.Status.TRAINING):
+        if training_alive(version.pk):
+            continue  # a long epoch, not a dead worker
+        if not version.attempts and version.created_at < stale:
+            # Queued but never started: the message was lost (e.g. Redis restarted). Send it again;
+            # a duplicate delivery is harmless (see model_version_train).
+            _publish_training(version.pk)
+            republished.append(version.pk)
+        elif version.attempts and version.heartbeat_at and version.heartbeat_at < now - timedelta(
+                seconds=runtime.conf("TRAINING_STALE_SECONDS")):
+            # Started, no process holds it, and no heartbeat: its worker died.
+            model_version_fail(version=version, reason="Training stopped sending heartbeats (worker lost).")
+            dead_ids.append(version.pk)
+    return {"requeued": len(lost), "reembed": unembedded, "dead_trainings": dead_ids,
+            "republished_trainings": republished}
 
 
 def retrain_reason() -> str | None:

@@ -35,6 +35,13 @@ def train_model_version(self, version_id):
     return model_version_train(version_id=version_id).status
 
 
+@app.task(queue="training", **COMMON)
+def embed_missing(version_id):
+    from recommender.services import embeddings_backfill
+
+    return embeddings_backfill(version_id=version_id)
+
+
 @app.task(**COMMON)
 def recover_lost_work():
     from recommender.services import recover_lost_work as recover

@@ -1,6 +1,7 @@
 """Idempotency, killed trainings and the periodic recovery, with real processes."""
 
 import io
+import re
 import signal
 from datetime import timedelta
 from pathlib import Path
@@ -50,9 +51,29 @@ def test_a_second_worker_does_not_take_an_image_that_is_being_processed():
     claimed = services._claim(ids, token="worker-a")
     assert sorted(claimed) == sorted(ids)
     assert services._claim(ids, token="worker-b") == []  # still fresh: it belongs to worker-a
-    assert sorted(services._claim(ids, token="worker-a")) == sorted(ids)  # redelivery of a's task
+    assert services._claim(ids[:1], token="worker-a") == ids[:1]  # redelivery of a's (single-image) task
     ProductImage.objects.update(status_changed_at=timezone.now() - timedelta(hours=1))
-    assert sorted(services._claim(ids, token="worker-b")) == sorted(ids)  # a's claim went stale
+    assert services._claim(ids[:1], token="worker-b") == ids[:1]  # a's claim went stale
+
+
+@pytest.mark.django_db
+def test_a_batch_whose_worker_died_is_split_into_single_image_tasks(django_capture_on_commit_callbacks):
+    """One image that kills its worker must not use up the attempts of its whole batch."""
+    ids = import_products(4)
+    assert sorted(services._claim(ids, token="crashed")) == sorted(ids)  # this run dies mid-batch
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert services._claim(ids, token="crashed") == []  # its redelivery: split, not processed
+    rows = ProductImage.objects.filter(id__in=ids)
+    assert {(r.status, r.attempts, r.processing_token) for r in rows} == {("pending", 1, "")}
+    assert all("worker was lost" in r.last_error for r in rows)
+    assert len(callbacks) == 1  # publishes one task per image after commit
+    poison = ProductImage.objects.get(pk=ids[0])
+    Path(poison.image.path).write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
+    for image_id in ids:  # the single-image tasks
+        services.images_process(image_ids=[image_id], token=f"single-{image_id}")
+    assert ProductImage.objects.filter(id__in=ids[1:], status="ready", attempts=2).count() == 3
+    poison.refresh_from_db()
+    assert poison.status == "pending" and poison.attempts == 2 and "Could not decode" in poison.last_error
 
 
 @pytest.mark.django_db
@@ -130,8 +151,11 @@ def test_a_killed_training_leaves_the_active_version_serving(settings, start_wor
     version = services.model_version_start(trigger="test")
     wait_for(lambda: ModelVersion.objects.get(pk=version.pk).progress.get("epoch", 0) >= 2, timeout=120,
              message="training to be under way")
+    assert services.training_alive(version.pk)  # the worker holds the training's lock
     worker.kill(signal.SIGKILL)
     assert ModelVersion.objects.get(status="active").pk == active.pk
+    # PostgreSQL releases the lock when it sees the dead process's connection close.
+    wait_for(lambda: not services.training_alive(version.pk), timeout=30, message="the lock to be released")
     # The heartbeat stops; the periodic recovery marks it failed and removes its leftovers.
     settings.RECOMMENDER = {**settings.RECOMMENDER, "TRAINING_STALE_SECONDS": 0}
     report = services.recover_lost_work()
@@ -153,3 +177,121 @@ def test_the_periodic_task_recovers_lost_jobs(start_worker):
     start_worker(beat=True, env_overrides={"RECOVER_EVERY_SECONDS": "2"})
     wait_for(lambda: ProductImage.objects.filter(id__in=ids, status="ready").count() == 30, timeout=180,
              message="beat's recovery to process every lost image")
+
+
+def _lock_from_another_session(version_id):
+    """Hold the training lock of a version from another PostgreSQL session (another worker)."""
+    import psycopg
+
+    from tests.conftest import database_url_for_tests
+
+    other = psycopg.connect(database_url_for_tests(), autocommit=True)
+    other.execute("SELECT pg_advisory_lock(%s, %s)", [services._TRAINING_LOCK_NAMESPACE, version_id])
+    return other
+
+
+@pytest.mark.django_db
+def test_a_training_delivered_twice_runs_once(settings, django_capture_on_commit_callbacks):
+    import_products(60)
+    services.images_process(image_ids=list(ProductImage.objects.values_list("id", flat=True)), token="t")
+    with django_capture_on_commit_callbacks(execute=False) as published:
+        version = services.model_version_start(trigger="test")
+    assert len(published) == 1
+    other = _lock_from_another_session(version.pk)  # a first delivery is training it right now
+    try:
+        assert services.training_alive(version.pk)
+        again = services.model_version_train(version_id=version.pk)  # the broker delivers it again
+        assert (again.status, again.attempts) == ("training", 0)  # it did nothing
+        assert not Path(settings.MODELS_ROOT, f"v{version.pk}").exists()
+    finally:
+        other.close()
+    # The first delivery's worker died after starting (attempts 1): a redelivery fails it, for good.
+    ModelVersion.objects.filter(pk=version.pk).update(attempts=1, progress={"phase": "training", "epoch": 3})
+    lost = services.model_version_train(version_id=version.pk)
+    assert lost.status == "failed" and "interrupted" in lost.error and "'training'" in lost.error
+    assert services.model_version_train(version_id=version.pk).status == "failed"  # and stays failed
+
+
+@pytest.mark.django_db
+def test_train_model_inline_does_not_also_queue_the_training(settings, django_capture_on_commit_callbacks):
+    import_products(60)
+    services.images_process(image_ids=list(ProductImage.objects.values_list("id", flat=True)), token="t")
+    settings.RECOMMENDER = {**settings.RECOMMENDER, "EPOCHS": 2}
+    with django_capture_on_commit_callbacks(execute=False) as published:
+        call_command("train_model", inline=True, stdout=io.StringIO())
+    assert published == []
+    assert ModelVersion.objects.get().status == "active"
+
+
+@pytest.mark.django_db
+def test_the_recovery_resends_a_training_whose_message_was_lost(settings, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False):
+        version = services.model_version_start(trigger="test")  # Redis lost the message
+    assert services.recover_lost_work()["republished_trainings"] == []  # not stale yet
+    ModelVersion.objects.filter(pk=version.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    report = services.recover_lost_work()
+    assert report["republished_trainings"] == [version.pk] and report["dead_trainings"] == []
+    assert ModelVersion.objects.get(pk=version.pk).status == "training"
+
+
+@pytest.mark.django_db
+def test_activating_a_version_leaves_the_missing_embeddings_to_a_worker(settings, django_capture_on_commit_callbacks):
+    ids = import_products(60)
+    services.images_process(image_ids=ids, token="t")
+    old = train_inline(settings, epochs=2)
+    new = train_inline(settings, epochs=2)
+    assert (ModelVersion.objects.get(pk=old.pk).status, new.status) == ("retired", "active")
+    later = import_products(70)[60:]
+    services.images_process(image_ids=later, token="t2")  # embedded by the active (new) version only
+    assert not Embedding.objects.filter(version=old, image_id__in=later).exists()
+    old.refresh_from_db()
+    with django_capture_on_commit_callbacks(execute=False) as published:
+        services.model_version_activate(version=old)  # in a web request: must not embed here
+    assert ModelVersion.objects.get(pk=old.pk).status == "active"
+    assert not Embedding.objects.filter(version=old, image_id__in=later).exists()
+    assert len(published) == 1  # the embedding task, sent after commit
+    assert services.embeddings_backfill(version_id=old.pk) == 10  # what that task runs on a worker
+    assert Embedding.objects.filter(version=old, image_id__in=later).count() == 10
+    assert services.embeddings_backfill(version_id=old.pk) == 0  # idempotent
+
+
+@pytest.mark.django_db
+def test_the_quality_gate_compares_on_images_neither_version_trained_on(settings):
+    import_products(100)
+    services.images_process(image_ids=list(ProductImage.objects.values_list("id", flat=True)), token="t")
+    first = train_inline(settings, epochs=4)
+    ids = import_products(300)
+    services.images_process(image_ids=[i for i in ids if ProductImage.objects.get(pk=i).status == "pending"],
+                            token="t2")
+    second = train_inline(settings, epochs=4)
+    gate = second.progress.get("gate") or second.error
+    assert "neither version trained on" in gate, gate
+    unseen = int(re.search(r"\(on (\d+) held-out images neither", gate).group(1))
+    holdout = set(second.metrics["holdout_image_ids"])
+    seen_by_first = set(BackboneFeature.objects.filter(image_id__in=holdout, created_at__lte=first.started_at)
+                        .values_list("image_id", flat=True)) - set(first.metrics["holdout_image_ids"])
+    assert unseen == len(holdout - seen_by_first) >= services.GATE_MIN_IMAGES
+
+
+@pytest.mark.django_db
+def test_evaluate_model_on_its_holdout_and_on_new_products(settings, capsys):
+    import_products(100)
+    services.images_process(image_ids=list(ProductImage.objects.values_list("id", flat=True)), token="t")
+    version = train_inline(settings, epochs=3)
+    out = io.StringIO()
+    call_command("evaluate_model", stdout=out)
+    assert '"accuracy"' in out.getvalue() and "precision" in out.getvalue()
+    assert "index recall against an exact scan" in capsys.readouterr().err  # the progress bar
+    version.refresh_from_db()
+    stored = version.val_accuracy
+    assert stored == version.metrics["accuracy"]
+    # New products plus some it trained on: those are left out, the validation figures stay.
+    new = import_products(140)[100:]
+    services.images_process(image_ids=new, token="t2")
+    out = io.StringIO()
+    call_command("evaluate_model", sku_prefix="FMNIST-train-", stdout=out)
+    version.refresh_from_db()
+    custom = version.metrics["custom"]
+    assert custom["images"] == 40 + len(version.metrics["holdout_image_ids"])
+    assert custom["excluded_training_images"] == version.n_train
+    assert version.val_accuracy == stored and "left out because" in out.getvalue()

@@ -16,7 +16,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-wait", action="store_true", help="queue it and return at once")
 
     def handle(self, *args, inline=False, no_wait=False, **options):
-        version = model_version_start(trigger="manual (train_model command)")
+        version = model_version_start(trigger="manual (train_model command)", publish=not inline)
         self.stdout.write(f"v{version.pk}: backbone {version.backbone} (weights: {version.weights})")
         if inline:
             version = model_version_train(version_id=version.pk)
@@ -30,7 +30,9 @@ class Command(BaseCommand):
 
     def _follow(self, version, quiet):
         with tqdm(total=1, desc="queued", disable=quiet) as bar:
-            while version.status == ModelVersion.Status.TRAINING:
+            # "ready" is a moment between training and the gate's verdict: follow until the verdict.
+            while version.status == ModelVersion.Status.TRAINING or (
+                    version.status == ModelVersion.Status.READY and version.progress.get("phase") != "done"):
                 time.sleep(1)
                 version.refresh_from_db()
                 p = version.progress
