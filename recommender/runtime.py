@@ -6,7 +6,9 @@ from pathlib import Path
 from django.conf import settings
 
 from recommender.backbone import BackboneSpec, get_backbone
-from recommender.head import HeadConfig
+
+# recommender.head (scikit-learn, joblib) and Keras are imported where they are used, so that a web
+# process that only reads pages never loads them.
 
 _heads: dict[int, object] = {}
 _heads_lock = threading.Lock()
@@ -24,7 +26,9 @@ def backbone():
     return get_backbone(backbone_spec(), batch_size=conf("EXTRACT_BATCH_SIZE"))
 
 
-def head_config() -> HeadConfig:
+def head_config() -> "HeadConfig":  # noqa: F821
+    from recommender.head import HeadConfig
+
     return HeadConfig(epochs=conf("EPOCHS"), batch_size=conf("BATCH_SIZE"),
                       learning_rate=conf("LEARNING_RATE"), validation_split=conf("VALIDATION_SPLIT"),
                       dropout=conf("DROPOUT"), seed=conf("SEED"))

@@ -34,6 +34,14 @@ class Conflict(exceptions.APIException):
     default_code = "conflict"
 
 
+class SearchUnavailable(exceptions.APIException):
+    """The recommender could not answer (its model files cannot be loaded or run)."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "Search by photo is unavailable right now; please try again in a minute."
+    default_code = "search_unavailable"
+
+
 def _too_many_files_message() -> str:
     return (f"Too many files in one request; the limit is {settings.MAX_FILES_PER_REQUEST}. "
             "Send them in several requests.")

@@ -6,6 +6,7 @@ Permissions are chosen per view; the project default (IsAdminUser) closes anythi
 from __future__ import annotations
 
 import io
+import logging
 import time
 import uuid
 
@@ -27,7 +28,7 @@ from rest_framework.views import APIView
 
 from catalog import selectors as catalog_selectors
 from catalog.api import serializers as s
-from catalog.api.exceptions import Conflict
+from catalog.api.exceptions import Conflict, SearchUnavailable
 from catalog.api.filters import Ordering, ProductFilter, TextSearch
 from catalog.api.permissions import IsStaff, IsStaffOrReadOnly
 from catalog.api.selectors import products_for_api
@@ -36,6 +37,8 @@ from catalog.api.uploads import images_attach, normalise_one, normalise_uploads,
 from catalog.models import Category, Product
 from catalog.services import product_delete, product_image_delete, product_update
 from recommender import selectors as recommender_selectors
+
+logger = logging.getLogger(__name__)
 from recommender import services as recommender_services
 from recommender.models import ModelVersion
 
@@ -229,7 +232,9 @@ class ImageSearchView(APIView):
                      "(REST_FRAMEWORK throttle rates image_search_anon / image_search_user): 429 with "
                      "Retry-After. The photo is not stored."),
         request={"multipart/form-data": s.ImageSearchRequestSerializer},
-        responses={200: s.ImageSearchResponseSerializer}, tags=["search"])
+        responses={200: s.ImageSearchResponseSerializer,
+                   503: OpenApiResponse(s.ErrorSerializer, description="The model cannot be loaded or run.")},
+        tags=["search"])
     def post(self, request):
         serializer = s.ImageSearchRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -239,7 +244,12 @@ class ImageSearchView(APIView):
 
         picture = Image.open(io.BytesIO(normalised.content))
         picture.load()
-        result = recommender_selectors.search_by_image(picture=picture, **params)
+        try:
+            result = recommender_selectors.search_by_image(picture=picture, **params)
+        except Exception as exc:
+            # A model whose files cannot be loaded or run: 503, not a bare 500.
+            logger.exception("search by photo failed")
+            raise SearchUnavailable() from exc
         category = Category.objects.filter(name=result.predicted).first() if result.predicted else None
         return Response(s.ImageSearchResponseSerializer(
             {"predicted": result.predicted, "predicted_category": category, "probabilities": result.probabilities,

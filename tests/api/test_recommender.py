@@ -122,6 +122,20 @@ def test_search_by_image_with_the_active_model(clients, trained_catalog, fashion
     assert (media_files(settings), ProductImage.objects.count()) == before  # nothing stored
 
 
+def test_search_by_image_is_503_when_the_model_files_cannot_be_loaded(anon_client, trained_catalog, fashion_mnist):
+    import shutil
+
+    from recommender import runtime
+
+    _, version = trained_catalog
+    (x_train, _), _ = fashion_mnist
+    shutil.rmtree(version.artifacts)  # a lost volume, a half-restored backup
+    runtime.forget_head(version.pk)
+    response = anon_client.post(SEARCH, {"image": upload(png(x_train[0]))}, format="multipart")
+    assert response.status_code == 503
+    assert response.json()["code"] == "search_unavailable" and "try again" in response.json()["detail"]
+
+
 def test_search_by_image_filters_same_category_and_price(anon_client, trained_catalog, fashion_mnist):
     products, version = trained_catalog
     (x_train, _), _ = fashion_mnist
