@@ -214,6 +214,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "recommender.tasks.retrain_if_needed",
         "schedule": env_float("RETRAIN_CHECK_EVERY_SECONDS", 3600.0),
     },
+    "prune-embeddings": {
+        "task": "recommender.tasks.prune_embeddings",
+        "schedule": env_float("PRUNE_EVERY_SECONDS", 3600.0),
+    },
 }
 
 # --------------------------------------------------------------------------- recommender
@@ -244,6 +248,9 @@ RECOMMENDER = {
     "TRAINING_STALE_SECONDS": env_int("RECOMMENDER_TRAINING_STALE_SECONDS", 900),
     # HNSW search breadth; pgvector's default is 40 (see docs/benchmarks.md for recall figures).
     "EF_SEARCH": env_int("RECOMMENDER_EF_SEARCH", 100),
+    # Embeddings kept for this many retired versions (the last ones served: instant rollback);
+    # older retired and failed versions' embeddings are deleted by the hourly prune task.
+    "KEEP_RETIRED_EMBEDDINGS": env_int("RECOMMENDER_KEEP_RETIRED_EMBEDDINGS", 1),
     "SIMILAR_CACHE_SECONDS": env_int("RECOMMENDER_SIMILAR_CACHE_SECONDS", 600),
 }
 THUMBNAIL_SIZES = (128, 256, 512)

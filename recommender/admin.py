@@ -258,6 +258,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
             "hyperparameters": sorted((version.hyperparameters or {}).items()),
             "training_seconds": metrics.get("training_seconds"),
             "holdout_count": len(metrics.get("holdout_image_ids") or []),
+            "pruned": metrics.get("embeddings_pruned"),
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/recommender/modelversion/detail.html", context)
@@ -317,8 +318,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
         except ValidationError as exc:
             self.message_user(request, " ".join(exc.messages), messages.ERROR)
         else:
+            pruned = (" Its embeddings had been pruned (it was retired long ago): a worker is embedding the catalog "
+                      "again, and its similar items fill in as it goes."
+                      if "embeddings_pruned" in (version.metrics or {}) else "")
             self.message_user(request, f"Version v{version.pk} is now active: similar items and search by photo "
-                              "use it.", messages.SUCCESS)
+                              f"use it.{pruned}", messages.SUCCESS)
         return self._back(request, reverse("admin:recommender_modelversion_change", args=[version.pk]))
 
     def retire_view(self, request, object_id):

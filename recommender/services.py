@@ -537,7 +537,11 @@ def embeddings_backfill(*, version_id: int) -> int:
     version = ModelVersion.objects.filter(pk=version_id, status=ModelVersion.Status.ACTIVE).first()
     if version is None:
         return 0
-    return embeddings_create(version=version, image_ids=_missing_embedding_ids(version))
+    created = embeddings_create(version=version, image_ids=_missing_embedding_ids(version))
+    if "embeddings_pruned" in (version.metrics or {}) and not _missing_embedding_ids(version, limit=1):
+        ModelVersion.objects.filter(pk=version.pk).update(
+            metrics={k: v for k, v in version.metrics.items() if k != "embeddings_pruned"})
+    return created
 
 
 def model_version_retire(*, version: ModelVersion) -> ModelVersion:
@@ -546,6 +550,48 @@ def model_version_retire(*, version: ModelVersion) -> ModelVersion:
     ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.RETIRED)
     version.refresh_from_db()
     return version
+
+
+
+def embeddings_prune(*, keep_retired: int | None = None, batch_size: int = 20_000) -> dict:
+    """Delete the embeddings no one is served from: failed versions' and those of retired versions
+    older than the ``keep_retired`` most recently served ones (RECOMMENDER_KEEP_RETIRED_EMBEDDINGS).
+
+    Every version's rows share the one HNSW index, so a version kept forever makes each query skip
+    its rows (the iterative scan reads further for the same k) and grows the table by one 512-d
+    vector per image per retraining. The head files stay: activating a pruned version again works
+    and a worker re-embeds its images (model_version_activate publishes that). Deleted in batches
+    so no statement holds its locks for long; safe to run twice."""
+    keep_retired = runtime.conf("KEEP_RETIRED_EMBEDDINGS") if keep_retired is None else keep_retired
+    # Activations are sequential, so the retired version activated last is the one retired last.
+    retired = list(ModelVersion.objects.filter(status=ModelVersion.Status.RETIRED)
+                   .order_by(F("activated_at").desc(nulls_last=True), "-pk").values_list("pk", flat=True))
+    failed = ModelVersion.objects.filter(status=ModelVersion.Status.FAILED).values_list("pk", flat=True)
+    doomed = sorted(set(retired[max(keep_retired, 0):]) | set(failed))
+    pruned: dict[int, int] = {}
+    for version_id in doomed:
+        total = 0
+        while True:
+            with transaction.atomic():
+                # Re-checked in each batch: a version activated meanwhile is not pruned further.
+                # The row lock orders this batch against model_version_activate's (which locks the
+                # same row): an activation sees the rows gone and has the missing ones re-embedded.
+                if not list(ModelVersion.objects.select_for_update().filter(pk=version_id, status__in=[
+                        ModelVersion.Status.RETIRED, ModelVersion.Status.FAILED]).values_list("pk", flat=True)):
+                    break
+                batch = Embedding.objects.filter(version_id=version_id).values("pk")[:batch_size]
+                deleted, _ = Embedding.objects.filter(pk__in=batch).delete()
+            total += deleted
+            if deleted < batch_size:
+                break
+        if total:
+            version = ModelVersion.objects.get(pk=version_id)
+            version.metrics = {**(version.metrics or {}), "embeddings_pruned": {
+                "at": timezone.now().isoformat(timespec="seconds"), "rows": total}}
+            version.save(update_fields=["metrics"])
+            pruned[version_id] = total
+            logger.info("pruned %s embeddings of v%s (%s)", total, version_id, version.status)
+    return {"versions": sorted(pruned), "rows": sum(pruned.values())}
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -55,3 +55,10 @@ def retrain_if_needed():
 
     version = retrain()
     return version.pk if version else None
+
+
+@app.task(queue="training", **COMMON)
+def prune_embeddings():
+    from recommender.services import embeddings_prune
+
+    return embeddings_prune()

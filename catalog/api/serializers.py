@@ -282,7 +282,9 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 class ModelVersionDetailSerializer(ModelVersionSerializer):
     metrics = serializers.SerializerMethodField(help_text=(
         "Held-out evaluation: accuracy, per_class {category: {precision, recall, support}}, confusion_matrix, "
-        "classes, precision_at_1, precision_at_6, map_at_6, hnsw_recall_at_6, training_seconds, evaluated_at."))
+        "classes, precision_at_1, precision_at_6, map_at_6, hnsw_recall_at_6, training_seconds, evaluated_at; "
+        "embeddings_pruned {at, rows} when its embeddings were deleted after retirement (activating it again "
+        "re-embeds the catalog)."))
     history = serializers.JSONField(read_only=True, help_text=(
         "Per-epoch training history: {loss, accuracy, val_loss, val_accuracy} lists."))
     hyperparameters = serializers.JSONField(read_only=True)

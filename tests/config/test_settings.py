@@ -73,3 +73,15 @@ def test_client_file_names_never_become_storage_names(name, settings):
     assert "\x00" not in image.original_name and "/" not in image.original_name
     assert len(image.original_name) <= 255
     assert Product.objects.count() == 1
+
+
+def test_every_periodic_task_is_a_registered_task():
+    from django.conf import settings
+
+    from config.celery import app
+
+    app.loader.import_default_modules()
+    scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert {"recommender.tasks.recover_lost_work", "recommender.tasks.retrain_if_needed",
+            "recommender.tasks.prune_embeddings"} <= scheduled
+    assert scheduled <= set(app.tasks), scheduled - set(app.tasks)

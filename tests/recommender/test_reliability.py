@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
+from django.db.models import Count
 from django.utils import timezone
 
 from catalog.models import ProductImage
@@ -295,3 +296,56 @@ def test_evaluate_model_on_its_holdout_and_on_new_products(settings, capsys):
     assert custom["images"] == 40 + len(version.metrics["holdout_image_ids"])
     assert custom["excluded_training_images"] == version.n_train
     assert version.val_accuracy == stored and "left out because" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_pruning_keeps_the_served_versions_and_the_last_retired_one():
+    from tests.factories import ProductImageFactory
+
+    images = [ProductImageFactory() for _ in range(5)]
+    now = timezone.now()
+
+    def version(status, activated_minutes_ago=None):
+        v = ModelVersion.objects.create(
+            status=status, backbone="b", weights="random", input_size=32, classes=["a"],
+            activated_at=None if activated_minutes_ago is None else now - timedelta(minutes=activated_minutes_ago))
+        Embedding.objects.bulk_create(Embedding(image=i, product=i.product, version=v, predicted="a",
+                                                vector=[float(v.pk)] * 512) for i in images)
+        return v
+
+    oldest, last_retired = version("retired", 30), version("retired", 20)
+    failed, active, ready = version("failed"), version("active", 10), version("ready")
+    never_served = version("retired")  # a ready version retired without ever being activated
+    assert services.embeddings_prune(keep_retired=1, batch_size=2) == {
+        "versions": sorted([oldest.pk, failed.pk, never_served.pk]), "rows": 15}
+    left = dict(Embedding.objects.values_list("version_id").annotate(n=Count("id")).values_list("version_id", "n"))
+    assert left == {last_retired.pk: 5, active.pk: 5, ready.pk: 5}
+    oldest.refresh_from_db()
+    assert oldest.metrics["embeddings_pruned"]["rows"] == 5 and oldest.status == "retired"
+    assert services.embeddings_prune(keep_retired=1) == {"versions": [], "rows": 0}  # twice: nothing more
+    assert services.embeddings_prune(keep_retired=0)["versions"] == [last_retired.pk]
+    assert set(Embedding.objects.values_list("version_id", flat=True)) == {active.pk, ready.pk}
+
+
+@pytest.mark.django_db
+def test_a_pruned_version_activated_again_is_embedded_again(settings, django_capture_on_commit_callbacks):
+    ids = import_products(60)
+    services.images_process(image_ids=ids, token="t")
+    old = train_inline(settings, epochs=2)
+    new = train_inline(settings, epochs=2)
+    assert (ModelVersion.objects.get(pk=old.pk).status, new.status) == ("retired", "active")
+    settings.RECOMMENDER = {**settings.RECOMMENDER, "KEEP_RETIRED_EMBEDDINGS": 0}
+    assert services.embeddings_prune() == {"versions": [old.pk], "rows": 60}
+    old.refresh_from_db()
+    with django_capture_on_commit_callbacks(execute=False) as published:
+        services.model_version_activate(version=old)  # a rollback to it still works...
+    assert len(published) == 1  # ...and sends its re-embedding to a worker
+    assert services.embeddings_backfill(version_id=old.pk) == 60
+    old.refresh_from_db()
+    assert "embeddings_pruned" not in old.metrics
+    assert services.embeddings_prune() == {"versions": [new.pk], "rows": 60}  # now the retired one
+    from catalog.models import Product
+    from recommender import selectors
+
+    answer = selectors.similar_products(product=Product.objects.order_by("id").first(), k=6, use_cache=False)
+    assert answer.version.pk == old.pk and len(answer.items) == 6

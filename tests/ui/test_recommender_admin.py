@@ -183,3 +183,13 @@ def test_train_activate_and_retire_real_versions_from_the_admin(admin_client, se
     assert not ModelVersion.objects.filter(status="active").exists()
     html = client.get(product_page).content.decode()
     assert 'data-source="backbone"' in html  # back to raw features, still a panel
+
+
+def test_a_pruned_version_says_so_and_activating_it_says_it_is_re_embedded(admin_client, tmp_path):
+    pruned = model_version(status=ModelVersion.Status.RETIRED, artifacts=str(tmp_path),
+                           metrics={"embeddings_pruned": {"at": "2026-11-27T03:00:00+00:00", "rows": 1234}})
+    html = admin_client.get(reverse("admin:recommender_modelversion_change", args=[pruned.pk])).content.decode()
+    assert "Its 1234 embeddings were deleted on 2026-11-27T03:00" in html
+    response = admin_client.post(reverse("admin:recommender_modelversion_activate", args=[pruned.pk]), follow=True)
+    assert ModelVersion.objects.get(pk=pruned.pk).status == "active"
+    assert any("a worker is embedding the catalog again" in m for m in messages_of(response))
