@@ -28,6 +28,15 @@ def train_inline(settings, epochs=3):
     return services.model_version_train(version_id=version.pk)
 
 
+def retired_and_active(settings):
+    """60 processed images and two trained versions: the first retired, the second active."""
+    services.images_process(image_ids=import_products(60), token="t")
+    old = train_inline(settings, epochs=2)
+    new = train_inline(settings, epochs=2)
+    assert (ModelVersion.objects.get(pk=old.pk).status, new.status) == ("retired", "active")
+    return old, new
+
+
 @pytest.mark.django_db
 def test_the_same_task_twice_changes_nothing(settings):
     ids = import_products(40)
@@ -237,11 +246,7 @@ def test_the_recovery_resends_a_training_whose_message_was_lost(settings, django
 
 @pytest.mark.django_db
 def test_activating_a_version_leaves_the_missing_embeddings_to_a_worker(settings, django_capture_on_commit_callbacks):
-    ids = import_products(60)
-    services.images_process(image_ids=ids, token="t")
-    old = train_inline(settings, epochs=2)
-    new = train_inline(settings, epochs=2)
-    assert (ModelVersion.objects.get(pk=old.pk).status, new.status) == ("retired", "active")
+    old, new = retired_and_active(settings)
     later = import_products(70)[60:]
     services.images_process(image_ids=later, token="t2")  # embedded by the active (new) version only
     assert not Embedding.objects.filter(version=old, image_id__in=later).exists()
@@ -329,11 +334,7 @@ def test_pruning_keeps_the_served_versions_and_the_last_retired_one():
 
 @pytest.mark.django_db
 def test_a_pruned_version_activated_again_is_embedded_again(settings, django_capture_on_commit_callbacks):
-    ids = import_products(60)
-    services.images_process(image_ids=ids, token="t")
-    old = train_inline(settings, epochs=2)
-    new = train_inline(settings, epochs=2)
-    assert (ModelVersion.objects.get(pk=old.pk).status, new.status) == ("retired", "active")
+    old, new = retired_and_active(settings)
     settings.RECOMMENDER = {**settings.RECOMMENDER, "KEEP_RETIRED_EMBEDDINGS": 0}
     assert services.embeddings_prune() == {"versions": [old.pk], "rows": 60}
     old.refresh_from_db()
