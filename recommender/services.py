@@ -552,13 +552,12 @@ def model_version_retire(*, version: ModelVersion) -> ModelVersion:
     return version
 
 
-
 def embeddings_prune(*, keep_retired: int | None = None, batch_size: int = 20_000) -> dict:
     """Delete the embeddings no one is served from: failed versions' and those of retired versions
     older than the ``keep_retired`` most recently served ones (RECOMMENDER_KEEP_RETIRED_EMBEDDINGS).
 
-    Every version's rows share the one HNSW index, so a version kept forever makes each query skip
-    its rows (the iterative scan reads further for the same k) and grows the table by one 512-d
+    Every version's rows share the one HNSW index, so a version kept forever makes each query read
+    past its rows (the iterative scan goes further for the same k) and grows the table by one 512-d
     vector per image per retraining. The head files stay: activating a pruned version again works
     and a worker re-embeds its images (model_version_activate publishes that). Deleted in batches
     so no statement holds its locks for long; safe to run twice."""
@@ -655,6 +654,8 @@ def model_version_evaluate(*, version: ModelVersion, image_ids=None, k: int = 6,
         return metrics
     metrics["holdout_image_ids"] = queries
     metrics["training_seconds"] = version.metrics.get("training_seconds")
+    if "embeddings_pruned" in version.metrics:  # still true after a re-evaluation
+        metrics["embeddings_pruned"] = version.metrics["embeddings_pruned"]
     ModelVersion.objects.filter(pk=version.pk).update(metrics=metrics, val_accuracy=metrics.get("accuracy"))
     return metrics
 

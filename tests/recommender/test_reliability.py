@@ -345,6 +345,9 @@ def test_a_pruned_version_activated_again_is_embedded_again(settings, django_cap
     old.refresh_from_db()
     assert "embeddings_pruned" not in old.metrics
     assert services.embeddings_prune() == {"versions": [new.pk], "rows": 60}  # now the retired one
+    services.model_version_evaluate(version=ModelVersion.objects.get(pk=new.pk))  # re-evaluated when pruned
+    new.refresh_from_db()
+    assert new.metrics["embeddings_pruned"]["rows"] == 60 and new.metrics["hnsw_recall_at_6"] is None
     from catalog.models import Product
     from recommender import selectors
 
