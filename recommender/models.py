@@ -84,7 +84,7 @@ class Embedding(models.Model):
         indexes = [
             # pgvector's defaults. Measured on 100,000 synthetic 512-d vectors (bench/query_speed.py,
             # 2 cores, parallel build): recall@6 at ef_search 100 varies from build to build, 0.85 to
-            # 0.98 over 13 builds; m=16/ef_construction=128 gave 0.956-0.988 (3 builds, 1.5x build
+            # 0.98 over 16 builds; m=16/ef_construction=128 gave 0.956-0.988 (3 builds, 1.5x build
             # time) and m=24/ef_construction=64-128 0.954-0.994 (4 builds, 1.5-2.2x build time and a
             # larger index). The ranges overlap, so the defaults stay; ef_search (a setting) is the
             # knob, and every version records its own index recall.
