@@ -138,12 +138,12 @@ def headline(results: dict) -> list[str]:
         small = qs["scales"].get("10000")
         if big:
             h, x, n = big["plain"][1], big["plain"][3], big["plain"][4]
+            spread = qs.get("headline", {}).get("100000_hnsw100_recall_builds")  # [min, max, builds]
             lines.append(
                 f"**Similar items at 100,000 products**: HNSW (ef_search 100) p50 {h['p50_ms']} ms at recall@6 "
                 f"{h['recall_at_6']:.3f}" + (
-                    f" (from {min(e['ef100'] for e in big['builds']):.3f} to {max(e['ef100'] for e in big['builds']):.3f}"
-                    f" over {len(big['builds'])} builds of the same index: each build's graph differs)"
-                    if len(big.get("builds") or []) > 1 else "")
+                    f" (from {spread[0]:.3f} to {spread[1]:.3f} over {spread[2]} builds of the same index: "
+                    "each build's graph differs)" if spread and spread[2] > 1 else "")
                 + f", vs {x['p50_ms']} ms for an exact SQL scan ({ratio(x['p50_ms'], h['p50_ms'])}x) "
                 f"and {n['p50_ms']} ms for numpy brute force in memory; with a 10% category filter every query still "
                 f"returned k results ({sum(r['short_results'] for r in big['filtered'])} short).")
