@@ -9,7 +9,7 @@ KERAS_HOME ?= $(HOME)/.keras
 FASHION_MNIST_DIR ?= $(abspath ../shared/data/fashion-mnist)
 export KERAS_HOME FASHION_MNIST_DIR
 
-.PHONY: run test test-fast bench install prime-keras clean
+.PHONY: run test test-fast bench install browser-deps prime-keras clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,29 @@ prime-keras:
 run: install prime-keras
 	$(PY) manage.py rundemo
 
-test: install
+# The browser tests drive Debian's Chromium (tests/ui/test_browser.py). Missing, it is installed here
+# when we are root with apt-get (CI, containers); otherwise `make test` stops with the command to
+# run. LOOKALIKE_SKIP_BROWSER=1 skips those tests instead, on purpose (and says so).
+CHROMIUM := /usr/bin/chromium
+CHROMIUM_PACKAGES := chromium chromium-driver
+
+browser-deps:
+	@if [ "$${LOOKALIKE_SKIP_BROWSER:-0}" != 0 ]; then \
+	  echo "LOOKALIKE_SKIP_BROWSER=$$LOOKALIKE_SKIP_BROWSER: the browser tests are skipped."; \
+	elif [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing Debian's $(CHROMIUM_PACKAGES) for the browser tests..."; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CHROMIUM_PACKAGES) >/dev/null \
+	      && test -x $(CHROMIUM) || { echo "Installing $(CHROMIUM_PACKAGES) failed (see above)." >&2; exit 1; }; \
+	  else \
+	    echo "The browser tests need Debian's Chromium ($(CHROMIUM) is missing). Install it with:" >&2; \
+	    echo "    sudo apt-get install -y $(CHROMIUM_PACKAGES)" >&2; \
+	    echo "or skip those tests on purpose: LOOKALIKE_SKIP_BROWSER=1 make test" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+test: install browser-deps
 	$(PY) -m pytest
 
 # The unit tier only (no worker processes, no browser): a quick loop while coding.

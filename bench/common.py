@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -53,34 +52,11 @@ def parse_mode(argv=None, extra=None):
     return args
 
 
-# The same probe as ``manage.py rundemo``: load ResNet50's ImageNet weights in a child process
-# (downloaded once into $KERAS_HOME/models, then read from there). Offline it fails in seconds
-# ("Name or service not known"); a firewall that drops packets would hang it, hence the limit.
-IMAGENET_PROBE = ("import keras; keras.applications.ResNet50(weights='imagenet', include_top=False, "
-                  "pooling='avg')")
-IMAGENET_PROBE_TIMEOUT_S = 120
-# run_all.py probes once and hands the decision to every script through this variable (JSON
-# {"weights", "reason"}), next to RECOMMENDER_BACKBONE_WEIGHTS itself.
+# run_all.py probes once (recommender.backbone.imagenet_weights_probe, as ``manage.py rundemo``
+# does) and hands the decision to every script through this variable (JSON {"weights",
+# "reason"}), next to RECOMMENDER_BACKBONE_WEIGHTS itself.
 DECISION_ENV = "BENCH_WEIGHTS_DECISION"
 _decision: dict | None = None
-
-
-def probe_imagenet(timeout: float = IMAGENET_PROBE_TIMEOUT_S, code: str = IMAGENET_PROBE) -> tuple[bool, str]:
-    """(loaded, why not): try the ImageNet weights in a child process, with the primed Keras home."""
-    prime_keras_cache()
-    try:
-        probe = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=timeout,
-                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    except subprocess.TimeoutExpired:  # the child has been killed
-        return False, f"no answer within {timeout:g} s (network blocked or too slow?)"
-    except OSError as exc:
-        return False, f"the probe could not be started: {exc}"
-    if probe.returncode == 0:
-        return True, ""
-    last = (probe.stderr.decode(errors="replace").strip().splitlines() or ["unknown error"])[-1].strip()
-    # URLs shortened to their host; the cause comes last ("... [Errno -2] Name or service not known").
-    last = re.sub(r"https?://([^/\s]+)[^\s:]*", r"\1", last)
-    return False, last if len(last) <= 160 else f"{last[:60]} ... {last[-95:]}"
 
 
 def decide_weights() -> dict:
@@ -102,10 +78,13 @@ def decide_weights() -> dict:
         elif configured:
             _decision = {"weights": configured, "reason": "set by RECOMMENDER_BACKBONE_WEIGHTS"}
         else:
+            from recommender.backbone import IMAGENET_PROBE_TIMEOUT_S, imagenet_weights_probe
+
             print(f"Backbone weights: RECOMMENDER_BACKBONE_WEIGHTS is unset; trying ImageNet "
                   f"(at most {IMAGENET_PROBE_TIMEOUT_S} s)...", file=sys.stderr, flush=True)
             started = time.perf_counter()
-            loaded, why = probe_imagenet()
+            prime_keras_cache()  # the probe's child reads (and caches the weights in) this KERAS_HOME
+            loaded, why = imagenet_weights_probe()
             seconds = time.perf_counter() - started
             if loaded:
                 _decision = {"weights": "imagenet",

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from bench import common  # noqa: E402
+from recommender.backbone import FEATURE_DIM  # noqa: E402
 
 CONFIGURED_BATCH = 32  # settings.RECOMMENDER["EXTRACT_BATCH_SIZE"] default
 # Images timed per mode (after a warm-up), by input size: (batched, loop).
@@ -148,7 +149,7 @@ def child(size: int, mode: str, batch: int, n: int) -> dict:
     started = time.perf_counter()
     features = run(timed)
     seconds = time.perf_counter() - started
-    assert features.shape == (len(timed), 2048) and np.isfinite(features).all()
+    assert features.shape == (len(timed), FEATURE_DIM) and np.isfinite(features).all()
     return {"size": size, "mode": mode, "batch": batch if mode == "batched" else 1, "images": len(timed),
             "seconds": round(seconds, 3), "images_per_second": round(len(timed) / seconds, 2),
             "ms_per_image": round(1000 * seconds / len(timed), 2),

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import io
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,38 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from bench import common  # noqa: E402
+from config.processes import CELERY_READY, ManagedProcess, celery_worker_command, stop_all  # noqa: E402
 
 N_FEATURES = 15_000
 UPLOAD_CHUNK = 100
 
 
-class Worker:
-    def __init__(self, tmp: Path, name: str):
-        self.log = tmp / f"worker-{name}.log"
-        cmd = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "celery,features,training",
-               "-c", "1", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
-               "-n", f"bench-{name}@%h"]
-        self.proc = subprocess.Popen(cmd, cwd=common.ROOT, env=dict(os.environ), stdout=self.log.open("wb"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def wait_ready(self, timeout=120):
-        deadline = time.monotonic() + timeout
-        while "ready." not in self.output():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"celery worker did not start:\n{self.output()[-3000:]}")
-            time.sleep(0.2)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+def start_worker(tmp: Path, name: str) -> ManagedProcess:
+    """One ``celery worker -c 1`` on every queue, logging to ``tmp``; wait_ready(CELERY_READY) before use."""
+    return ManagedProcess(celery_worker_command(node_name=f"bench-{name}@%h"), name="celery worker",
+                          log=tmp / f"worker-{name}.log")
 
 
 # --------------------------------------------------------------------------- retraining
@@ -100,46 +76,25 @@ def seed_features(spec, features: np.ndarray, labels: np.ndarray) -> int:
 
 
 def timed_training(epochs: int) -> dict:
-    """model_version_start + model_version_train in this process, with its phases timed."""
+    """model_version_start + model_version_train in this process; the phases' times are the ones the
+    training records itself (``progress["phase_seconds"]``)."""
     from django.conf import settings
 
-    from recommender import services
     from recommender.models import Embedding, ModelVersion
+    from recommender.services.training import model_version_start, model_version_train
 
     settings.RECOMMENDER = {**settings.RECOMMENDER, "EPOCHS": epochs}
-    phases = {"embed_and_index": 0.0, "evaluate": 0.0, "activate": 0.0}
-    originals = {}
-
-    def wrap(name, phase):
-        original = getattr(services, name)
-        originals[name] = original
-
-        def timed(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                phases[phase] += time.perf_counter() - started
-        setattr(services, name, timed)
-
-    # Measurement only: the services call these by module-level name, so wrapping times them.
-    wrap("embeddings_create", "embed_and_index")
-    wrap("model_version_evaluate", "evaluate")
-    wrap("model_version_activate", "activate")
-    if hasattr(services, "_quality_gate"):
-        phases["gate"] = 0.0
-        wrap("_quality_gate", "gate")
-    try:
-        started = time.perf_counter()
-        version = services.model_version_start(trigger="benchmark")
-        version = services.model_version_train(version_id=version.pk)
-        total = time.perf_counter() - started
-    finally:
-        for name, original in originals.items():
-            setattr(services, name, original)
+    started = time.perf_counter()
+    version = model_version_start(trigger="benchmark", publish=False)
+    version = model_version_train(version_id=version.pk)
+    total = time.perf_counter() - started
+    phases = (version.progress or {}).get("phase_seconds", {})
+    gate = phases.get("quality gate", 0.0)
     return {"version": version.pk, "status": version.status, "error": version.error, "epochs": epochs,
             "total_seconds": round(total, 1), "training_seconds": version.metrics.get("training_seconds"),
-            **{f"{k}_seconds": round(v, 1) for k, v in phases.items()},
+            "embed_and_index_seconds": round(phases.get("embedding", 0.0), 1),
+            "evaluate_seconds": round(phases.get("evaluating", 0.0) - gate, 1), "gate_seconds": round(gate, 1),
+            "activate_seconds": round(phases.get("activating", 0.0), 1), "phase_seconds": phases,
             "embeddings": Embedding.objects.filter(version_id=version.pk).count(),
             "val_accuracy": version.val_accuracy, "gate": (version.progress or {}).get("gate"),
             "active": version.status == ModelVersion.Status.ACTIVE}
@@ -189,10 +144,10 @@ def ingest(tmp: Path, n_workers: int, images, labels, prefix: str, timeout: floa
     from config.celery import app
 
     app.control.purge()
-    workers = [Worker(tmp, f"{prefix}-{i}") for i in range(n_workers)]
+    workers = [start_worker(tmp, f"{prefix}-{i}") for i in range(n_workers)]
     try:
         for w in workers:
-            w.wait_ready()
+            w.wait_ready(CELERY_READY, timeout=120)
         # Warm-up (not timed): each worker loads TensorFlow, the backbone and the head once.
         warm = upload(images[:2 * n_workers], labels[:2 * n_workers], f"{prefix}-WARM")
         deadline = time.monotonic() + 300
@@ -216,8 +171,7 @@ def ingest(tmp: Path, n_workers: int, images, labels, prefix: str, timeout: floa
                 "upload_seconds": round(uploaded, 1), "seconds_to_searchable": round(total, 1),
                 "images_per_second": round(done / total, 1), "timed_out": done + failed < len(ids)}
     finally:
-        for w in workers:
-            w.stop()
+        stop_all(workers, timeout=60, kill_timeout=10)
 
 
 def main():

@@ -24,7 +24,6 @@ a Gaussian with the real embeddings' class means and per-dimension spreads (a 10
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from bench import common  # noqa: E402
+from bench.vector_catalog import load_catalog, rebuild_index  # noqa: E402
 
 K = 6
 DIM = 512
@@ -70,106 +70,6 @@ def synthetic(n: int, real, seed: int = 7):
         order = np.argsort(common.CLASS_NAMES)
         out[:] = centres[order[index]] + rng.standard_normal((n, DIM), dtype=np.float32)
     return out, labels
-
-
-# --------------------------------------------------------------------------- database
-
-
-def _insert_rows_sql(category_of: list[int]) -> None:
-    """Products and their image rows (no files: nothing here reads them) in two statements."""
-    from django.db import connection, transaction
-
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO catalog_product (sku, title, description, category_id, price, is_active, in_stock, "
-            "created_at, updated_at) "
-            "SELECT 'BENCH-' || lpad((t.i - 1)::text, 6, '0'), 'Product #' || (t.i - 1), '', t.category, "
-            "10 + (t.i - 1) %% 90, true, true, now(), now() "
-            "FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(category, i)", [category_of])
-        cursor.execute(
-            "INSERT INTO catalog_productimage (product_id, image, image_format, position, width, height, "
-            "content_hash, original_name, thumbnails, status, attempts, last_error, processing_token, "
-            "status_changed_at, created_at) "
-            "SELECT id, 'bench/' || id || '.png', 'PNG', 0, 28, 28, lpad(id::text, 64, '0'), '', '{}'::jsonb, "
-            "'ready', 0, '', '', now(), now() FROM catalog_product WHERE sku LIKE 'BENCH-%%'", [])
-
-
-def load_catalog(vectors: np.ndarray, labels: np.ndarray):
-    """Products, images (rows only) and one embedding each, under a fresh active version.
-    Returns (version, product ids aligned with ``vectors``, category ids aligned, timings)."""
-    import psycopg
-    from django.db import connection
-    from pgvector.psycopg import register_vector
-
-    from catalog.models import Category, Product, ProductImage
-    from catalog.services import category_get_or_create
-    from recommender.models import ModelVersion
-
-    with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE recommender_embedding, recommender_backbonefeature, catalog_productimage, "
-                       "catalog_product, recommender_modelversion RESTART IDENTITY CASCADE")
-    categories = {name: category_get_or_create(name=name) for name in sorted(set(labels))}
-    timings = {}
-    started = time.perf_counter()
-    n = len(vectors)
-    category_of = [categories[label].pk for label in labels]
-    try:
-        _insert_rows_sql(category_of)
-    except Exception as exc:  # a column added since this was written: the slower, model-aware path
-        print(f"  (raw INSERT failed: {type(exc).__name__}; using bulk_create)")
-        with connection.cursor() as cursor:
-            cursor.execute("TRUNCATE catalog_productimage, catalog_product RESTART IDENTITY CASCADE")
-        Product.objects.bulk_create(
-            [Product(sku=f"BENCH-{i:06d}", title=f"{labels[i]} #{i}", category_id=category_of[i],
-                     price=10 + i % 90) for i in range(n)], batch_size=5000)
-        ids = Product.objects.filter(sku__startswith="BENCH-").values_list("id", flat=True)
-        ProductImage.objects.bulk_create(
-            [ProductImage(product_id=pid, image=f"bench/{pid}.png", image_format="PNG", width=28, height=28,
-                          content_hash=f"{pid:064d}", status=ProductImage.Status.READY) for pid in ids],
-            batch_size=5000)
-    products = list(Product.objects.filter(sku__startswith="BENCH-").order_by("sku").values_list("id", "category_id"))
-    product_ids = np.array([p for p, _ in products])
-    category_ids = np.array([c for _, c in products])
-    image_of = dict(ProductImage.objects.filter(product_id__in=product_ids.tolist()).values_list("product_id", "id"))
-    version = ModelVersion.objects.create(status=ModelVersion.Status.ACTIVE, backbone="bench:synthetic",
-                                          weights=common.weights(), input_size=0, classes=sorted(categories))
-    timings["rows_seconds"] = round(time.perf_counter() - started, 1)
-
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'embedding_vector_hnsw'")
-        row = cursor.fetchone()
-    if row is None:
-        raise RuntimeError("the HNSW index embedding_vector_hnsw is missing from recommender_embedding")
-    indexdef = row[0]
-    with connection.cursor() as cursor:
-        cursor.execute("DROP INDEX embedding_vector_hnsw")
-
-    # COPY in binary on a connection of our own (the vector type registered there only).
-    started = time.perf_counter()
-    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as raw:
-        register_vector(raw)
-        with raw.cursor() as cursor, cursor.copy(
-                "COPY recommender_embedding (image_id, product_id, version_id, vector, predicted, confidence) "
-                "FROM STDIN WITH (FORMAT BINARY)") as copy:
-            copy.set_types(["int8", "int8", "int8", "vector", "varchar", "float8"])
-            for pid, vector, label in zip(product_ids, vectors, labels):
-                copy.write_row([image_of[int(pid)], int(pid), version.pk, vector, str(label), 1.0])
-        raw.execute("ANALYZE recommender_embedding")
-        raw.execute("ANALYZE catalog_product")
-        timings["copy_seconds"] = round(time.perf_counter() - started, 1)
-        # Room for the whole graph in memory while building (pgvector slows down a lot otherwise).
-        raw.execute("SET maintenance_work_mem = '1GB'")
-        started = time.perf_counter()
-        raw.execute(indexdef)
-        timings["index_build_seconds"] = round(time.perf_counter() - started, 2)
-        size = raw.execute("SELECT pg_relation_size('embedding_vector_hnsw'), "
-                           "pg_total_relation_size('recommender_embedding')").fetchone()
-        timings["index_mib"] = round(size[0] / 2 ** 20, 1)
-        timings["table_total_mib"] = round(size[1] / 2 ** 20, 1)
-        timings["index_definition"] = indexdef
-        timings["parallel_maintenance_workers"] = raw.execute("SHOW max_parallel_maintenance_workers").fetchone()[0]
-    assert Category.objects.count() >= len(categories)
-    return version, product_ids, category_ids, timings
 
 
 # --------------------------------------------------------------------------- methods
@@ -235,18 +135,6 @@ def measure(name, prepare, run, queries, exact_results, warmup: int, budget_s: f
     short = sum(1 for r in results if len(r) < K)
     return {"method": name, **common.percentiles_ms(latencies), "recall_at_6": round(recall, 4),
             "short_results": short, "queries": len(results)}, results
-
-
-def rebuild_index(indexdef: str) -> float:
-    """Drop and rebuild the HNSW index exactly as load_catalog built it; returns the build seconds."""
-    import psycopg
-
-    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as raw:
-        raw.execute("SET maintenance_work_mem = '1GB'")
-        raw.execute("DROP INDEX embedding_vector_hnsw")
-        started = time.perf_counter()
-        raw.execute(indexdef)
-        return round(time.perf_counter() - started, 2)
 
 
 def main():

@@ -69,130 +69,153 @@ def versus_original(ours: dict, orig: dict) -> str:
     return "**Ours vs the original notebook's method**, metric by metric (ours vs original): " + "; ".join(parts) + "."
 
 
+def _headline_quality(q: dict) -> list[str]:
+    lines = []
+    r = q["results"]
+    ours, orig, pix, raw = r["ours"], r["original"], r["raw_pixels"], r["raw_features"]
+    weights = q["weights"] + (" (seeded random, not ImageNet)" if q.get("random_weights") else "")
+    lines.append(
+        f"**Classification** (head accuracy on 5,000 test queries): ours {ours['accuracy']:.3f} vs the original "
+        f"notebook's {orig['accuracy']:.3f} ({ratio(ours['accuracy'], orig['accuracy'], 2)}x): the notebook fed "
+        f"unscaled features to a head trained on scaled ones. Backbone weights: {weights}, {q['input_size']}px.")
+    lines.append(
+        f"**Same-category retrieval** P@6 / mAP@6: ours {ours['precision_at_6']:.3f} / {ours['map_at_6']:.3f}, "
+        f"original {orig['precision_at_6']:.3f} / {orig['map_at_6']:.3f} "
+        f"({ratio(ours['map_at_6'], orig['map_at_6'], 3)}x mAP@6), raw backbone features "
+        f"{raw['precision_at_6']:.3f} / {raw['map_at_6']:.3f}, raw pixels {pix['precision_at_6']:.3f} / "
+        f"{pix['map_at_6']:.3f}." + (
+            " Not ahead of raw pixels on " + ", ".join(
+                f"{label} ({ours[key]:.3f} vs {pix[key]:.3f})" for key, label in
+                (("precision_at_1", "P@1"), ("precision_at_6", "P@6"), ("map_at_6", "mAP@6"))
+                if ours[key] <= pix[key]) + "."
+            if any(ours[k] <= pix[k] for k in ("precision_at_1", "precision_at_6", "map_at_6")) else "") + (
+            " With random weights the retrieval gap to the simple baselines is small; it needs ImageNet "
+            "weights to mean much." if q.get("random_weights") else ""))
+    lines.append(versus_original(ours, orig))
+    imb = q.get("imbalanced", {})
+    if imb:
+        w, u = imb["weighted"], imb["unweighted"]
+        lines.append(
+            f"**Class weights** on an imbalanced set (4 classes cut to 10%): recall of the cut classes "
+            f"{w['cut_classes_recall']:.3f} with vs {u['cut_classes_recall']:.3f} without; accuracy "
+            f"{w['accuracy']:.3f} vs {u['accuracy']:.3f}; mAP@6 {w['map_at_6']:.3f} vs {u['map_at_6']:.3f}"
+            + (" (weights do not help retrieval here)." if w["map_at_6"] <= u["map_at_6"] else "."))
+    return lines
+
+
+def _batched_and_loop(data: dict, device: str):
+    """(size, batched at batch 32, one-at-a-time loop) for each size measured on ``device``."""
+    for size in data["sizes"]:
+        ms = {(m["mode"], m["batch"]): m for m in data["measurements"] if m["device"] == device and m["size"] == size}
+        b, lp = ms.get(("batched", 32)), ms.get(("loop", 1))
+        if b and lp and b.get("images_per_second") and lp.get("images_per_second"):
+            yield size, b, lp
+
+
+def _headline_extraction(e: dict) -> list[str]:
+    parts = [f"{ratio(b['images_per_second'], lp['images_per_second'])}x at {size}px "
+             f"({b['images_per_second']:.1f} vs {lp['images_per_second']:.1f} img/s; peak memory "
+             f"{b['peak_rss_mib']:,.0f} vs {lp['peak_rss_mib']:,.0f} MiB, {ratio(b['peak_rss_mib'], lp['peak_rss_mib'])}x)"
+             for size, b, lp in _batched_and_loop(e, "CPU")]
+    stopped = [m for m in e["measurements"] if m.get("aborted")]
+    return ["**Feature extraction** on the CPU, batched (batch 32) vs the original predict-per-image loop: "
+            + "; ".join(parts) + "." + (" Batching costs memory: " + "; ".join(
+                f"batch {m['batch']} at {m['size']}px was stopped past {m['limit_mib']:,} MiB"
+                for m in stopped) + "." if stopped else "")]
+
+
+def _headline_gpu(g: dict) -> list[str]:
+    parts = [f"{ratio(b['images_per_second'], lp['images_per_second'])}x at {size}px "
+             f"({b['images_per_second']:.0f} vs {lp['images_per_second']:.0f} img/s)"
+             for size, b, lp in _batched_and_loop(g, "GPU")]
+    if not parts:
+        return []
+    return [f"**On a GPU** ({(g['machine'].get('gpu') or '').split(',')[0]}, Keras on {g['backend']}), "
+            "batched vs the loop: " + "; ".join(parts) + "."]
+
+
+def _headline_query_speed(qs: dict) -> list[str]:
+    lines = []
+    big = qs["scales"].get("100000")
+    small = qs["scales"].get("10000")
+    if big:
+        h, x, n = big["plain"][1], big["plain"][3], big["plain"][4]
+        spread = qs.get("headline", {}).get("100000_hnsw100_recall_builds")  # [min, max, builds]
+        lines.append(
+            f"**Similar items at 100,000 products**: HNSW (ef_search 100) p50 {h['p50_ms']} ms at recall@6 "
+            f"{h['recall_at_6']:.3f}" + (
+                f" (from {spread[0]:.3f} to {spread[1]:.3f} over {spread[2]} builds of the same index: "
+                "each build's graph differs)" if spread and spread[2] > 1 else "")
+            + f", vs {x['p50_ms']} ms for an exact SQL scan ({ratio(x['p50_ms'], h['p50_ms'])}x) "
+            f"and {n['p50_ms']} ms for numpy brute force in memory; with a 10% category filter every query still "
+            f"returned k results ({sum(r['short_results'] for r in big['filtered'])} short).")
+    if small:
+        h, n = small["plain"][1], small["plain"][4]
+        if n["p50_ms"] is not None and h["p50_ms"] is not None and n["p50_ms"] < h["p50_ms"]:
+            lines.append(
+                f"Not ahead: at 10,000 products numpy brute force in memory (p50 {n['p50_ms']} ms) beats "
+                f"the index through SQL ({h['p50_ms']} ms), at the cost of a copy of all vectors in every process.")
+    return lines
+
+
+def _headline_web(w: dict) -> list[str]:
+    lines = []
+    page = w["results"].get("product_page", {})
+    lv = {r["concurrency"]: r for r in page.get("levels", [])}
+    if lv:
+        best = max(lv.values(), key=lambda r: r["rps"] or 0)
+        lines.append(
+            f"**Web**: the product page with its similar-items panel serves {best['rps']:.0f} req/s at "
+            f"{best['concurrency']} clients (p50 {best['p50_ms']:.0f} ms) on {w['machine']['cores']} cores shared "
+            f"with the load generator; {w['total_errors']} errors in the whole load test.")
+    return lines
+
+
+def _headline_ingestion(i: dict) -> list[str]:
+    lines = []
+    one, two = i["ingestion"][0], i["ingestion"][1]
+    rt, first = i["retraining"], i.get("first_training")
+    text = (f"**Ingestion** of {one['images']:,} uploaded images until searchable: {one['seconds_to_searchable']} s "
+            f"with one worker, {two['seconds_to_searchable']} s with two ({i['two_worker_speedup']}x: two workers "
+            f"share the same {i['machine']['cores']} cores). ")
+    if first:
+        old, new = f"v{first['version']}", f"v{rt['version']}"
+        text += (f"**Retraining** on 15,000 stored feature vectors, {old} -> {new}: train the head "
+                 f"({rt['epochs']} epochs, {rt['training_seconds']} s), re-embed and re-index the catalog "
+                 f"({rt['embed_and_index_seconds']} s), evaluate, gate against the active {old}, activate: "
+                 f"{rt['total_seconds']} s in all"
+                 + (f" ({rt['gate'].split(':')[0]})" if rt.get("gate") else "")
+                 + (f"; {old} is now {i['switch']['from_status_after']}" if i.get("switch") else "") + ".")
+    else:
+        text += (f"Training a new version on 15,000 stored feature vectors and embedding + indexing the "
+                 f"catalog: {rt['total_seconds']} s ({rt['epochs']} epochs; a first version: this run had no "
+                 "older version to replace).")
+    lines.append(text)
+    return lines
+
+
+def _headline_soak(s: dict) -> list[str]:
+    lines = []
+    r = s["results"]
+    lines.append(
+        f"**Soak**: {r['requests']:,} shopper requests during an upload of 250 images and a retraining that "
+        f"activated: {r['errors_5xx']} 5xx, {r['pages_with_panel']} of {r['product_pages']} product pages with "
+        f"the panel, {r['answered_by']['old']} answers by the old version then {r['answered_by']['new']} by the "
+        f"new; {r['images_ready']} of {r['images']} images ready ("
+        + ("the test passed" if s.get("passed") else "the test FAILED") + ").")
+    return lines
+
+
+# One function per benchmark's results, in the order the headline lists them.
+HEADLINES = [("quality", _headline_quality), ("extraction_speed", _headline_extraction),
+             ("extraction_speed_gpu", _headline_gpu), ("query_speed", _headline_query_speed),
+             ("web_load", _headline_web), ("ingestion", _headline_ingestion), ("soak", _headline_soak)]
+
+
 def headline(results: dict) -> list[str]:
     """Short, honest statements with the ratios of this run (ours vs the original, and vs the
     obvious alternatives), including where we are not ahead."""
-    lines = []
-    q = results.get("quality")
-    if q:
-        r = q["results"]
-        ours, orig, pix, raw = r["ours"], r["original"], r["raw_pixels"], r["raw_features"]
-        weights = q["weights"] + (" (seeded random, not ImageNet)" if q.get("random_weights") else "")
-        lines.append(
-            f"**Classification** (head accuracy on 5,000 test queries): ours {ours['accuracy']:.3f} vs the original "
-            f"notebook's {orig['accuracy']:.3f} ({ratio(ours['accuracy'], orig['accuracy'], 2)}x): the notebook fed "
-            f"unscaled features to a head trained on scaled ones. Backbone weights: {weights}, {q['input_size']}px.")
-        lines.append(
-            f"**Same-category retrieval** P@6 / mAP@6: ours {ours['precision_at_6']:.3f} / {ours['map_at_6']:.3f}, "
-            f"original {orig['precision_at_6']:.3f} / {orig['map_at_6']:.3f} "
-            f"({ratio(ours['map_at_6'], orig['map_at_6'], 3)}x mAP@6), raw backbone features "
-            f"{raw['precision_at_6']:.3f} / {raw['map_at_6']:.3f}, raw pixels {pix['precision_at_6']:.3f} / "
-            f"{pix['map_at_6']:.3f}." + (
-                " Not ahead of raw pixels on " + ", ".join(
-                    f"{label} ({ours[key]:.3f} vs {pix[key]:.3f})" for key, label in
-                    (("precision_at_1", "P@1"), ("precision_at_6", "P@6"), ("map_at_6", "mAP@6"))
-                    if ours[key] <= pix[key]) + "."
-                if any(ours[k] <= pix[k] for k in ("precision_at_1", "precision_at_6", "map_at_6")) else "") + (
-                " With random weights the retrieval gap to the simple baselines is small; it needs ImageNet "
-                "weights to mean much." if q.get("random_weights") else ""))
-        lines.append(versus_original(ours, orig))
-        imb = q.get("imbalanced", {})
-        if imb:
-            w, u = imb["weighted"], imb["unweighted"]
-            lines.append(
-                f"**Class weights** on an imbalanced set (4 classes cut to 10%): recall of the cut classes "
-                f"{w['cut_classes_recall']:.3f} with vs {u['cut_classes_recall']:.3f} without; accuracy "
-                f"{w['accuracy']:.3f} vs {u['accuracy']:.3f}; mAP@6 {w['map_at_6']:.3f} vs {u['map_at_6']:.3f}"
-                + (" (weights do not help retrieval here)." if w["map_at_6"] <= u["map_at_6"] else "."))
-    e = load_speed = results.get("extraction_speed")
-    if load_speed:
-        parts = []
-        for size in load_speed["sizes"]:
-            ms = {(m["mode"], m["batch"]): m for m in e["measurements"] if m["device"] == "CPU" and m["size"] == size}
-            b, lp = ms.get(("batched", 32)), ms.get(("loop", 1))
-            if b and lp and b.get("images_per_second") and lp.get("images_per_second"):
-                parts.append(f"{ratio(b['images_per_second'], lp['images_per_second'])}x at {size}px "
-                             f"({b['images_per_second']:.1f} vs {lp['images_per_second']:.1f} img/s; peak memory "
-                             f"{b['peak_rss_mib']:,.0f} vs {lp['peak_rss_mib']:,.0f} MiB, "
-                             f"{ratio(b['peak_rss_mib'], lp['peak_rss_mib'])}x)")
-        stopped = [m for m in e["measurements"] if m.get("aborted")]
-        lines.append("**Feature extraction** on the CPU, batched (batch 32) vs the original predict-per-image loop: "
-                     + "; ".join(parts) + "." + (" Batching costs memory: " + "; ".join(
-                         f"batch {m['batch']} at {m['size']}px was stopped past {m['limit_mib']:,} MiB"
-                         for m in stopped) + "." if stopped else ""))
-    g = results.get("extraction_speed_gpu")
-    if g:
-        parts = []
-        for size in g["sizes"]:
-            ms = {(m["mode"], m["batch"]): m for m in g["measurements"] if m["device"] == "GPU" and m["size"] == size}
-            b, lp = ms.get(("batched", 32)), ms.get(("loop", 1))
-            if b and lp and b.get("images_per_second") and lp.get("images_per_second"):
-                parts.append(f"{ratio(b['images_per_second'], lp['images_per_second'])}x at {size}px "
-                             f"({b['images_per_second']:.0f} vs {lp['images_per_second']:.0f} img/s)")
-        if parts:
-            lines.append(f"**On a GPU** ({(g['machine'].get('gpu') or '').split(',')[0]}, Keras on {g['backend']}), "
-                         "batched vs the loop: " + "; ".join(parts) + ".")
-    qs = results.get("query_speed")
-    if qs:
-        big = qs["scales"].get("100000")
-        small = qs["scales"].get("10000")
-        if big:
-            h, x, n = big["plain"][1], big["plain"][3], big["plain"][4]
-            spread = qs.get("headline", {}).get("100000_hnsw100_recall_builds")  # [min, max, builds]
-            lines.append(
-                f"**Similar items at 100,000 products**: HNSW (ef_search 100) p50 {h['p50_ms']} ms at recall@6 "
-                f"{h['recall_at_6']:.3f}" + (
-                    f" (from {spread[0]:.3f} to {spread[1]:.3f} over {spread[2]} builds of the same index: "
-                    "each build's graph differs)" if spread and spread[2] > 1 else "")
-                + f", vs {x['p50_ms']} ms for an exact SQL scan ({ratio(x['p50_ms'], h['p50_ms'])}x) "
-                f"and {n['p50_ms']} ms for numpy brute force in memory; with a 10% category filter every query still "
-                f"returned k results ({sum(r['short_results'] for r in big['filtered'])} short).")
-        if small:
-            h, n = small["plain"][1], small["plain"][4]
-            if n["p50_ms"] is not None and h["p50_ms"] is not None and n["p50_ms"] < h["p50_ms"]:
-                lines.append(
-                    f"Not ahead: at 10,000 products numpy brute force in memory (p50 {n['p50_ms']} ms) beats "
-                    f"the index through SQL ({h['p50_ms']} ms), at the cost of a copy of all vectors in every process.")
-    w = results.get("web_load")
-    if w:
-        page = w["results"].get("product_page", {})
-        lv = {r["concurrency"]: r for r in page.get("levels", [])}
-        if lv:
-            best = max(lv.values(), key=lambda r: r["rps"] or 0)
-            lines.append(
-                f"**Web**: the product page with its similar-items panel serves {best['rps']:.0f} req/s at "
-                f"{best['concurrency']} clients (p50 {best['p50_ms']:.0f} ms) on {w['machine']['cores']} cores shared "
-                f"with the load generator; {w['total_errors']} errors in the whole load test.")
-    i = results.get("ingestion")
-    if i:
-        one, two = i["ingestion"][0], i["ingestion"][1]
-        rt, first = i["retraining"], i.get("first_training")
-        text = (f"**Ingestion** of {one['images']:,} uploaded images until searchable: {one['seconds_to_searchable']} s "
-                f"with one worker, {two['seconds_to_searchable']} s with two ({i['two_worker_speedup']}x: two workers "
-                f"share the same {i['machine']['cores']} cores). ")
-        if first:
-            old, new = f"v{first['version']}", f"v{rt['version']}"
-            text += (f"**Retraining** on 15,000 stored feature vectors, {old} -> {new}: train the head "
-                     f"({rt['epochs']} epochs, {rt['training_seconds']} s), re-embed and re-index the catalog "
-                     f"({rt['embed_and_index_seconds']} s), evaluate, gate against the active {old}, activate: "
-                     f"{rt['total_seconds']} s in all"
-                     + (f" ({rt['gate'].split(':')[0]})" if rt.get("gate") else "")
-                     + (f"; {old} is now {i['switch']['from_status_after']}" if i.get("switch") else "") + ".")
-        else:
-            text += (f"Training a new version on 15,000 stored feature vectors and embedding + indexing the "
-                     f"catalog: {rt['total_seconds']} s ({rt['epochs']} epochs; a first version: this run had no "
-                     "older version to replace).")
-        lines.append(text)
-    s = results.get("soak")
-    if s:
-        r = s["results"]
-        lines.append(
-            f"**Soak**: {r['requests']:,} shopper requests during an upload of 250 images and a retraining that "
-            f"activated: {r['errors_5xx']} 5xx, {r['pages_with_panel']} of {r['product_pages']} product pages with "
-            f"the panel, {r['answered_by']['old']} answers by the old version then {r['answered_by']['new']} by the "
-            f"new; {r['images_ready']} of {r['images']} images ready ("
-            + ("the test passed" if s.get("passed") else "the test FAILED") + ").")
-    return lines
+    return [line for key, lines in HEADLINES if results.get(key) for line in lines(results[key])]
 
 
 def section_intro(name: str, data: dict) -> list[str]:
@@ -259,6 +282,60 @@ def weights_line(run: dict, results: dict) -> str:
     return line + "."
 
 
+def _run_lines(run: dict, results: dict, m: dict) -> list[str]:
+    """The page's header: when, how and where the run was made."""
+    return [f"- **Date**: {run.get('finished_at')}",
+            f"- **Command**: `{run.get('command')}` ({run.get('mode')} mode), total "
+            f"{run.get('seconds', 0) / 60:.1f} min"
+            + (" - a partial run: the other sections come from earlier runs (see their dates)"
+               if run.get("partial") else ""),
+            f"- **Machine**: {machine_line(m)}",
+            f"- **Backbone weights**: {weights_line(run, results)}",
+            "- **Per script** (seconds): " + per_script(run.get("scripts", [])),
+            *[f"- **Partial rerun** after it (not in the total above; the section of each script it "
+              f"ran shows the rerun's figures): "
+              f"`{r.get('command')}` on {r.get('finished_at')}, weights {r.get('weights')}: "
+              + per_script(r.get("scripts", [])) for r in run.get("partial_reruns", [])],
+            *[f"- **Run on its own** after it (not in the total above; its section shows these figures): "
+              f"`bench/{n}.py --{d.get('mode', 'quick')}` on {d.get('finished_at')}, {d.get('seconds')} s"
+              for n, d in newer_than(run, results)],
+            "- Load average is recorded with every result: this 2-core machine was shared with other work "
+            "during the run, which slows everything down and is not subtracted. Speeds vary by up to ~2x "
+            "between runs (e.g. 13 to 22 img/s for batched extraction at 224px); compare rows within one "
+            "table (measured minutes apart), not figures across runs.", ""]
+
+
+def _gpu_lines(g: dict | None) -> list[str]:
+    """The GPU subsection of the feature extraction section."""
+    if not g:
+        return ["No GPU on this machine: the GPU table is produced on a machine with one "
+                "(the same script measures it when a GPU is visible).", ""]
+    command = g.get("command", "python bench/extraction_speed.py --quick --no-cpu --name extraction_speed_gpu")
+    intro = (f"Measured on another machine ({machine_line(g['machine'])}) on {g['finished_at']} with `{command}`. "
+             f"Keras {g['keras']} on the **{g['backend']}** backend"
+             + (": TensorFlow is not installed on the lent GPU machine and its wheels are too large to "
+                "carry there, so the same Keras model and the same `Backbone.extract` ran on JAX "
+                "(only our TensorFlow device set-up was skipped)." if g["backend"] != "tensorflow" else ".")
+             + " With TensorFlow and a GPU, `recommender.backbone` uses the GPU automatically (memory growth on).")
+    return ["### On a GPU", "", intro, "", *[x for t in g.get("tables", []) for x in (md_table(t), "")]]
+
+
+def _reproducing_lines() -> list[str]:
+    return ["## Reproducing", "",
+            "```",
+            "make bench                                  # quick run, < 15 min on 2 cores",
+            ".venv/bin/python bench/run_all.py --full    # the complete protocol (hours on 2 cores)",
+            ".venv/bin/python bench/quality.py --quick   # one benchmark",
+            "RECOMMENDER_BACKBONE_WEIGHTS=imagenet make bench   # require ImageNet weights (no fallback)",
+            "RECOMMENDER_BACKBONE_WEIGHTS=random make bench     # seeded random weights, no ImageNet probe",
+            "```", "",
+            "Each script prints its tables and writes `bench/results/<name>.json`; `bench/run_all.py` runs them "
+            "one after another as separate processes and regenerates this page. Every benchmark runs in a "
+            "temporary VAR_DIR with its own PostgreSQL and Redis (the developer's `var/` is never touched); "
+            "extracted features are cached in `bench/results/cache/` (git-ignored), so a second run skips the CNN.",
+            ""]
+
+
 def render(results: dict, run: dict | None) -> str:
     first = next((results[n] for n in ORDER if results.get(n)), None)
     m = (first or {}).get("machine", {})
@@ -267,25 +344,7 @@ def render(results: dict, run: dict | None) -> str:
              "(or `.venv/bin/python bench/run_all.py --quick`) again. Benchmarks print figures; they are not tests.",
              ""]
     if run:
-        lines += [f"- **Date**: {run.get('finished_at')}",
-                  f"- **Command**: `{run.get('command')}` ({run.get('mode')} mode), total "
-                  f"{run.get('seconds', 0) / 60:.1f} min"
-                  + (" - a partial run: the other sections come from earlier runs (see their dates)"
-                     if run.get("partial") else ""),
-                  f"- **Machine**: {machine_line(m)}",
-                  f"- **Backbone weights**: {weights_line(run, results)}",
-                  f"- **Per script** (seconds): " + per_script(run.get("scripts", [])),
-                  *[f"- **Partial rerun** after it (not in the total above; the section of each script it "
-                    f"ran shows the rerun's figures): "
-                    f"`{r.get('command')}` on {r.get('finished_at')}, weights {r.get('weights')}: "
-                    + per_script(r.get("scripts", [])) for r in run.get("partial_reruns", [])],
-                  *[f"- **Run on its own** after it (not in the total above; its section shows these figures): "
-                    f"`bench/{n}.py --{d.get('mode', 'quick')}` on {d.get('finished_at')}, {d.get('seconds')} s"
-                    for n, d in newer_than(run, results)],
-                  "- Load average is recorded with every result: this 2-core machine was shared with other work "
-                  "during the run, which slows everything down and is not subtracted. Speeds vary by up to ~2x "
-                  "between runs (e.g. 13 to 22 img/s for batched extraction at 224px); compare rows within one "
-                  "table (measured minutes apart), not figures across runs.", ""]
+        lines += _run_lines(run, results, m)
     lines += ["## Headline: ours against the original method and the alternatives", ""]
     lines += [f"- {h}" for h in headline(results)] + [""]
     for name in ORDER:
@@ -298,36 +357,8 @@ def render(results: dict, run: dict | None) -> str:
         for t in data.get("tables", []):
             lines += [md_table(t), ""]
         if name == "extraction_speed":
-            g = results.get("extraction_speed_gpu")
-            if g:
-                lines += ["### On a GPU", "",
-                          f"Measured on another machine ({machine_line(g['machine'])}) on {g['finished_at']} with "
-                          f"`{g.get('command', 'python bench/extraction_speed.py --quick --no-cpu --name extraction_speed_gpu')}`. "
-                          f"Keras {g['keras']} on the **{g['backend']}** backend"
-                          + (": TensorFlow is not installed on the lent GPU machine and its wheels are too large to "
-                             "carry there, so the same Keras model and the same `Backbone.extract` ran on JAX "
-                             "(only our TensorFlow device set-up was skipped)." if g["backend"] != "tensorflow" else ".")
-                          + " With TensorFlow and a GPU, `recommender.backbone` uses the GPU automatically "
-                            "(memory growth on).", ""]
-                for t in g.get("tables", []):
-                    lines += [md_table(t), ""]
-            else:
-                lines += ["No GPU on this machine: the GPU table is produced on a machine with one "
-                          "(the same script measures it when a GPU is visible).", ""]
-    lines += ["## Reproducing", "",
-              "```",
-              "make bench                                  # quick run, < 15 min on 2 cores",
-              ".venv/bin/python bench/run_all.py --full    # the complete protocol (hours on 2 cores)",
-              ".venv/bin/python bench/quality.py --quick   # one benchmark",
-              "RECOMMENDER_BACKBONE_WEIGHTS=imagenet make bench   # require ImageNet weights (no fallback)",
-              "RECOMMENDER_BACKBONE_WEIGHTS=random make bench     # seeded random weights, no ImageNet probe",
-              "```", "",
-              "Each script prints its tables and writes `bench/results/<name>.json`; `bench/run_all.py` runs them "
-              "one after another as separate processes and regenerates this page. Every benchmark runs in a "
-              "temporary VAR_DIR with its own PostgreSQL and Redis (the developer's `var/` is never touched); "
-              "extracted features are cached in `bench/results/cache/` (git-ignored), so a second run skips the CNN.",
-              ""]
-    return "\n".join(lines)
+            lines += _gpu_lines(results.get("extraction_speed_gpu"))
+    return "\n".join(lines + _reproducing_lines())
 
 
 def readme_section(results: dict, run: dict | None) -> str:

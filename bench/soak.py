@@ -73,7 +73,7 @@ def main():
         "fetching a product page and its similar-items API with a 50 ms pause, against Django's live test server.",
         "One Celery worker process (one child) does the ingestion and the retraining on the same "
         "2 cores as the readers.",
-        f"Backbone weights: random (the test suite's seeded random initialisation), input 32px."])
+        "Backbone weights: random (the test suite's seeded random initialisation), input 32px."])
     common.print_table(t)
     common.write_result("soak", {"mode": args.mode, "seconds": seconds, "passed": passed, "results": r,
                                  "tables": [t]})

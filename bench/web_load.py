@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -30,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
 
 from bench import common  # noqa: E402
+from config.processes import ManagedProcess  # noqa: E402
 
 LEVELS = [1, 8, 32]
 
@@ -51,7 +50,8 @@ def build_catalog(n_products: int, epochs: int, log=print) -> dict:
 
     from catalog.models import ProductImage
     from recommender.models import ModelVersion
-    from recommender.services import images_process, model_version_start, model_version_train
+    from recommender.services.ingestion import images_process
+    from recommender.services.training import model_version_start, model_version_train
 
     timings = {}
     with common.Timer() as t:
@@ -117,43 +117,33 @@ def run_load(plan: dict) -> dict:
     return json.loads(lines[-1])
 
 
-class Server:
-    """gunicorn on 127.0.0.1 with the production settings that matter here (DEBUG off)."""
+class Server(ManagedProcess):
+    """gunicorn on 127.0.0.1 with the production settings that matter here (DEBUG off); ready (its
+    home page answers 200) when constructed."""
 
     def __init__(self, tmp: Path, workers: int):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "DEBUG": "false", "DJANGO_ENV": "local", "SERVE_MEDIA": "true",
-                    "ALLOWED_HOSTS": "127.0.0.1", "THROTTLE_IMAGE_SEARCH_ANON": "100000/min",
-                    "THROTTLE_IMAGE_SEARCH_USER": "100000/min", "LOG_LEVEL": "WARNING"}
-        self.command = [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind",
-                        f"127.0.0.1:{self.port}", "--workers", str(workers), "--worker-class", "sync",
-                        "--timeout", "120", "--graceful-timeout", "10", "--log-level", "warning"]
-        self.log = tmp / "gunicorn.log"
-        self.proc = subprocess.Popen(self.command, cwd=common.ROOT, env=self.env, stdout=self.log.open("wb"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        super().__init__(
+            [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
+             "--workers", str(workers), "--worker-class", "sync", "--timeout", "120", "--graceful-timeout", "10",
+             "--log-level", "warning"],
+            name="gunicorn", log=tmp / "gunicorn.log",
+            env_overrides={"DEBUG": "false", "DJANGO_ENV": "local", "SERVE_MEDIA": "true",
+                           "ALLOWED_HOSTS": "127.0.0.1", "THROTTLE_IMAGE_SEARCH_ANON": "100000/min",
+                           "THROTTLE_IMAGE_SEARCH_USER": "100000/min", "LOG_LEVEL": "WARNING"})
+        self.wait_ready(self.answers, timeout=90, interval=0.5)
+
+    def answers(self) -> bool:
         import requests
 
-        deadline = time.monotonic() + 90
-        while True:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"gunicorn did not start:\n{self.log.read_text()[-3000:]}")
-            try:
-                if requests.get(self.base + "/", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
+        try:
+            return requests.get(self.base + "/", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
 
     def stop(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        return super().stop(timeout=30, kill_timeout=10)
 
 
 def image_api_field(server: Server, image: str) -> str | None:

@@ -10,6 +10,7 @@ from django.utils.html import format_html
 from catalog.forms import BulkUploadForm
 from catalog.models import Category, Product, ProductImage
 from catalog.validators import normalise_image
+from recommender.services.ingestion import images_retry
 
 admin.site.site_header = "Lookalike admin"
 admin.site.site_title = "Lookalike admin"
@@ -166,13 +167,6 @@ class ProductAdmin(admin.ModelAdmin):
         return [path("bulk-upload/", self.admin_site.admin_view(self.bulk_upload_view),
                      name="catalog_product_bulk_upload"), *super().get_urls()]
 
-    def changelist_view(self, request, extra_context=None):
-        from recommender.progress import ingestion_display, ingestion_status
-
-        status = ingestion_status()
-        return super().changelist_view(request, {**(extra_context or {}), "ingestion": status,
-                                                 "ingestion_display": ingestion_display(status)})
-
     def bulk_upload_view(self, request):
         """Validate a ZIP + CSV completely, then (and only then) import. "Check" never writes."""
         from catalog.importing import catalog_import
@@ -217,11 +211,6 @@ class ProductAdmin(admin.ModelAdmin):
             "limits": BulkUploadForm.limits(),
             "changelist_url": reverse("admin:catalog_product_changelist"),
         }
-        if imported:
-            from recommender.progress import ingestion_display, ingestion_status
-
-            context["ingestion"] = ingestion_status()
-            context["ingestion_display"] = ingestion_display(context["ingestion"])
         return TemplateResponse(request, "admin/catalog/product/bulk_upload.html", context, status=status)
 
     def get_queryset(self, request):
@@ -238,8 +227,6 @@ class ProductAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry failed images of the selected products", permissions=["change"])
     def retry_failed_images(self, request, queryset):
-        from recommender.services import images_retry
-
         ids = ProductImage.objects.filter(product__in=queryset, status="failed").values_list("id", flat=True)
         count = images_retry(image_ids=list(ids))
         self.message_user(request, f"{count} failed images queued again.", messages.SUCCESS)
@@ -282,8 +269,6 @@ class ProductImageAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry the selected failed images", permissions=["change"])
     def retry(self, request, queryset):
-        from recommender.services import images_retry
-
         count = images_retry(image_ids=list(queryset.values_list("id", flat=True)))
         self.message_user(request, f"{count} failed images queued again.", messages.SUCCESS)
 

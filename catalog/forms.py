@@ -166,7 +166,7 @@ class BulkUploadForm(forms.Form):
         label="Import the valid rows even if other rows have errors", required=False,
         help_text="Unticked (the default), a single bad row means nothing is imported.")
 
-    MAX_CSV_BYTES = 20 * 1024 * 1024
+    MAX_CSV_BYTES = settings.BULK_UPLOAD_MAX_CSV_BYTES
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -157,6 +157,7 @@ DATA_UPLOAD_MAX_NUMBER_FILES = MAX_FILES_PER_REQUEST
 # Admin bulk upload (ZIP + CSV): checked before anything is read from the archive.
 BULK_UPLOAD_MAX_FILES = env_int("BULK_UPLOAD_MAX_FILES", 5000)
 BULK_UPLOAD_MAX_BYTES = env_int("BULK_UPLOAD_MAX_BYTES", 200 * 1024 * 1024)
+BULK_UPLOAD_MAX_CSV_BYTES = env_int("BULK_UPLOAD_MAX_CSV_BYTES", 20 * 1024 * 1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 # catalog.uploads stops keeping a file (in memory or in a temporary file) once it is over its limit
 # (MAX_UPLOAD_BYTES; the bulk upload's ZIP and CSV: theirs); the form or API then says "too large".
@@ -201,9 +202,15 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"max_retries": 1, "interval_start": 0, "inter
                                    "visibility_timeout": 3600}
 CELERY_TASK_PUBLISH_RETRY = False
 CELERY_TASK_DEFAULT_QUEUE = "celery"
+# Every task's queue, in one place (recommender.publishing sends tasks by these names). features:
+# the CNN over new images (GPU workers); training: trainings and whole-catalog embedding/pruning.
 CELERY_TASK_ROUTES = {
     "recommender.tasks.process_images": {"queue": "features"},
     "recommender.tasks.train_model_version": {"queue": "training"},
+    "recommender.tasks.embed_missing": {"queue": "training"},
+    "recommender.tasks.prune_embeddings": {"queue": "training"},
+    "recommender.tasks.recover_lost_work": {"queue": "celery"},
+    "recommender.tasks.retrain_if_needed": {"queue": "celery"},
 }
 CELERY_BEAT_SCHEDULE = {
     "recover-lost-work": {
@@ -221,6 +228,8 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # --------------------------------------------------------------------------- recommender
+# Read through recommender.conf.config(): a typed, validated RecommenderConfig (a system check
+# names any bad value at start-up).
 RECOMMENDER = {
     # "imagenet" (Keras downloads and caches the file), a path to a weights file, or "random".
     "BACKBONE_WEIGHTS": env("RECOMMENDER_BACKBONE_WEIGHTS", "imagenet"),
@@ -237,7 +246,8 @@ RECOMMENDER = {
     "MIN_IMAGES_TO_TRAIN": env_int("RECOMMENDER_MIN_IMAGES_TO_TRAIN", 20),
     # Quality gate: a new version may be at most this much worse than the active one.
     "GATE_TOLERANCE": env_float("RECOMMENDER_GATE_TOLERANCE", 0.02),
-    # Retrain automatically when this share of ready images has no embedding of the active version.
+    # Retrain automatically when this share of the images with features is newer than the active
+    # version (arrived after it started training).
     "RETRAIN_NEW_SHARE": env_float("RECOMMENDER_RETRAIN_NEW_SHARE", 0.2),
     # Scheduled retraining: a version older than this is retrained at the next check (0 = never).
     "RETRAIN_MAX_AGE_HOURS": env_float("RECOMMENDER_RETRAIN_MAX_AGE_HOURS", 24 * 7),

@@ -6,7 +6,7 @@ from catalog.media import serve_media
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("api/", include("catalog.api.urls")),
+    path("api/", include("config.api_urls")),
     path("recommender/", include("recommender.urls")),
     path("", include("catalog.urls")),
 ]

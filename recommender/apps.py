@@ -6,4 +6,4 @@ class RecommenderConfig(AppConfig):
     verbose_name = "Recommender"
 
     def ready(self):
-        from recommender import signals  # noqa: F401  (enqueue work after commit)
+        from recommender import conf, signals  # noqa: F401  (the config check; enqueue work after commit)

@@ -4,14 +4,22 @@
 converted to RGB, resized to the configured input size and passed through
 ``keras.applications.resnet50.preprocess_input``, in batches (the original notebook sent them
 one at a time: see bench/extraction_speed.py for the measured difference).
+
+:func:`imagenet_weights_probe` tells ``manage.py rundemo`` and the benchmarks, without loading
+TensorFlow in their own process, whether the ImageNet weights can be had on this machine.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import re
+import subprocess
+import sys
 import threading
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +68,39 @@ class BackboneSpec:
     @property
     def is_random(self) -> bool:
         return self.weights == "random"
+
+
+# The child process of imagenet_weights_probe: Keras downloads the weights (~95 MB) once into
+# $KERAS_HOME/models, then reads them from there.
+IMAGENET_PROBE = ("import keras; keras.applications.ResNet50(weights='imagenet', include_top=False, "
+                  "pooling='avg')")
+# Offline the probe fails in seconds ("Name or service not known"), but a firewall that drops
+# packets leaves it hanging: past this it counts as "cannot be loaded", and callers fall back to
+# random weights instead of waiting for ever.
+IMAGENET_PROBE_TIMEOUT_S = 120
+
+
+def imagenet_weights_probe(*, env: Mapping[str, str] | None = None, timeout: float = IMAGENET_PROBE_TIMEOUT_S,
+                           code: str = IMAGENET_PROBE) -> tuple[bool, str]:
+    """Can ResNet50's ImageNet weights be loaded here? Tries in a child process (this one keeps
+    TensorFlow unloaded), with ``env`` (default: this process's environment, so its KERAS_HOME).
+
+    Returns ``(True, "")``, or ``(False, reason)``: the last line of the child's error output (URLs
+    shortened to their host, at most 160 characters), or why the child was stopped. ``code``
+    replaces the child's program (tests)."""
+    try:
+        probe = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=timeout,
+                               env={**(os.environ if env is None else env), "TF_CPP_MIN_LOG_LEVEL": "3"})
+    except subprocess.TimeoutExpired:  # subprocess.run has killed the child
+        return False, f"no answer within {timeout:g} s (network blocked or too slow?)"
+    except OSError as exc:
+        return False, f"the probe could not be started: {exc}"
+    if probe.returncode == 0:
+        return True, ""
+    last = (probe.stderr.decode(errors="replace").strip().splitlines() or ["unknown error"])[-1].strip()
+    # The cause comes last ("... storage.googleapis.com: None -- [Errno -2] Name or service not known").
+    last = re.sub(r"https?://([^/\s]+)[^\s:]*", r"\1", last)
+    return False, last if len(last) <= 160 else f"{last[:60]} ... {last[-95:]}"
 
 
 def configure_tensorflow():

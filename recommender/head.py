@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import joblib
@@ -196,7 +196,3 @@ class TrainedHead:
         parts = joblib.load(directory / "preprocessing.joblib")
         model = keras.models.load_model(directory / "head.keras", compile=False)
         return cls(model=model, **parts)
-
-
-def head_config_dict(config: HeadConfig) -> dict:
-    return asdict(config)

@@ -22,6 +22,20 @@ class BackboneFeature(models.Model):
 
 
 class ModelVersion(models.Model):
+    class Phase(models.TextChoices):
+        """Where a training is (``progress["phase"]``): written by services.training, read by the
+        progress bars (selectors.versions) and the API. Labels are what staff read."""
+
+        QUEUED = "queued", "Waiting for a worker"
+        LOADING = "loading features", "Loading image features"
+        TRAINING = "training", "Training"
+        SAVING = "saving", "Saving the model"
+        EMBEDDING = "embedding", "Embedding the catalog"
+        EVALUATING = "evaluating", "Evaluating"
+        ACTIVATING = "activating", "Activating"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
     class Status(models.TextChoices):
         TRAINING = "training", "Training"
         READY = "ready", "Ready"

@@ -1,4 +1,4 @@
-"""Bridges Django settings to the pure ML modules, and keeps loaded models per process."""
+"""Bridges the configuration to the pure ML modules, and keeps loaded models per process."""
 
 import threading
 from pathlib import Path
@@ -6,6 +6,7 @@ from pathlib import Path
 from django.conf import settings
 
 from recommender.backbone import BackboneSpec, get_backbone
+from recommender.conf import config
 
 # recommender.head (scikit-learn, joblib) and Keras are imported where they are used, so that a web
 # process that only reads pages never loads them.
@@ -14,24 +15,21 @@ _heads: dict[int, object] = {}
 _heads_lock = threading.Lock()
 
 
-def conf(name):
-    return settings.RECOMMENDER[name]
-
-
 def backbone_spec() -> BackboneSpec:
-    return BackboneSpec(weights=conf("BACKBONE_WEIGHTS"), input_size=conf("INPUT_SIZE"), seed=conf("SEED"))
+    conf = config()
+    return BackboneSpec(weights=conf.backbone_weights, input_size=conf.input_size, seed=conf.seed)
 
 
 def backbone():
-    return get_backbone(backbone_spec(), batch_size=conf("EXTRACT_BATCH_SIZE"))
+    return get_backbone(backbone_spec(), batch_size=config().extract_batch_size)
 
 
 def head_config() -> "HeadConfig":  # noqa: F821
     from recommender.head import HeadConfig
 
-    return HeadConfig(epochs=conf("EPOCHS"), batch_size=conf("BATCH_SIZE"),
-                      learning_rate=conf("LEARNING_RATE"), validation_split=conf("VALIDATION_SPLIT"),
-                      dropout=conf("DROPOUT"), seed=conf("SEED"))
+    conf = config()
+    return HeadConfig(epochs=conf.epochs, batch_size=conf.batch_size, learning_rate=conf.learning_rate,
+                      validation_split=conf.validation_split, dropout=conf.dropout, seed=conf.seed)
 
 
 def artifacts_dir(version_id: int) -> Path:

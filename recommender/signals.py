@@ -15,7 +15,7 @@ _PENDING_ATTR = "_recommender_pending_images"
 def _flush():
     ids = connection.__dict__.pop(_PENDING_ATTR, None)
     if ids:
-        from recommender.services import images_enqueue
+        from recommender.services.ingestion import images_enqueue
 
         images_enqueue(image_ids=ids)
 

@@ -2,12 +2,16 @@
 
 All tasks acknowledge late and are rejected (redelivered) when their worker dies, so a SIGKILL
 mid-batch loses nothing; the services are idempotent, so a redelivery changes nothing twice.
-Database outages are retried with exponential backoff, a bounded number of times.
+Database outages are retried with exponential backoff, a bounded number of times. Queues are
+routed in ``settings.CELERY_TASK_ROUTES``; services publish these by name (recommender.publishing).
+
+TensorFlow is not imported here: the services import it lazily, in the worker's child process.
 """
 
 from django.db import DatabaseError, InterfaceError, OperationalError
 
 from config.celery import app
+from recommender.services import embeddings, ingestion, maintenance, training
 
 RETRYABLE = (OperationalError, InterfaceError, DatabaseError, ConnectionError)
 COMMON = {
@@ -23,42 +27,30 @@ COMMON = {
 
 @app.task(bind=True, **COMMON)
 def process_images(self, image_ids):
-    from recommender.services import images_process
-
-    return images_process(image_ids=image_ids, token=self.request.id or "eager")
+    return ingestion.images_process(image_ids=image_ids, token=self.request.id or "eager")
 
 
-@app.task(bind=True, **COMMON)
-def train_model_version(self, version_id):
-    from recommender.services import model_version_train
-
-    return model_version_train(version_id=version_id).status
+@app.task(**COMMON)
+def train_model_version(version_id):
+    return training.model_version_train(version_id=version_id).status
 
 
-@app.task(queue="training", **COMMON)
+@app.task(**COMMON)
 def embed_missing(version_id):
-    from recommender.services import embeddings_backfill
-
-    return embeddings_backfill(version_id=version_id)
+    return embeddings.embeddings_backfill(version_id=version_id)
 
 
 @app.task(**COMMON)
 def recover_lost_work():
-    from recommender.services import recover_lost_work as recover
-
-    return recover()
+    return maintenance.recover_lost_work()
 
 
 @app.task(**COMMON)
 def retrain_if_needed():
-    from recommender.services import retrain_if_needed as retrain
-
-    version = retrain()
+    version = maintenance.retrain_if_needed()
     return version.pk if version else None
 
 
-@app.task(queue="training", **COMMON)
+@app.task(**COMMON)
 def prune_embeddings():
-    from recommender.services import embeddings_prune
-
-    return embeddings_prune()
+    return embeddings.embeddings_prune()

@@ -6,7 +6,9 @@ from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from recommender import progress
+from recommender import presentation
+from recommender.selectors.ingestion import ingestion_status
+from recommender.selectors.versions import training_status
 
 
 def staff_json(view):
@@ -26,13 +28,13 @@ def staff_json(view):
 @never_cache
 @staff_json
 def training_progress(request):
-    status = progress.training_status()
-    return JsonResponse({**status, "display": progress.training_display(status)})
+    status = training_status()
+    return JsonResponse({**status, "display": presentation.training_display(status)})
 
 
 @require_GET
 @never_cache
 @staff_json
 def ingestion_progress(request):
-    status = progress.ingestion_status()
-    return JsonResponse({**status, "display": progress.ingestion_display(status)})
+    status = ingestion_status()
+    return JsonResponse({**status, "display": presentation.ingestion_display(status)})

@@ -1,12 +1,10 @@
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from django.conf import settings
+
+from config.processes import CELERY_QUEUES, CELERY_READY, ManagedProcess, celery_worker_command, stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,51 +33,21 @@ def database_url_for_tests() -> str:
     return f"postgresql://{auth}@{host}{port}/{db['NAME']}"
 
 
-class WorkerProcess:
-    """A real ``celery worker`` subprocess on the test database."""
+class WorkerProcess(ManagedProcess):
+    """A real ``celery worker`` subprocess on the test database, ready when constructed.
 
-    def __init__(self, env_overrides=None, queues="celery,features,training", concurrency=1, beat=False):
-        env = dict(os.environ)
-        env["DATABASE_URL"] = database_url_for_tests()
-        env["MEDIA_ROOT"] = str(settings.MEDIA_ROOT)
-        env["MODELS_ROOT"] = str(settings.MODELS_ROOT)
-        env.update(env_overrides or {})
-        self.log = Path(settings.VAR_DIR) / f"worker-{time.monotonic_ns()}.log"
-        cmd = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, "-c", str(concurrency),
-               "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
-               "-n", f"test-{time.monotonic_ns()}@%h"]
-        if beat:
-            cmd += ["-B", "-s", str(Path(settings.VAR_DIR) / f"beat-{time.monotonic_ns()}")]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 60
-        while "ready." not in self.output():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"celery worker did not start:\n{self.output()[-3000:]}")
-            time.sleep(0.2)
+    A :class:`config.processes.ManagedProcess`: ``output()``, ``child_pids()``, ``kill(sig)``
+    (the whole process group, SIGKILL by default) and ``stop()`` (SIGTERM, SIGKILL after 30 s)."""
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def child_pids(self) -> list[int]:
-        import psutil
-
-        return [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
-
-    def kill(self, sig=signal.SIGKILL):
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(30)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    def __init__(self, env_overrides=None, queues=CELERY_QUEUES, concurrency=1, beat=False):
+        var_dir = Path(settings.VAR_DIR)
+        cmd = celery_worker_command(queues=queues, concurrency=concurrency, node_name=f"test-{time.monotonic_ns()}@%h",
+                                    beat_schedule=var_dir / f"beat-{time.monotonic_ns()}" if beat else None)
+        env = {"DATABASE_URL": database_url_for_tests(), "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+               "MODELS_ROOT": str(settings.MODELS_ROOT), **(env_overrides or {})}
+        super().__init__(cmd, name="celery worker", env_overrides=env,
+                         log=var_dir / f"worker-{time.monotonic_ns()}.log")
+        self.wait_ready(CELERY_READY, timeout=60)
 
 
 @pytest.fixture
@@ -96,8 +64,7 @@ def start_worker(transactional_db):
         return worker
 
     yield start
-    for worker in workers:
-        worker.stop()
+    stop_all(workers)
 
 
 def wait_for(predicate, timeout=120, interval=0.25, message="condition"):

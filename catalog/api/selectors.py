@@ -2,9 +2,10 @@
 
 from django.db.models import Case, DateTimeField, F, Min, Q, Value, When
 from django.db.models.functions import Greatest
+from rest_framework.exceptions import NotFound
 
 from catalog import selectors
-from catalog.models import ProductImage
+from catalog.models import Product, ProductImage
 from recommender.selectors import active_version
 
 READY = ProductImage.Status.READY
@@ -25,3 +26,11 @@ def products_for_api(*, include_inactive: bool):
         When(_first_embedded__isnull=True, then=Value(None)),
         default=Greatest(F("_first_embedded"), Value(version.activated_at or version.created_at)),
         output_field=DateTimeField()))
+
+
+def product_for_api(*, pk, include_inactive: bool) -> Product:
+    """One product as the API shows it; 404 in words that say whether it may exist but be hidden."""
+    try:
+        return products_for_api(include_inactive=include_inactive).get(pk=pk)
+    except Product.DoesNotExist:
+        raise NotFound(f"No product with id {pk}." if include_inactive else f"No active product with id {pk}.")

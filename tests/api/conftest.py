@@ -100,7 +100,7 @@ def fashion_products(fashion_mnist, *, classes=range(10), per_class=5, split="tr
 
 def process_pending():
     """Extract features and thumbnails of every pending image, in this process (the worker's service)."""
-    from recommender.services import images_process
+    from recommender.services.ingestion import images_process
 
     ids = list(ProductImage.objects.filter(status=ProductImage.Status.PENDING).values_list("id", flat=True))
     return images_process(image_ids=ids, token="tests")
@@ -108,7 +108,7 @@ def process_pending():
 
 def train_and_activate(settings, *, epochs=None):
     """Train a version with the real services and return it (activated when it passes the gate)."""
-    from recommender.services import model_version_start, model_version_train
+    from recommender.services.training import model_version_start, model_version_train
 
     if epochs is not None:
         settings.RECOMMENDER = {**settings.RECOMMENDER, "EPOCHS": epochs}

@@ -5,13 +5,14 @@ parts are stubbed, and the probe runs a tiny child process."""
 import io
 import os
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
 
 from catalog.management.commands import rundemo
+from config.processes import ManagedProcess
+from recommender import backbone
 
 
 class Unhandled(Exception):
@@ -35,27 +36,28 @@ def command():
 
 
 def test_probe_timeout_is_a_short_named_constant():
-    assert 30 <= rundemo.IMAGENET_PROBE_TIMEOUT_S <= 180
+    assert 30 <= backbone.IMAGENET_PROBE_TIMEOUT_S <= 180
 
 
 def test_probe_gives_up_on_a_hanging_child_and_kills_it():
     started = time.monotonic()
-    ok, reason = rundemo.probe_imagenet(dict(os.environ), timeout=0.5, code="import time; time.sleep(60)")
+    ok, reason = backbone.imagenet_weights_probe(env=dict(os.environ), timeout=0.5,
+                                                 code="import time; time.sleep(60)")
     assert not ok and "no answer within 0.5 s" in reason
     assert time.monotonic() - started < 10
 
 
 def test_probe_reports_success_and_the_last_error_line():
-    assert rundemo.probe_imagenet(dict(os.environ), timeout=30, code="pass") == (True, "")
-    ok, reason = rundemo.probe_imagenet(dict(os.environ), timeout=30,
-                                        code="import sys; sys.exit('URL fetch failure: no route')")
+    assert backbone.imagenet_weights_probe(env=dict(os.environ), timeout=30, code="pass") == (True, "")
+    ok, reason = backbone.imagenet_weights_probe(env=dict(os.environ), timeout=30,
+                                                 code="import sys; sys.exit('URL fetch failure: no route')")
     assert not ok and reason == "URL fetch failure: no route"
 
 
 def test_weights_fall_back_to_random_loudly_when_the_probe_times_out(monkeypatch):
-    real = rundemo.probe_imagenet
-    monkeypatch.setattr(rundemo, "probe_imagenet",
-                        lambda env: real(env, timeout=0.5, code="import time; time.sleep(60)"))
+    real = backbone.imagenet_weights_probe
+    monkeypatch.setattr(rundemo, "imagenet_weights_probe",
+                        lambda env: real(env=env, timeout=0.5, code="import time; time.sleep(60)"))
     cmd, _, err = command()
     assert cmd._weights({k: v for k, v in os.environ.items() if k != "RECOMMENDER_BACKBONE_WEIGHTS"}) == "random"
     warning = err.getvalue()
@@ -64,7 +66,7 @@ def test_weights_fall_back_to_random_loudly_when_the_probe_times_out(monkeypatch
 
 
 def test_weights_from_the_environment_skip_the_probe(monkeypatch):
-    monkeypatch.setattr(rundemo, "probe_imagenet", lambda env: pytest.fail("probed"))
+    monkeypatch.setattr(rundemo, "imagenet_weights_probe", lambda env: pytest.fail("probed"))
     assert command()[0]._weights({"RECOMMENDER_BACKBONE_WEIGHTS": "random"}) == "random"
 
 
@@ -77,12 +79,11 @@ def test_sigterm_during_the_demo_import_stops_the_worker(monkeypatch, guard_sigt
     monkeypatch.setattr(rundemo, "Product", type("Product", (), {"objects": type("Manager", (), {
         "exists": staticmethod(lambda: False)})}))
     spawned = []
-    real_popen = subprocess.Popen
 
     def spawn(self, name, cmd, env):  # a stand-in worker in its own session, like the real one
-        proc = real_popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+        proc = ManagedProcess([sys.executable, "-c", "import time; time.sleep(60)"], name=name)
         spawned.append(proc)
-        return name, proc
+        return proc
 
     def import_catalog(*args, **kwargs):  # SIGTERM arrives while the demo catalog is imported
         os.kill(os.getpid(), signal.SIGTERM)

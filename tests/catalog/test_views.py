@@ -346,7 +346,7 @@ def test_photo_search_without_a_file_says_so(client):
 def test_photo_search_finds_the_nearest_products(client, settings):
     """The real backbone (random weights, 32x32) in this process; no trained model yet, so the
     nearest products come from the standardised backbone features."""
-    from recommender.services import images_process
+    from recommender.services.ingestion import images_process
 
     products = catalog(per_category=3)
     images_process(image_ids=list(ProductImage.objects.values_list("id", flat=True)), token="t")

@@ -1,6 +1,5 @@
 """Pure ML: no Django needed (the module must not import it)."""
 
-import sys
 
 import numpy as np
 import pytest

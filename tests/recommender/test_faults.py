@@ -1,30 +1,30 @@
-"""Fault injection against real processes: a worker killed mid-batch, Redis down during uploads,
-PostgreSQL restarted under running workers. Nothing may be lost or processed twice."""
+"""Fault injection against real processes: a worker killed mid-batch, a worker killed mid-training,
+Redis down during uploads, PostgreSQL restarted under running workers. Nothing may be lost or
+processed twice."""
 
-import io
 import signal
 import time
+from pathlib import Path
 
 import pytest
-from django.core.management import call_command
 from django.db import connection
 from django.db.models import Count
 
 from catalog.models import Product, ProductImage
 from catalog.services import product_create
-from recommender import services
+from recommender.locks import training_alive
 from recommender.models import BackboneFeature, Embedding, ModelVersion
+from recommender.services.ingestion import images_process
+from recommender.services.maintenance import recover_lost_work
+from recommender.services.training import model_version_start
 from tests.conftest import wait_for
 from tests.factories import CategoryFactory, png_bytes, upload
+from tests.recommender.helpers import import_products, process_all, train_inline
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
 # The recovery runs every 2 s and takes back work that is 5 s old, so a lost task is healed fast.
 FAST_RECOVERY = {"RECOVER_EVERY_SECONDS": "2", "RECOMMENDER_STALE_SECONDS": "5"}
-
-
-def import_products(count, split="train", offset=0):
-    call_command("import_fashion_mnist", count=count, split=split, offset=offset, verbosity=0, stdout=io.StringIO())
 
 
 def assert_exactly_once(version=None):
@@ -40,9 +40,8 @@ def assert_exactly_once(version=None):
 
 def test_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(settings, start_worker):
     import_products(100)
-    services.images_process(image_ids=list(ProductImage.objects.values_list("id", flat=True)), token="t")
-    settings.RECOMMENDER = {**settings.RECOMMENDER, "EPOCHS": 3}
-    version = services.model_version_train(version_id=services.model_version_start(trigger="test").pk)
+    process_all()
+    version = train_inline(settings, epochs=3)
     assert version.status == "active"
 
     import_products(300, offset=100)  # published to Redis on commit
@@ -56,6 +55,31 @@ def test_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(settings, 
              message="every image ready after the kill")
     assert ProductImage.objects.count() == 400
     assert_exactly_once(version)
+
+
+def test_a_killed_training_leaves_the_active_version_serving(settings, start_worker):
+    ids = import_products(150)
+    images_process(image_ids=ids, token="t")
+    active = train_inline(settings, epochs=3)
+    assert active.status == "active"
+    worker = start_worker(env_overrides={"RECOMMENDER_EPOCHS": "400"})
+    version = model_version_start(trigger="test")
+    wait_for(lambda: ModelVersion.objects.get(pk=version.pk).progress.get("epoch", 0) >= 2, timeout=120,
+             message="training to be under way")
+    assert training_alive(version.pk)  # the worker holds the training's lock
+    worker.kill(signal.SIGKILL)
+    assert ModelVersion.objects.get(status="active").pk == active.pk
+    # PostgreSQL releases the lock when it sees the dead process's connection close.
+    wait_for(lambda: not training_alive(version.pk), timeout=30, message="the lock to be released")
+    # The heartbeat stops; the periodic recovery marks it failed and removes its leftovers.
+    settings.RECOMMENDER = {**settings.RECOMMENDER, "TRAINING_STALE_SECONDS": 0}
+    report = recover_lost_work()
+    assert version.pk in report["dead_trainings"]
+    version.refresh_from_db()
+    assert version.status == "failed" and "heartbeats" in version.error
+    assert ModelVersion.objects.get(status="active").pk == active.pk
+    assert not Path(settings.MODELS_ROOT, f"v{version.pk}").exists()
+    assert not list(Path(settings.MODELS_ROOT).glob(".*tmp*"))
 
 
 def test_uploads_while_redis_is_down_are_saved_and_processed_when_it_returns(client, start_worker):

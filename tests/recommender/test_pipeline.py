@@ -1,16 +1,19 @@
-"""End to end with a real Celery worker process, real Postgres+pgvector and Redis."""
+"""End to end with a real Celery worker process, real Postgres+pgvector and Redis: import, ingest,
+train, activate and similar items; and beat's recovery of ingestion whose messages were lost."""
 
 import io
+from datetime import timedelta
 
-import numpy as np
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 
 from catalog.models import Product, ProductImage
 from recommender.models import BackboneFeature, Embedding, ModelVersion
-from recommender.selectors import similar_products
-from recommender.services import model_version_start
+from recommender.selectors.similarity import similar_products
+from recommender.services.training import model_version_start
 from tests.conftest import wait_for
+from tests.recommender.helpers import import_products
 
 pytestmark = [pytest.mark.worker]
 
@@ -32,7 +35,8 @@ def test_import_ingest_train_activate_and_similar_items(start_worker):
     assert cold.source == "backbone" and len(cold.items) == 6
 
     version = model_version_start(trigger="test")
-    wait_for(lambda: ModelVersion.objects.get(pk=version.pk).status != "training", timeout=300,
+    # Finished: active or failed ("ready" lasts a moment, between the quality gate and the activation).
+    wait_for(lambda: ModelVersion.objects.get(pk=version.pk).status not in ("training", "ready"), timeout=300,
              message="training to finish")
     version.refresh_from_db()
     assert version.status == "active", (version.error, worker.output()[-3000:])
@@ -88,3 +92,14 @@ def test_filters_still_return_k_results(transactional_db, start_worker):
     Product.objects.filter(pk=first.pk).update(is_active=False)
     again = similar_products(product=product, k=6, use_cache=False)
     assert first.pk not in [i.product.pk for i in again.items] and len(again.items) == 6
+
+
+def test_the_periodic_task_recovers_lost_jobs(start_worker):
+    from config.celery import app
+
+    ids = import_products(30)
+    app.control.purge()  # the broker lost the published tasks (e.g. Redis restarted without AOF)
+    ProductImage.objects.update(status_changed_at=timezone.now() - timedelta(minutes=10))
+    start_worker(beat=True, env_overrides={"RECOVER_EVERY_SECONDS": "2"})
+    wait_for(lambda: ProductImage.objects.filter(id__in=ids, status="ready").count() == 30, timeout=180,
+             message="beat's recovery to process every lost image")

@@ -15,9 +15,10 @@ import pytest
 from django.core.management import call_command
 
 from catalog.models import Product, ProductImage
-from recommender import services
 from recommender.models import ModelVersion
+from recommender.services.training import model_version_start, model_version_train
 from tests.conftest import wait_for
+from tests.recommender.helpers import process_all
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
@@ -68,9 +69,9 @@ class Shoppers:
 
 def test_soak_uploads_and_retraining_under_steady_reads(settings, live_server, start_worker):
     call_command("import_fashion_mnist", count=150, split="train", verbosity=0, stdout=io.StringIO())
-    services.images_process(image_ids=list(ProductImage.objects.values_list("id", flat=True)), token="seed")
+    process_all(token="seed")
     settings.RECOMMENDER = {**settings.RECOMMENDER, "EPOCHS": 3}
-    old = services.model_version_train(version_id=services.model_version_start(trigger="seed").pk)
+    old = model_version_train(version_id=model_version_start(trigger="seed").pk)
     assert old.status == "active"
     served = list(Product.objects.values_list("id", flat=True))
 
@@ -84,8 +85,8 @@ def test_soak_uploads_and_retraining_under_steady_reads(settings, live_server, s
         wait_for(lambda: not ProductImage.objects.exclude(status="ready").exists(), timeout=300,
                  message="every uploaded image ready")
         marks["ready"] = time.monotonic()
-        new = services.model_version_start(trigger="soak")
-        wait_for(lambda: ModelVersion.objects.get(pk=new.pk).status != "training", timeout=300,
+        new = model_version_start(trigger="soak")
+        wait_for(lambda: ModelVersion.objects.get(pk=new.pk).status not in ("training", "ready"), timeout=300,
                  message="the retraining to finish")
         marks["trained"] = time.monotonic()
         time.sleep(2)  # keep reading for a moment after the switch

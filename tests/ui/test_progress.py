@@ -1,16 +1,14 @@
-"""The staff-only JSON behind the live progress bars: training and the ingestion backlog."""
-
-from datetime import timedelta
+"""The staff-only JSON behind the live progress bars (recommender/views.py): training and the
+ingestion backlog. What the numbers mean: tests/recommender/selectors/; their wording:
+tests/recommender/test_presentation.py."""
 
 import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
 from django.utils import timezone
 
-from catalog.models import ProductImage
-from recommender import progress
 from recommender.models import ModelVersion
-from tests.factories import ProductImageFactory
+from tests.recommender.helpers import ingestion_backlog_with_recent_work
 from tests.ui.data import fast_passwords, model_version  # noqa: F401
 
 pytestmark = pytest.mark.django_db
@@ -59,47 +57,8 @@ def test_training_progress_reports_epoch_accuracy_and_eta(admin_client):
                                "percent": None, "state": "failed"}
 
 
-def test_bar_never_moves_backwards_through_the_phases():
-    version = ModelVersion(status=ModelVersion.Status.TRAINING, progress={})
-    steps = [{"phase": "queued"}, {"phase": "loading features"}]
-    steps += [{"phase": "training", "epoch": e, "epochs": 5} for e in range(6)]
-    steps += [{"phase": "saving"}]
-    steps += [{"phase": "embedding", "images_embedded": n, "images_total": 100} for n in (0, 50, 100)]
-    steps += [{"phase": "evaluating"}, {"phase": "activating"}, {"phase": "done"}]
-    percents = []
-    for step in steps:
-        version.progress = step
-        percents.append(progress.version_progress(version)["percent"])
-    assert percents == sorted(percents) and percents[0] == 0 and percents[-1] == 100
-
-
-def test_ingestion_progress_counts_rate_and_eta(admin_client):
-    images = [ProductImageFactory(seed=i) for i in range(12)]
-    now = timezone.now()
-    # 6 finished over the last 60 s (one every 10 s), 1 failed long ago, 5 waiting.
-    for n, image in enumerate(images[:6]):
-        ProductImage.objects.filter(pk=image.pk).update(status="ready",
-                                                        status_changed_at=now - timedelta(seconds=60 - 10 * n))
-    ProductImage.objects.filter(pk=images[6].pk).update(status="failed", status_changed_at=now - timedelta(hours=2))
-    ProductImage.objects.filter(pk=images[7].pk).update(status="processing")
-
-    status = progress.ingestion_status(now=now)
-    assert {k: status[k] for k in ("pending", "processing", "ready", "failed", "backlog", "total")} == {
-        "pending": 4, "processing": 1, "ready": 6, "failed": 1, "backlog": 5, "total": 12}
-    assert status["rate_per_second"] == pytest.approx(0.1)  # 6 images in 60 s
-    assert status["eta_seconds"] == pytest.approx(50)
-    assert status["percent"] == pytest.approx(100 * 7 / 12, abs=0.1)
-
+def test_ingestion_progress_reports_the_backlog_and_its_pace(admin_client):
+    ingestion_backlog_with_recent_work(timezone.now())
     data = admin_client.get(INGESTION).json()
     assert data["backlog"] == 5 and data["display"]["summary"] == "5 waiting · 6 ready · 1 failed"
     assert "images/s · about" in data["display"]["detail"]
-
-
-def test_ingestion_without_recent_work_has_no_rate():
-    image = ProductImageFactory()
-    status = progress.ingestion_status()
-    assert status["backlog"] == 1 and status["rate_per_second"] is None and status["eta_seconds"] is None
-    assert progress.ingestion_display(status)["detail"] == "Waiting for a worker…"
-    ProductImage.objects.filter(pk=image.pk).update(status="ready")
-    status = progress.ingestion_status()
-    assert status["eta_seconds"] == 0 and progress.ingestion_display(status)["detail"] == "All 1 image processed."

@@ -153,7 +153,7 @@ def test_activate_refuses_a_version_without_model_files(admin_client):
 def test_train_activate_and_retire_real_versions_from_the_admin(admin_client, settings, client):
     """Real heads (Keras, a few epochs on synthetic features): train twice, switch back to the
     first version with its button, then retire it; the shop's similar items follow each step."""
-    from recommender.services import model_version_train
+    from recommender.services.training import model_version_train
 
     settings.RECOMMENDER = {**settings.RECOMMENDER, "EPOCHS": 3}
     products = catalog(per_category=12)

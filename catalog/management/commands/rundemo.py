@@ -19,29 +19,12 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 from catalog.models import Product
+from config.processes import ManagedProcess, celery_worker_command, stop_all
+from recommender.backbone import IMAGENET_PROBE_TIMEOUT_S, imagenet_weights_probe
 
 ROOT = Path(settings.BASE_DIR)
-IMAGENET_PROBE = ("import keras; keras.applications.ResNet50(weights='imagenet', include_top=False, "
-                  "pooling='avg')")
-# The probe downloads ~95 MB once (then reads Keras' cache). Offline it fails in seconds, but a
-# firewall that drops packets leaves it hanging: past this it counts as "cannot be loaded" and the
-# demo falls back to random weights instead of waiting for ever.
-IMAGENET_PROBE_TIMEOUT_S = 120
-
-
-def probe_imagenet(env, timeout=IMAGENET_PROBE_TIMEOUT_S, code=IMAGENET_PROBE):
-    """Try to load the ImageNet weights in a child process. Returns (ok, reason): reason is the
-    last line of the child's error output, or why it was stopped."""
-    try:
-        probe = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=timeout,
-                               env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    except subprocess.TimeoutExpired:  # subprocess.run has killed the child
-        return False, f"no answer within {timeout:g} s (network blocked or too slow?)"
-    except OSError as exc:
-        return False, f"the probe could not be started: {exc}"
-    if probe.returncode == 0:
-        return True, ""
-    return False, (probe.stderr.decode(errors="replace").strip().splitlines() or ["unknown error"])[-1][:100]
+# How long stopping the worker and the web server may take (SIGTERM), before SIGKILL.
+STOP_TIMEOUT_S = 20
 
 
 def _interrupt(signum, frame):
@@ -90,10 +73,9 @@ class Command(BaseCommand):
         self._admin()
         children = []
         try:
-            children.append(self._spawn("worker", [sys.executable, "-m", "celery", "-A", "config", "worker",
-                                                   "-B", "-s", str(Path(settings.VAR_DIR) / "celerybeat-schedule"),
-                                                   "-Q", "celery,features,training", "-c", str(concurrency),
-                                                   "-l", "INFO", "--without-gossip", "--without-mingle"], env))
+            children.append(self._spawn("worker", celery_worker_command(
+                concurrency=concurrency, heartbeat=True,
+                beat_schedule=Path(settings.VAR_DIR) / "celerybeat-schedule"), env))
             if not Product.objects.exists():
                 self.stdout.write(f"Empty catalog: importing {products} Fashion-MNIST products...")
                 # In a child process: the loader imports Keras, which this long-lived process
@@ -113,7 +95,7 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             pass
         finally:
-            # A second SIGTERM must not cut the (bounded: 20 s, then SIGKILL) stop short.
+            # A second SIGTERM must not cut the (bounded: STOP_TIMEOUT_S, then SIGKILL) stop short.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self._stop(children)
             self.stdout.write("Stopped the web server and the worker; stopping the embedded services.")
@@ -124,7 +106,7 @@ class Command(BaseCommand):
             return weights
         self.stdout.write("Checking that the ImageNet weights of ResNet50 can be loaded "
                           f"(at most {IMAGENET_PROBE_TIMEOUT_S} s)...")
-        ok, reason = probe_imagenet(env)
+        ok, reason = imagenet_weights_probe(env=env)
         if ok:
             return "imagenet"
         self.stderr.write(self.style.ERROR(banner([
@@ -144,24 +126,15 @@ class Command(BaseCommand):
 
     def _spawn(self, name, cmd, env):
         # Own process group, so Ctrl-C reaches only us and we stop children in order.
-        return name, subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+        return ManagedProcess(cmd, name=name, env=env, cwd=ROOT)
 
     def _wait(self, children):
         while True:
-            for name, proc in children:
-                if proc.poll() is not None:
-                    self.stderr.write(f"The {name} process exited with code {proc.returncode}; stopping.")
+            for child in children:
+                if child.poll() is not None:
+                    self.stderr.write(f"The {child.name} process exited with code {child.returncode}; stopping.")
                     return
             time.sleep(0.5)
 
     def _stop(self, children):
-        for _, proc in children:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for _, proc in children:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_all(children, timeout=STOP_TIMEOUT_S)

@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from recommender.models import ModelVersion
-from recommender.services import model_version_evaluate
+from recommender.services.evaluation import model_version_evaluate
 
 
 class Command(BaseCommand):

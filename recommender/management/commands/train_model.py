@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand
 from tqdm import tqdm
 
 from recommender.models import ModelVersion
-from recommender.services import model_version_start, model_version_train
+from recommender.services.training import model_version_start, model_version_train
 
 
 class Command(BaseCommand):

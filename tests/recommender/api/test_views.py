@@ -1,13 +1,13 @@
-"""Similar items, search by photo, model versions and training control, and health through the API."""
+"""The recommender's REST API (recommender/api/): similar items, search by photo, and the model
+versions with training control. Clients and catalogs: tests/api/conftest.py."""
 
 import pytest
 from django.core.cache import cache
-from rest_framework.authtoken.models import Token
 
 from catalog.models import ProductImage
 from recommender.models import ModelVersion
 from tests.api.conftest import media_files, png
-from tests.factories import CategoryFactory, ProductFactory, upload
+from tests.factories import ProductFactory, upload
 
 pytestmark = pytest.mark.django_db
 
@@ -312,116 +312,3 @@ def test_model_version_list_detail_and_training_control(staff_client, trained_ca
     assert similar(staff_client, products[0]).json()["model_version"]["id"] == version.pk
     assert staff_client.get(f"{VERSIONS}999999/").status_code == 404
     assert staff_client.post(f"{VERSIONS}999999/activate/").status_code == 404
-
-
-# --------------------------------------------------------------------------- health, auth, errors
-
-
-def test_health_reports_each_part(anon_client, trained_catalog):
-    _, version = trained_catalog
-    response = anon_client.get("/api/v1/health/")
-    assert response.status_code == 200
-    body = response.json()
-    checks = body["checks"]
-    assert set(checks) == {"database", "redis", "worker", "model"}
-    assert checks["database"]["ok"] and checks["redis"]["ok"] and checks["model"]["ok"]
-    # No worker runs in this test: reported, and the site is degraded rather than down.
-    assert checks["worker"] == {**checks["worker"], "ok": False, "detail": "no Celery worker answered a ping"}
-    assert body["status"] == "degraded"
-    assert body["active_model_version"]["id"] == version.pk
-    assert body["ingestion"]["ready"] == 24
-    assert response["Cache-Control"] == "no-store"
-
-
-def test_health_without_a_model(anon_client):
-    body = anon_client.get("/api/v1/health/").json()
-    assert body["checks"]["model"]["ok"] is False and "no active model version" in body["checks"]["model"]["detail"]
-    assert body["active_model_version"] is None
-
-
-def test_health_is_503_when_the_database_is_down(anon_client, monkeypatch):
-    from catalog.api import views
-
-    def refuse():
-        raise ConnectionError("connection refused")
-
-    monkeypatch.setattr(views, "_database", refuse)
-    response = anon_client.get("/api/v1/health/")
-    assert response.status_code == 503
-    body = response.json()
-    assert body["status"] == "down" and body["checks"]["database"]["ok"] is False
-    assert "connection refused" in body["checks"]["database"]["detail"]
-
-
-def test_token_endpoint_and_token_auth(anon_client, staff):
-    response = anon_client.post("/api/v1/auth/token/", {"username": "sam", "password": "wrong"}, format="json")
-    assert response.status_code == 400 and response.json()["code"] == "authorization"
-    response = anon_client.post("/api/v1/auth/token/", {"username": "sam",
-                                                        "password": "correct horse battery staple"})
-    assert response.status_code == 200
-    key = response.json()["token"]
-    assert Token.objects.get(user=staff).key == key
-    anon_client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
-    assert anon_client.get(VERSIONS).status_code == 200
-    anon_client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
-    bad = anon_client.get("/api/v1/products/")  # even a public endpoint refuses a wrong token
-    assert bad.status_code == 401 and bad.json()["detail"] == "Invalid token."
-
-
-def test_session_auth_needs_csrf_for_writes(staff):
-    from rest_framework.test import APIClient
-
-    client = APIClient(enforce_csrf_checks=True)
-    assert client.login(username="sam", password="correct horse battery staple")
-    assert client.get(VERSIONS).status_code == 200
-    response = client.post("/api/v1/products/", {"sku": "x", "title": "x", "category": CategoryFactory().pk},
-                           format="json")
-    assert response.status_code == 403 and "CSRF" in response.json()["detail"]
-
-
-def test_an_unexpected_error_is_a_logged_json_500(anon_client, monkeypatch, caplog):
-    from recommender import selectors
-
-    def broken(**kwargs):
-        raise RuntimeError("index unavailable")
-
-    monkeypatch.setattr(selectors, "similar_products", broken)
-    response = similar(anon_client, ProductFactory())
-    assert response.status_code == 500
-    assert response.json() == {"status": 500, "code": "server_error",
-                               "detail": "Internal server error; it has been logged.", "errors": []}
-    assert "index unavailable" in caplog.text  # the traceback is in the log, not in the response
-
-
-def test_unknown_api_path_is_a_json_404(anon_client):
-    response = anon_client.get("/api/v1/nothing-here/")
-    assert response.status_code == 404
-    assert response.json()["code"] == "not_found" and "/api/schema/swagger/" in response.json()["detail"]
-
-
-def test_api_root_and_schema_pages_are_public(anon_client):
-    assert anon_client.get("/api/v1/").status_code == 200
-    schema = anon_client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
-    assert schema.status_code == 200
-    paths = schema.json()["paths"]
-    assert {"/api/v1/products/{id}/similar/", "/api/v1/search/image/", "/api/v1/health/",
-            "/api/v1/model-versions/{id}/activate/"} <= set(paths)
-    # Every operation documents its errors with the shared error shape.
-    for path, operations in paths.items():
-        for method, operation in operations.items():
-            assert "401" in operation["responses"], (method, path)
-            for code, response in operation["responses"].items():
-                if code >= "400" and path != "/api/v1/health/":
-                    ref = response["content"]["application/json"]["schema"]["$ref"]
-                    assert ref == "#/components/schemas/Error", (method, path, code)
-    assert "Retry-After" in paths["/api/v1/search/image/"]["post"]["responses"]["429"]["headers"]
-    for page in ("/api/schema/swagger/", "/api/schema/redoc/"):
-        response = anon_client.get(page)
-        assert response.status_code == 200 and b"/api/schema/" in response.content
-        assert b"cdn.jsdelivr" not in response.content and b"/static/drf_spectacular_sidecar/" in response.content
-
-
-def test_schema_generates_without_warnings():
-    from django.core.management import call_command
-
-    call_command("spectacular", "--validate", "--fail-on-warn", "--file", "/dev/null")

@@ -1,4 +1,5 @@
-"""Reads of the recommender: similar products and search by image, answered by pgvector."""
+"""Similar products and search by image, answered by pgvector (or, before any version is trained,
+by standardised backbone features in numpy)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from django.db.models import Prefetch
 
 from catalog.models import Product, ProductImage
 from recommender import db, runtime
-from recommender.models import BackboneFeature, Embedding, ModelVersion
+from recommender.conf import config
+from recommender.models import FEATURE_DIM, BackboneFeature, Embedding, ModelVersion
+from recommender.selectors.versions import active_version
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +45,6 @@ class ImageSearchResult:
     version: ModelVersion | None
     source: str
     extras: dict = field(default_factory=dict)
-
-
-def active_version() -> ModelVersion | None:
-    return ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
 
 
 def _vector_literal(vector) -> str:
@@ -105,7 +104,7 @@ def _nearest_products_sql(*, version_id, vector, k, exact, **filters) -> list[tu
             LIMIT %s
         ) candidates GROUP BY product_id ORDER BY distance, product_id LIMIT %s"""
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL hnsw.ef_search = %s" % int(runtime.conf("EF_SEARCH")))
+        cursor.execute("SET LOCAL hnsw.ef_search = %s" % int(config().ef_search))
         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
         cursor.execute(sql, [literal, version_id, *params, literal, candidates, k])
         return [(row[0], float(row[1])) for row in cursor.fetchall()]
@@ -125,7 +124,7 @@ def nearest_images(*, version, vector, k=6, exclude_image=None, exact=False) -> 
     literal = _vector_literal(vector)
     distance = "(vector <-> %s::vector)" + (" + 0" if exact else "")
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL hnsw.ef_search = %s" % int(runtime.conf("EF_SEARCH")))
+        cursor.execute("SET LOCAL hnsw.ef_search = %s" % int(config().ef_search))
         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
         cursor.execute(
             f"SELECT image_id, {distance} FROM recommender_embedding WHERE version_id = %s AND image_id <> %s "
@@ -161,7 +160,7 @@ def _cold_start_nearest(*, features_vector, backbone, k, exclude_product=None, c
         keep &= np.array([r[2] <= Decimal(max_price) for r in rows])
     if not keep.any():
         return []
-    matrix = db.to_matrix([r[3] for r in rows], 2048)
+    matrix = db.to_matrix([r[3] for r in rows], FEATURE_DIM)
     mean, std = matrix.mean(axis=0), matrix.std(axis=0) + 1e-6
     query = (np.asarray(features_vector, dtype=np.float32) - mean) / std
     candidates = np.flatnonzero(keep)
@@ -234,7 +233,7 @@ def similar_products(*, product: Product, k: int = 6, same_category: bool = Fals
         rows = nearest_products(version=version, vector=vector, k=k, exclude_product=product.pk,
                                 predicted=predicted if same_category else None, **filters)
         if use_cache:
-            _cache_set(key, rows, runtime.conf("SIMILAR_CACHE_SECONDS"))
+            _cache_set(key, rows, config().similar_cache_seconds)
         return SimilarResult(items=_products_in_order(rows, **filters), version=version, source="model")
 
     backbone = runtime.backbone_spec().identity
@@ -255,7 +254,7 @@ def similar_products(*, product: Product, k: int = 6, same_category: bool = Fals
             return SimilarResult(items=items, version=None, source="backbone")
     rows = _cold_start_nearest(features_vector=feature, backbone=backbone, k=k, exclude_product=product.pk, **filters)
     if use_cache:
-        _cache_set(key, rows, runtime.conf("SIMILAR_CACHE_SECONDS"))
+        _cache_set(key, rows, config().similar_cache_seconds)
     return SimilarResult(items=_products_in_order(rows, **filters), version=None, source="backbone")
 
 
@@ -274,7 +273,7 @@ def search_by_image(*, picture, k: int = 6, same_category: bool = False, categor
             from recommender.backbone import BackboneSpec, get_backbone
 
             spec = BackboneSpec(weights=version.weights, input_size=version.input_size,
-                                seed=runtime.conf("SEED"))
+                                seed=config().seed)
             features = get_backbone(spec, batch_size=1).extract([picture])
             head = runtime.load_head(version)
             proba = head.predict_proba(features)[0]
@@ -295,6 +294,3 @@ def search_by_image(*, picture, k: int = 6, same_category: bool = False, categor
                              items=_products_in_order(rows, **filters),
                              version=version, source="model")
 
-
-def training_progress(version: ModelVersion) -> dict:
-    return {"id": version.pk, "status": version.status, **(version.progress or {})}

@@ -1,0 +1,190 @@
+"""Views of the recommender's REST API: similar items, search by photo and the model versions
+(list, train, activate, retire, progress). Each parses and checks its input, calls one selector or
+service and shapes the answer; permissions are chosen per view.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
+from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from catalog.api.exceptions import Conflict, SearchUnavailable
+from catalog.api.permissions import IsStaff
+from catalog.api.selectors import product_for_api
+from catalog.api.serializers import ErrorSerializer
+from catalog.api.throttling import ImageSearchAnonThrottle, ImageSearchUserThrottle
+from catalog.api.uploads import normalise_one
+from catalog.models import Category
+from recommender.api import serializers as s
+from recommender.models import ModelVersion
+from recommender.selectors.similarity import search_by_image, similar_products
+from recommender.selectors.versions import training_version
+from recommender.services.training import model_version_start
+from recommender.services.versions import model_version_activate, model_version_retire
+
+logger = logging.getLogger(__name__)
+ID = r"[0-9]+"
+
+# --------------------------------------------------------------------------- similar items
+
+
+_product_id = OpenApiParameter("id", OpenApiTypes.INT, OpenApiParameter.PATH, description="Product id.")
+
+
+class SimilarProductsView(APIView):
+    """/api/v1/products/{id}/similar/: beside the catalog's product routes, answered by the recommender."""
+
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        summary="Similar products",
+        description=("The recommender's nearest other active products (one entry per product), with their "
+                     "distances and the model version that answered. Before any version is active, standardised "
+                     "backbone features answer (source backbone). Cached for a few minutes per query."),
+        parameters=[_product_id, s.SimilarQuerySerializer], responses={200: s.SimilarResponseSerializer})
+    def get(self, request, pk):
+        product = product_for_api(pk=pk, include_inactive=IsStaff().has_permission(request, self))
+        query = s.SimilarQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        result = similar_products(product=product, **query.validated_data)
+        return Response(s.SimilarResponseSerializer(
+            {"product": product.pk, "source": result.source, "version": result.version, "items": result.items},
+            context={"request": request, "view": self}).data)
+
+
+# --------------------------------------------------------------------------- search by image
+
+
+class ImageSearchView(APIView):
+    permission_classes = [AllowAny]
+    parser_classes = [MultiPartParser]
+    throttle_classes = [ImageSearchAnonThrottle, ImageSearchUserThrottle]
+
+    @extend_schema(
+        summary="Search by photo",
+        description=("Upload a photo: the active model predicts its category (with each category's "
+                     "probability) and the nearest products are returned. Throttled per client "
+                     "(REST_FRAMEWORK throttle rates image_search_anon / image_search_user): 429 with "
+                     "Retry-After. The photo is not stored."),
+        request={"multipart/form-data": s.ImageSearchRequestSerializer},
+        responses={200: s.ImageSearchResponseSerializer,
+                   503: OpenApiResponse(ErrorSerializer, description="The model cannot be loaded or run.")},
+        tags=["search"])
+    def post(self, request):
+        serializer = s.ImageSearchRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        params = dict(serializer.validated_data)
+        normalised = normalise_one(params.pop("image"), field="image")
+        from PIL import Image
+
+        picture = Image.open(io.BytesIO(normalised.content))
+        picture.load()
+        try:
+            result = search_by_image(picture=picture, **params)
+        except Exception as exc:
+            # A model whose files cannot be loaded or run: 503, not a bare 500.
+            logger.exception("search by photo failed")
+            raise SearchUnavailable() from exc
+        category = Category.objects.filter(name=result.predicted).first() if result.predicted else None
+        return Response(s.ImageSearchResponseSerializer(
+            {"predicted": result.predicted, "predicted_category": category, "probabilities": result.probabilities,
+             "source": result.source, "version": result.version, "items": result.items},
+            context={"request": request}).data)
+
+
+# --------------------------------------------------------------------------- model versions
+
+
+_version_id = OpenApiParameter("id", OpenApiTypes.INT, OpenApiParameter.PATH, description="Model version id.")
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List model versions (staff)", description="Newest first."),
+    retrieve=extend_schema(summary="A model version (staff)", parameters=[_version_id], description=(
+        "Status, backbone identity and weights, metrics on held-out images, training history and, while it "
+        "trains, its progress.")),
+)
+class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
+    permission_classes = [IsStaff]
+    filter_backends = [DjangoFilterBackend]
+    filterset_fields = ["status"]
+    lookup_value_regex = ID
+    queryset = ModelVersion.objects.all()
+
+    def get_serializer_class(self):
+        return s.ModelVersionDetailSerializer if self.action == "retrieve" else s.ModelVersionSerializer
+
+    def get_queryset(self):
+        qs = ModelVersion.objects.order_by("-id")
+        return qs.defer("history", "metrics") if self.action == "list" else qs
+
+    def get_object(self):
+        try:
+            return self.get_queryset().get(pk=self.kwargs["pk"])
+        except ModelVersion.DoesNotExist:
+            raise NotFound(f"No model version with id {self.kwargs['pk']}.")
+
+    @extend_schema(
+        summary="Start a retraining (staff)",
+        description=("Creates a version in `training` and queues its training on a worker: features of every "
+                     "ready image, a new head, embeddings of the catalog, evaluation, and activation if it "
+                     "passes the quality gate. Only one training runs at a time: if one is running, that "
+                     "version is returned (200) instead of a new one (202). Follow it with .../progress/."),
+        request=s.TrainRequestSerializer,
+        responses={202: OpenApiResponse(s.ModelVersionSerializer, description="A new version, queued for training."),
+                   200: OpenApiResponse(s.ModelVersionSerializer, description="The training already running.")})
+    @action(detail=False, methods=["post"], filter_backends=[], pagination_class=None, parser_classes=[JSONParser])
+    def train(self, request):
+        serializer = s.TrainRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        running = training_version()
+        reason = serializer.validated_data.get("reason") or "manual"
+        version = running or model_version_start(
+            trigger=f"api ({request.user.get_username()}): {reason}")
+        code = status.HTTP_200_OK if running else status.HTTP_202_ACCEPTED
+        return Response(s.ModelVersionSerializer(version).data, status=code)
+
+    def _transition(self, service):
+        version = self.get_object()
+        try:
+            version = service(version=version)
+        except DjangoValidationError as exc:
+            raise Conflict(" ".join(exc.messages))
+        return Response(s.ModelVersionDetailSerializer(version).data)
+
+    @extend_schema(summary="Activate a version (staff)", parameters=[_version_id], request=None, description=(
+        "Serve this version from now on (a ready or retired one); the active one is retired. Images it has not "
+        "embedded yet are embedded first."),
+        responses={200: s.ModelVersionDetailSerializer,
+                   409: OpenApiResponse(ErrorSerializer, description="The version cannot be activated.")})
+    @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
+    def activate(self, request, pk=None):
+        return self._transition(model_version_activate)
+
+    @extend_schema(summary="Retire a version (staff)", parameters=[_version_id], request=None, description=(
+        "Stop serving an active (or ready) version. With no active version, similar items fall back to "
+        "backbone features until another version is activated."),
+        responses={200: s.ModelVersionDetailSerializer,
+                   409: OpenApiResponse(ErrorSerializer, description="The version cannot be retired.")})
+    @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
+    def retire(self, request, pk=None):
+        return self._transition(model_version_retire)
+
+    @extend_schema(summary="Progress of a training (staff)", parameters=[_version_id],
+                   description="Phase, epoch, accuracy, images embedded and ETA; cheap enough to poll.",
+                   responses={200: s.TrainingProgressSerializer})
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
+    def progress(self, request, pk=None):
+        return Response(s.TrainingProgressSerializer(self.get_object()).data)

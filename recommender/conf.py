@@ -1,0 +1,132 @@
+"""The recommender's configuration: one typed, validated object built from ``settings.RECOMMENDER``.
+
+Every module reads ``config().<name>`` instead of indexing the settings dict by string, so a typo
+is an AttributeError at the line that makes it and a bad value (an environment variable of 0
+epochs, a tolerance of 2) is named by the ``recommender.E001`` system check at start-up, not deep
+in a worker. The object is rebuilt whenever ``settings.RECOMMENDER`` is replaced (a test's
+``settings`` fixture, ``override_settings``, a benchmark assigning a new dict).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core import checks
+
+_KEYS = {
+    "BACKBONE_WEIGHTS": "backbone_weights", "INPUT_SIZE": "input_size",
+    "EXTRACT_BATCH_SIZE": "extract_batch_size", "INGEST_CHUNK": "ingest_chunk", "SEED": "seed",
+    "EPOCHS": "epochs", "BATCH_SIZE": "batch_size", "LEARNING_RATE": "learning_rate",
+    "VALIDATION_SPLIT": "validation_split", "DROPOUT": "dropout", "MIN_IMAGES_TO_TRAIN": "min_images_to_train",
+    "GATE_TOLERANCE": "gate_tolerance", "RETRAIN_NEW_SHARE": "retrain_new_share",
+    "RETRAIN_MAX_AGE_HOURS": "retrain_max_age_hours", "MAX_ATTEMPTS": "max_attempts",
+    "STALE_SECONDS": "stale_seconds", "TRAINING_STALE_SECONDS": "training_stale_seconds",
+    "EF_SEARCH": "ef_search", "KEEP_RETIRED_EMBEDDINGS": "keep_retired_embeddings",
+    "SIMILAR_CACHE_SECONDS": "similar_cache_seconds",
+}
+
+
+@dataclass(frozen=True)
+class RecommenderConfig:
+    """``settings.RECOMMENDER`` with types and ranges; see config/settings.py for each meaning."""
+
+    backbone_weights: str = "imagenet"  # "imagenet", a path to a weights file, or "random"
+    input_size: int = 224
+    extract_batch_size: int = 32
+    ingest_chunk: int = 64
+    seed: int = 1234
+    epochs: int = 32
+    batch_size: int = 64
+    learning_rate: float = 0.0004
+    validation_split: float = 0.2
+    dropout: float = 0.5
+    min_images_to_train: int = 20
+    gate_tolerance: float = 0.02
+    retrain_new_share: float = 0.2
+    retrain_max_age_hours: float = 24 * 7
+    max_attempts: int = 5
+    stale_seconds: int = 300
+    training_stale_seconds: int = 900
+    ef_search: int = 100
+    keep_retired_embeddings: int = 1
+    similar_cache_seconds: int = 600
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RecommenderConfig:
+        """Raises ValueError naming every unknown key and bad value."""
+        unknown = sorted(set(values) - set(_KEYS))
+        if unknown:
+            raise ValueError(f"unknown RECOMMENDER keys: {', '.join(unknown)} (known: {', '.join(sorted(_KEYS))})")
+        config = cls(**{_KEYS[key]: value for key, value in values.items()})
+        problems = config.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return config
+
+    def problems(self) -> list[str]:
+        found = []
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            wanted = float if item.type == "float" else int if item.type == "int" else str
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) if wanted is float else (
+                isinstance(value, wanted) and not isinstance(value, bool))
+            if not ok:
+                found.append(f"RECOMMENDER['{item.name.upper()}'] must be a {wanted.__name__}, not {value!r}")
+        if found:
+            return found
+        rules = [
+            ("backbone_weights", bool(self.backbone_weights.strip()), "must name 'imagenet', 'random' or a file"),
+            ("input_size", 32 <= self.input_size <= 1024, "must be between 32 and 1024 pixels (ResNet50's minimum "
+             "is 32)"),
+            ("extract_batch_size", 1 <= self.extract_batch_size <= 1024, "must be between 1 and 1024"),
+            ("ingest_chunk", 1 <= self.ingest_chunk <= 10_000, "must be between 1 and 10000"),
+            ("epochs", 1 <= self.epochs <= 10_000, "must be between 1 and 10000"),
+            ("batch_size", 1 <= self.batch_size <= 65_536, "must be between 1 and 65536"),
+            ("learning_rate", 0 <= self.learning_rate <= 1, "must be between 0 and 1"),
+            ("validation_split", 0 < self.validation_split < 1, "must be between 0 and 1 (exclusive)"),
+            ("dropout", 0 <= self.dropout < 1, "must be at least 0 and below 1"),
+            ("min_images_to_train", self.min_images_to_train >= 2, "must be at least 2"),
+            ("gate_tolerance", 0 <= self.gate_tolerance <= 1, "must be between 0 and 1"),
+            ("retrain_new_share", 0 < self.retrain_new_share <= 1, "must be above 0 and at most 1"),
+            ("retrain_max_age_hours", self.retrain_max_age_hours >= 0, "must be 0 (never) or more"),
+            ("max_attempts", self.max_attempts >= 1, "must be at least 1"),
+            ("stale_seconds", self.stale_seconds >= 0, "must be 0 or more"),
+            ("training_stale_seconds", self.training_stale_seconds >= 0, "must be 0 or more"),
+            ("ef_search", 1 <= self.ef_search <= 1000, "must be between 1 and 1000 (pgvector's range)"),
+            ("keep_retired_embeddings", self.keep_retired_embeddings >= 0, "must be 0 or more"),
+            ("similar_cache_seconds", self.similar_cache_seconds >= 0, "must be 0 or more"),
+        ]
+        return [f"RECOMMENDER['{name.upper()}'] {message} (it is {getattr(self, name)!r})"
+                for name, ok, message in rules if not ok]
+
+
+_lock = threading.Lock()
+_cached: tuple[dict, RecommenderConfig] | None = None
+
+
+def config() -> RecommenderConfig:
+    """The current configuration (cached until ``settings.RECOMMENDER`` is replaced)."""
+    global _cached
+    source = getattr(settings, "RECOMMENDER", {})
+    cached = _cached
+    if cached is not None and cached[0] is source:
+        return cached[1]
+    with _lock:
+        built = RecommenderConfig.from_dict(dict(source))
+        _cached = (source, built)
+    return built
+
+
+@checks.register()
+def check_config(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """recommender.E001: a bad RECOMMENDER setting, said before any worker trips on it."""
+    try:
+        RecommenderConfig.from_dict(dict(getattr(settings, "RECOMMENDER", {})))
+    except (TypeError, ValueError) as exc:
+        return [checks.Error(f"Invalid recommender configuration: {exc}.", hint=(
+            "Fix the RECOMMENDER_* environment variable (or settings.RECOMMENDER) named above; "
+            "config/settings.py documents each one."), id="recommender.E001")]
+    return []

@@ -1,0 +1,45 @@
+"""PostgreSQL advisory locks of the recommender.
+
+A training holds a session-level advisory lock (namespace, version id) for as long as it runs;
+PostgreSQL releases it when that process's connection dies. So "is a training of v<id> alive?"
+has an exact answer, unlike a heartbeat, and a second delivery of the same training finds the
+lock taken and does nothing.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from django.db import connection
+
+TRAINING_LOCK_NAMESPACE = 0x4C4B
+
+
+def _try_lock(version_id: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [TRAINING_LOCK_NAMESPACE, version_id])
+        return bool(cursor.fetchone()[0])
+
+
+def _unlock(version_id: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [TRAINING_LOCK_NAMESPACE, version_id])
+
+
+@contextmanager
+def training_lock(version_id: int):
+    """Yields True while this process holds the training lock of ``version_id``, False (and holds
+    nothing) when another process has it."""
+    if not _try_lock(version_id):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        _unlock(version_id)
+
+
+def training_alive(version_id: int) -> bool:
+    """Whether some process is training this version right now."""
+    with training_lock(version_id) as acquired:
+        return not acquired

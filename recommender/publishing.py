@@ -1,0 +1,44 @@
+"""Publishing background work: the only module that knows about Celery messages.
+
+Services call these after their transaction commits. Tasks are sent by name (their queues are
+routed in ``settings.CELERY_TASK_ROUTES``), so nothing outside ``recommender.tasks`` imports it
+and ``tasks`` can import the services at the top. A broker outage is logged, never raised: the
+rows stay as they are (pending images, a queued training, missing embeddings), and the periodic
+``recover_lost_work`` publishes them again once the broker is back.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+PROCESS_IMAGES = "recommender.tasks.process_images"
+TRAIN_MODEL_VERSION = "recommender.tasks.train_model_version"
+EMBED_MISSING = "recommender.tasks.embed_missing"
+
+
+def publish(task: str, *, args: list, countdown: float = 0, waiting: str) -> bool:
+    """Send ``task`` with ``args``; False (and a warning naming ``waiting``) if the broker is down."""
+    from config.celery import app
+
+    try:
+        # A signature runs eagerly under CELERY_TASK_ALWAYS_EAGER where the task is registered,
+        # and is sent by name (routed by CELERY_TASK_ROUTES) otherwise.
+        app.signature(task, args=args).apply_async(countdown=countdown or None, retry=False)
+    except Exception as exc:  # kombu raises several types for an unreachable broker
+        logger.warning("broker unavailable (%s); %s wait for the periodic recovery", exc, waiting)
+        return False
+    return True
+
+
+def images_publish(*, image_ids: list[int], countdown: float = 0) -> bool:
+    return publish(PROCESS_IMAGES, args=[image_ids], countdown=countdown, waiting=f"{len(image_ids)} images")
+
+
+def training_publish(*, version_id: int) -> bool:
+    return publish(TRAIN_MODEL_VERSION, args=[version_id], waiting=f"the training of v{version_id}")
+
+
+def embedding_publish(*, version_id: int) -> bool:
+    return publish(EMBED_MISSING, args=[version_id], waiting=f"v{version_id}'s missing embeddings")

@@ -1,0 +1,145 @@
+"""Reads of model versions: which one serves, a training's progress, whether the catalog can be
+trained and whether it needs retraining."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.db.models import Count
+from django.utils import timezone
+
+from recommender import runtime
+from recommender.conf import config
+from recommender.models import BackboneFeature, ModelVersion
+from recommender.selectors.ingestion import ingestion_backlog
+
+Phase = ModelVersion.Phase
+
+# Where each training phase sits on one 0-100 bar (epochs are most of the time; embedding the
+# catalog and evaluating follow).
+PHASE_SPAN = {
+    Phase.QUEUED: (0, 0),
+    Phase.LOADING: (1, 3),
+    Phase.TRAINING: (3, 80),
+    Phase.SAVING: (80, 82),
+    Phase.EMBEDDING: (82, 94),
+    Phase.EVALUATING: (94, 98),
+    Phase.ACTIVATING: (98, 99),
+    Phase.DONE: (100, 100),
+}
+PROGRESS_FIELDS = ("epoch", "epochs", "accuracy", "val_accuracy", "loss", "images_embedded", "images_total")
+
+
+def active_version() -> ModelVersion | None:
+    return ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+
+
+def training_version() -> ModelVersion | None:
+    """The version training now (at most one: a partial unique constraint)."""
+    return ModelVersion.objects.filter(status=ModelVersion.Status.TRAINING).first()
+
+
+def _round(value, digits=4):
+    return None if value is None else round(float(value), digits)
+
+
+def _percent(version: ModelVersion, phase: str, progress: dict) -> float | None:
+    if version.status == ModelVersion.Status.FAILED:
+        return None
+    if version.status != ModelVersion.Status.TRAINING:
+        return 100.0
+    low, high = PHASE_SPAN.get(phase, (0, 0))
+    fraction = 0.0
+    if phase == Phase.TRAINING and progress.get("epochs"):
+        fraction = min(1.0, (progress.get("epoch") or 0) / progress["epochs"])
+    elif phase == Phase.EMBEDDING and progress.get("images_total"):
+        fraction = min(1.0, (progress.get("images_embedded") or 0) / progress["images_total"])
+    return round(low + (high - low) * fraction, 1)
+
+
+def version_progress(version: ModelVersion) -> dict:
+    """A version's progress, whatever its state: the one representation behind the dashboard's bar,
+    its JSON poller and the API's ``progress``."""
+    progress = version.progress or {}
+    running = version.status == ModelVersion.Status.TRAINING
+    phase = progress.get("phase") or (Phase.QUEUED.value if running else "")
+    label = Phase(phase).label if phase in Phase.values else (phase.capitalize() if phase
+                                                               else version.get_status_display())
+    eta = progress.get("eta_seconds") if running else None  # the ETA of the current phase
+    return {
+        "id": version.pk,
+        "status": version.status,
+        "running": running,
+        "phase": phase,
+        "phase_label": label,
+        "percent": _percent(version, phase, progress),
+        **{key: progress.get(key) for key in PROGRESS_FIELDS},
+        **{key: _round(progress.get(key)) for key in ("accuracy", "val_accuracy", "loss")},
+        "eta_seconds": None if eta is None else round(float(eta), 1),
+        "error": version.error[:500] if version.status == ModelVersion.Status.FAILED else "",
+        "heartbeat_at": version.heartbeat_at.isoformat() if version.heartbeat_at else None,
+    }
+
+
+def training_status() -> dict:
+    """The running training (or None) and the most recent version, for the dashboard's bar."""
+    running = ModelVersion.objects.filter(status=ModelVersion.Status.TRAINING).defer("history", "metrics").first()
+    latest = running or ModelVersion.objects.defer("history", "metrics").order_by("-id").first()
+    active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).values_list("id", flat=True).first()
+    return {
+        "training": version_progress(running) if running else None,
+        "latest": version_progress(latest) if latest else None,
+        "active_id": active,
+    }
+
+
+def training_blocker(*, images: int, categories: int, backbone: str) -> str:
+    """Why a catalog of ``images`` images with features in ``categories`` categories cannot be
+    trained ("" when it can): the one statement of the minimums, used by the dashboard's button,
+    the training itself and the retraining check."""
+    minimum = config().min_images_to_train
+    if images < minimum:
+        return (f"{images} images have features for the backbone {backbone}; at least {minimum} are needed "
+                "(wait for the image processing, or add products).")
+    if categories < 2:
+        return "the processed images are all in one category; training needs at least two."
+    return ""
+
+
+def training_readiness() -> dict:
+    """Whether a training started now has enough to learn from (checking first avoids a failed
+    version for a predictable reason)."""
+    identity = runtime.backbone_spec().identity
+    featured = BackboneFeature.objects.filter(backbone=identity, image__product__is_active=True)
+    stats = featured.aggregate(images=Count("id"), categories=Count("image__product__category", distinct=True))
+    reason = training_blocker(images=stats["images"], categories=stats["categories"], backbone=identity)
+    return {"ready": not reason, "reason": reason, "images": stats["images"], "categories": stats["categories"],
+            "minimum": config().min_images_to_train, "backbone": identity}
+
+
+def retrain_reason() -> str | None:
+    """Why the catalog needs a new version, or None."""
+    readiness = training_readiness()
+    total, backlog = readiness["images"], ingestion_backlog()
+    if backlog > 0.1 * (total + backlog):
+        return None  # let ingestion drain first: a model trained now would be stale at once
+    if not readiness["ready"]:
+        return None
+    active = active_version()
+    if active is None:
+        return "no active version"
+    identity = readiness["backbone"]
+    if active.backbone != identity:
+        return f"backbone changed from {active.backbone} to {identity}"
+    categories = set(BackboneFeature.objects.filter(backbone=identity, image__product__is_active=True)
+                     .values_list("image__product__category__name", flat=True).distinct())
+    new_categories = categories - set(active.classes)
+    if new_categories:
+        return f"new categories: {', '.join(sorted(new_categories))}"
+    share = (total - active.n_images) / total  # images newer than the version (see settings)
+    if share >= config().retrain_new_share:
+        return f"{share:.0%} of the images are newer than v{active.pk}"
+    max_age = config().retrain_max_age_hours
+    if max_age and active.activated_at and timezone.now() - active.activated_at > timedelta(hours=max_age):
+        return f"scheduled: v{active.pk} is older than {max_age} h"
+    return None

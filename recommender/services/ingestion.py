@@ -1,0 +1,213 @@
+"""Ingestion: a new image gets its features, thumbnails and embedding.
+
+``ProductImage.status`` is the truth: pending -> processing (claimed under a task's token) ->
+ready, or back to pending with backoff after an error, or failed after MAX_ATTEMPTS. Safe to run
+twice with the same arguments: a redelivered task re-claims only what is still its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import DatabaseError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from catalog.models import ProductImage
+from recommender import publishing, runtime
+from recommender.conf import config
+from recommender.models import BackboneFeature
+from recommender.selectors.versions import active_version
+from recommender.services.embeddings import embeddings_create
+
+logger = logging.getLogger(__name__)
+Status = ProductImage.Status
+
+
+def _chunks(items, size):
+    items = list(items)
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def images_enqueue(*, image_ids, countdown: float = 0) -> int:
+    """Publish ingestion tasks in chunks of INGEST_CHUNK; returns how many images were sent. A
+    broker outage leaves the rows pending for the periodic recovery."""
+    sent = 0
+    for chunk in _chunks(sorted(set(image_ids)), config().ingest_chunk):
+        if publishing.images_publish(image_ids=chunk, countdown=countdown):
+            sent += len(chunk)
+    return sent
+
+
+def images_claim(*, image_ids, token: str) -> list[int]:
+    """Move claimable images to processing under ``token``; give up on those over the limit.
+
+    Claimable: pending; processing under the same token (a redelivery of the same task after a
+    worker died); processing for longer than STALE_SECONDS (a lost task). Rows locked by another
+    worker are skipped (two workers on one image process it once).
+
+    A batch that holds rows a previous run left in processing (its worker died: perhaps one of
+    these images crashes the process) is split: every row goes back to pending, keeping the
+    attempt that run cost, and each is sent as its own task, so that an image that kills its
+    worker uses up only its own attempts and the others are processed."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=config().stale_seconds)
+    max_attempts = config().max_attempts
+    with transaction.atomic():
+        rows = list(
+            ProductImage.objects.select_for_update(skip_locked=True)
+            .filter(id__in=image_ids)
+            .filter(Q(status=Status.PENDING)
+                    | Q(status=Status.PROCESSING, processing_token=token)
+                    | Q(status=Status.PROCESSING, status_changed_at__lt=stale))
+            .only("id", "status", "attempts", "last_error")
+        )
+        claimed = [r.id for r in rows if r.attempts < max_attempts]
+        for row in rows:
+            if row.attempts >= max_attempts:
+                ProductImage.objects.filter(id=row.id).update(
+                    status=Status.FAILED, status_changed_at=now, processing_token="",
+                    last_error=f"Gave up after {row.attempts} attempts. Last error: {row.last_error or 'worker lost'}")
+        interrupted = any(r.status == Status.PROCESSING for r in rows if r.id in claimed)
+        if interrupted and len(claimed) > 1:
+            ProductImage.objects.filter(id__in=claimed).update(
+                status=Status.PENDING, processing_token="", status_changed_at=now,
+                last_error="A worker was lost while processing this image's batch; retried on its own.")
+            transaction.on_commit(lambda: [images_enqueue(image_ids=[i]) for i in claimed])
+            return []
+        ProductImage.objects.filter(id__in=claimed).update(
+            status=Status.PROCESSING, attempts=F("attempts") + 1, processing_token=token, status_changed_at=now)
+    return claimed
+
+
+@dataclass
+class _Batch:
+    """The claimed images of one task as they go through the steps of :func:`images_process`."""
+
+    images: dict[int, ProductImage]
+    identity: str
+    have: set[int]  # images that already have features of this backbone
+    pictures: dict = field(default_factory=dict)  # image id -> decoded PIL image
+    errors: dict[int, str] = field(default_factory=dict)  # image id -> what went wrong
+    extracted: int = 0
+
+    def fail(self, image_ids, message: str) -> None:
+        for image_id in image_ids:
+            self.errors[image_id] = message
+            self.pictures.pop(image_id, None)
+
+    @property
+    def ok(self) -> list[int]:
+        return [i for i in self.images if i not in self.errors]
+
+
+def _open_picture(image: ProductImage):
+    from PIL import Image
+
+    with image.image.open("rb") as handle:
+        picture = Image.open(handle)
+        picture.load()
+    return picture
+
+
+def _pictures_open(batch: _Batch) -> None:
+    """Decode what still needs features or thumbnails (a redelivery skips finished images)."""
+    for image_id, image in batch.images.items():
+        if image_id in batch.have and image.thumbnails:
+            continue
+        try:
+            batch.pictures[image_id] = _open_picture(image)
+        except Exception as exc:  # damaged file, missing file, decoder error
+            batch.fail([image_id], f"Could not decode the image: {type(exc).__name__}: {exc}")
+
+
+def _features_extract(batch: _Batch) -> None:
+    """One batched pass of the backbone over the images that lack features."""
+    need = [i for i in batch.pictures if i not in batch.have]
+    if not need:
+        return
+    batch.extracted = len(need)
+    try:
+        features = runtime.backbone().extract([batch.pictures[i] for i in need])
+    except Exception as exc:  # weights that cannot be loaded, out of memory...: said on every image
+        logger.exception("feature extraction failed for %d images", len(need))
+        batch.fail(need, f"Feature extraction failed: {type(exc).__name__}: {exc}")
+        return
+    BackboneFeature.objects.bulk_create(
+        [BackboneFeature(image_id=i, backbone=batch.identity, vector=f) for i, f in zip(need, features)],
+        ignore_conflicts=True)
+
+
+def _thumbnails_make(batch: _Batch) -> None:
+    from catalog.thumbnails import thumbnails_create
+
+    for image_id, picture in batch.pictures.items():
+        image = batch.images[image_id]
+        if not image.thumbnails:
+            thumbs = thumbnails_create(image_field=image.image, picture=picture, sizes=settings.THUMBNAIL_SIZES)
+            ProductImage.objects.filter(id=image_id).update(thumbnails=thumbs)
+
+
+def _embed_with_active(batch: _Batch) -> None:
+    """Embed with the served version, so the images join similar items as soon as they are ready."""
+    active, ok = active_version(), batch.ok
+    if not active or not ok:
+        return
+    if active.backbone != batch.identity:
+        logger.warning("active v%s uses backbone %s but workers extract %s; retrain to serve these images",
+                       active.pk, active.backbone, batch.identity)
+        return
+    try:
+        embeddings_create(version=active, image_ids=ok)
+    except DatabaseError:
+        raise  # the task retries these with backoff
+    except Exception as exc:  # the version's files are missing or damaged
+        logger.exception("embedding with v%s failed", active.pk)
+        batch.fail(ok, f"Embedding with model v{active.pk} failed: {type(exc).__name__}: {exc}")
+
+
+def _outcome_record(batch: _Batch, token: str) -> None:
+    """Ready, or pending again with exponential backoff, or failed after the last attempt."""
+    now = timezone.now()
+    ProductImage.objects.filter(id__in=batch.ok, processing_token=token).update(
+        status=Status.READY, last_error="", processing_token="", status_changed_at=now)
+    for image_id, message in batch.errors.items():
+        attempts = batch.images[image_id].attempts  # loaded after the claim counted this attempt
+        final = attempts >= config().max_attempts
+        ProductImage.objects.filter(id=image_id, processing_token=token).update(
+            status=Status.FAILED if final else Status.PENDING, last_error=message,
+            processing_token="", status_changed_at=now)
+        if not final:
+            transaction.on_commit(lambda i=image_id, a=attempts: images_enqueue(image_ids=[i], countdown=2 ** a))
+
+
+def images_process(*, image_ids, token: str) -> dict:
+    """Claim, decode, extract features (one batch), make thumbnails, embed with the active version,
+    record the outcome."""
+    claimed = images_claim(image_ids=image_ids, token=token)
+    if not claimed:
+        return {"claimed": 0}
+    identity = runtime.backbone_spec().identity
+    batch = _Batch(images={img.id: img for img in ProductImage.objects.filter(id__in=claimed)}, identity=identity,
+                   have=set(BackboneFeature.objects.filter(image_id__in=claimed, backbone=identity)
+                            .values_list("image_id", flat=True)))
+    _pictures_open(batch)
+    _features_extract(batch)
+    _thumbnails_make(batch)
+    _embed_with_active(batch)
+    _outcome_record(batch, token)
+    return {"claimed": len(claimed), "ready": len(batch.ok), "errors": len(batch.errors),
+            "extracted": batch.extracted}
+
+
+def images_retry(*, image_ids) -> int:
+    """Staff action: give failed images a fresh set of attempts."""
+    ids = list(ProductImage.objects.filter(id__in=image_ids, status=Status.FAILED).values_list("id", flat=True))
+    ProductImage.objects.filter(id__in=ids).update(status=Status.PENDING, attempts=0, last_error="",
+                                                   status_changed_at=timezone.now())
+    transaction.on_commit(lambda: images_enqueue(image_ids=ids))
+    return len(ids)

@@ -1,0 +1,81 @@
+"""The periodic healers (Celery beat): publish work that a crash or a broker outage lost, and
+start a retraining when the catalog has moved on. Both are safe to run at any time, any number
+of times: they only publish idempotent tasks or start a version under the one-training constraint.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.utils import timezone
+
+from catalog.models import ProductImage
+from recommender import publishing
+from recommender.conf import config
+from recommender.locks import training_alive
+from recommender.models import ModelVersion
+from recommender.selectors.features import images_missing_embedding
+from recommender.selectors.versions import active_version, retrain_reason, training_version
+from recommender.services.ingestion import images_enqueue
+from recommender.services.training import model_version_fail, model_version_start
+
+Status = ProductImage.Status
+RECOVER_BATCH = 5000  # rows looked at per run: a long outage is healed over several runs
+
+
+def _lost_images_requeue(stale) -> int:
+    # Pending rows are published on commit, but may wait behind a long queue: only those pending
+    # for longer than STALE_SECONDS count as lost (re-publishing sooner only adds no-op tasks).
+    lost = list(ProductImage.objects.filter(status__in=[Status.PENDING, Status.PROCESSING],
+                                            status_changed_at__lt=stale).values_list("id", flat=True)[:RECOVER_BATCH])
+    if lost:
+        images_enqueue(image_ids=lost)
+    return len(lost)
+
+
+def _missing_embeddings_publish() -> int:
+    # Ready images that the active version has not embedded yet (ingested during a swap, or an
+    # embedding task lost with the broker): embedded by a worker, without touching their status.
+    active = active_version()
+    missing = len(images_missing_embedding(version=active, limit=RECOVER_BATCH, ready_only=True)) if active else 0
+    if missing:
+        publishing.embedding_publish(version_id=active.pk)
+    return missing
+
+
+def _lost_trainings_heal(now, stale) -> tuple[list[int], list[int]]:
+    dead, republished = [], []
+    for version in ModelVersion.objects.filter(status=ModelVersion.Status.TRAINING):
+        if training_alive(version.pk):
+            continue  # a long epoch, not a dead worker
+        if not version.attempts and version.created_at < stale:
+            # Queued but never started: the message was lost (e.g. Redis restarted). Send it again;
+            # a duplicate delivery is harmless (see model_version_train).
+            publishing.training_publish(version_id=version.pk)
+            republished.append(version.pk)
+        elif version.attempts and version.heartbeat_at and version.heartbeat_at < now - timedelta(
+                seconds=config().training_stale_seconds):
+            # Started, no process holds it, and no heartbeat: its worker died.
+            model_version_fail(version=version, reason="Training stopped sending heartbeats (worker lost).")
+            dead.append(version.pk)
+    return dead, republished
+
+
+def recover_lost_work() -> dict:
+    """Re-publish lost ingestion, missing embeddings and lost trainings; fail dead trainings."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=config().stale_seconds)
+    requeued = _lost_images_requeue(stale)
+    reembed = _missing_embeddings_publish()
+    dead, republished = _lost_trainings_heal(now, stale)
+    return {"requeued": requeued, "reembed": reembed, "dead_trainings": dead, "republished_trainings": republished}
+
+
+def retrain_if_needed(*, force_reason: str | None = None) -> ModelVersion | None:
+    """Start a version when :func:`retrain_reason` (or ``force_reason``) says so and none trains."""
+    if training_version() is not None:
+        return None
+    reason = force_reason or retrain_reason()
+    if not reason:
+        return None
+    return model_version_start(trigger=f"automatic: {reason}")

@@ -1,0 +1,92 @@
+"""Model versions' lifecycle after training: the quality gate, activation and retirement.
+
+At most one version is active (a partial unique constraint); activation swaps it atomically
+under the row lock, so shoppers are answered by the old version until the commit and by the new
+one after it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from recommender import publishing
+from recommender.conf import config
+from recommender.models import ModelVersion
+from recommender.selectors.features import images_missing_embedding, images_trained_on
+from recommender.selectors.versions import active_version
+from recommender.services.evaluation import head_evaluate
+
+GATE_MIN_IMAGES = 30  # fewer unseen held-out images than this: too noisy, compare on all of them
+GATE_METRICS = ("accuracy", "precision_at_6")
+
+
+def _gate_scores(version: ModelVersion, active: ModelVersion) -> tuple[dict, dict, str]:
+    """Both versions' scores on held-out images that *neither* trained on, where there are enough.
+
+    This version's validation split mostly holds images the active version trained on, which
+    would score the active version on its own training data. Unseen by it: its own validation
+    split, and images whose features arrived after it started training."""
+    holdout = version.metrics.get("holdout_image_ids", [])
+    trained_by_active = images_trained_on(version=active, image_ids=holdout)
+    unseen = [i for i in holdout if i not in trained_by_active]
+    if len(unseen) >= GATE_MIN_IMAGES:
+        return (head_evaluate(version=version, image_ids=unseen), head_evaluate(version=active, image_ids=unseen),
+                f"on {len(unseen)} held-out images neither version trained on")
+    return (version.metrics, head_evaluate(version=active, image_ids=holdout),
+            f"on all {len(holdout)} held-out images (only {len(unseen)} are unseen by v{active.pk}, "
+            "which favours it)")
+
+
+def model_version_gate(*, version: ModelVersion) -> tuple[bool, str]:
+    """Whether ``version`` may replace the active one: at most GATE_TOLERANCE worse on each of
+    GATE_METRICS. Returns (passed, the reason in words)."""
+    active = active_version()
+    if active is None:
+        return True, "no active version to compare with"
+    if active.backbone != version.backbone or sorted(active.classes) != sorted(version.classes):
+        return True, "catalog categories or backbone changed; versions are not comparable"
+    tolerance = config().gate_tolerance
+    mine, theirs, basis = _gate_scores(version, active)
+    checks = [(key, mine[key], theirs[key]) for key in GATE_METRICS
+              if mine.get(key) is not None and theirs.get(key) is not None]
+    failed = [key for key, new, old in checks if new < old - tolerance]
+    summary = ", ".join(f"{k} {n:.3f} vs active {o:.3f}" for k, n, o in checks) + f" ({basis})"
+    if failed:
+        return False, f"worse than active v{active.pk} beyond tolerance {tolerance}: {summary}"
+    return True, f"passed against v{active.pk}: {summary}"
+
+
+def model_version_activate(*, version: ModelVersion) -> ModelVersion:
+    """Atomically make ``version`` the served one; the previous active version is retired."""
+    if version.status not in (ModelVersion.Status.READY, ModelVersion.Status.RETIRED, ModelVersion.Status.ACTIVE):
+        raise ValidationError(f"Only a ready or retired version can be activated (v{version.pk} is {version.status}).")
+    if not version.artifacts or not Path(version.artifacts).is_dir():
+        raise ValidationError(f"v{version.pk} has no model files; it cannot be activated.")
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        if locked.status == ModelVersion.Status.ACTIVE:
+            return locked
+        ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).update(status=ModelVersion.Status.RETIRED)
+        locked.status = ModelVersion.Status.ACTIVE
+        locked.activated_at = timezone.now()
+        locked.save(update_fields=["status", "activated_at"])
+        # Images this version has not embedded (ingested after it trained, e.g. a retired version
+        # activated again) are embedded by a worker, not in this (web) request: they join its
+        # similar items within moments. The periodic recovery repeats this if the broker is down.
+        if images_missing_embedding(version=locked, limit=1):
+            transaction.on_commit(lambda: publishing.embedding_publish(version_id=locked.pk))
+    return locked
+
+
+def model_version_retire(*, version: ModelVersion) -> ModelVersion:
+    """Stop serving an active (or ready) version; with none active, similar items fall back to
+    backbone features."""
+    if version.status not in (ModelVersion.Status.ACTIVE, ModelVersion.Status.READY):
+        raise ValidationError(f"Only an active or ready version can be retired (v{version.pk} is {version.status}).")
+    ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.RETIRED)
+    version.refresh_from_db()
+    return version

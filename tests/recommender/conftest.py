@@ -1,0 +1,24 @@
+import pytest
+
+
+@pytest.fixture
+def broker_unreachable(tmp_path):
+    """For the test, the Celery app's broker is a unix socket with nothing behind it; restored after.
+
+    Only the URL changes: the app keeps the connection and producer pools of the URL it first
+    connected to, so they are dropped here and built again on the next publish (for the original
+    URL, kombu hands back its existing pool)."""
+    from config.celery import app
+
+    original = app.conf.broker_url
+
+    def point_at(url):
+        app.conf.broker_url = url
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    point_at(f"redis+socket://{tmp_path / 'no-broker.sock'}")
+    try:
+        yield
+    finally:
+        point_at(original)

@@ -1,0 +1,69 @@
+"""Publishing background work (recommender.publishing): each task is sent by name to its queue on the
+real broker (Redis), and a broker outage is a warning and False, never an exception or a hang."""
+
+import time
+
+import pytest
+
+from config.celery import app
+from recommender.publishing import (
+    EMBED_MISSING,
+    PROCESS_IMAGES,
+    TRAIN_MODEL_VERSION,
+    embedding_publish,
+    images_publish,
+    training_publish,
+)
+
+QUEUES = ("celery", "features", "training")
+
+
+@pytest.fixture
+def broker():
+    """A channel on the real broker; the queues are emptied before and after the test, so no worker
+    of a later test receives these messages."""
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for queue in QUEUES:
+            channel.queue_purge(queue)
+        yield channel
+        for queue in QUEUES:
+            channel.queue_purge(queue)
+
+
+def messages(channel, queue) -> list:
+    found = []
+    while (message := channel.basic_get(queue, no_ack=True)) is not None:
+        found.append(message)
+    return found
+
+
+@pytest.mark.parametrize("publish, kwargs, queue, task, args", [
+    (images_publish, {"image_ids": [3, 1]}, "features", PROCESS_IMAGES, [[3, 1]]),
+    (training_publish, {"version_id": 7}, "training", TRAIN_MODEL_VERSION, [7]),
+    (embedding_publish, {"version_id": 7}, "training", EMBED_MISSING, [7]),
+])
+def test_each_task_is_sent_by_name_to_its_queue(broker, publish, kwargs, queue, task, args):
+    assert publish(**kwargs) is True
+    assert broker.client.llen(queue) == 1  # the Redis list of the queue
+    assert {q: len(messages(broker, q)) for q in QUEUES if q != queue} == {q: 0 for q in QUEUES if q != queue}
+    [message] = messages(broker, queue)
+    assert message.headers["task"] == task
+    assert message.payload[0] == args
+
+
+def test_a_countdown_is_sent_as_an_eta(broker):
+    assert images_publish(image_ids=[5], countdown=30) is True
+    [message] = messages(broker, "features")
+    assert message.headers["eta"] is not None
+
+
+def test_with_the_broker_down_publishing_warns_and_returns_false(broker_unreachable, caplog):
+    started = time.monotonic()
+    assert images_publish(image_ids=[1, 2, 3]) is False
+    assert training_publish(version_id=7) is False
+    assert time.monotonic() - started < 5  # a web request that publishes is not held up
+    warnings = [r.getMessage() for r in caplog.records if r.name == "recommender.publishing"]
+    assert len(warnings) == 2 and all(w.startswith("broker unavailable (") for w in warnings)
+    assert warnings[0].endswith("3 images wait for the periodic recovery")
+    assert warnings[1].endswith("the training of v7 wait for the periodic recovery")
