@@ -56,7 +56,7 @@ test: install browser-deps
 
 # The unit tier only (no worker processes, no browser): a quick loop while coding.
 test-fast: install
-	$(PY) -m pytest -m "not worker and not slow"
+	$(PY) -m pytest -m "not worker and not slow and not browser"
 
 bench: install prime-keras
 	$(PY) bench/run_all.py --quick

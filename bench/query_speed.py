@@ -2,7 +2,7 @@
 
 For each scale, one embedding per product is loaded into the embedded PostgreSQL + pgvector of a
 temporary VAR_DIR, the project's HNSW index is rebuilt (timed, and its size measured), and the
-similar-items query of ``recommender.selectors`` (top 6 distinct other products) is timed for:
+similar-items query of ``recommender.selectors.similarity`` (top 6 distinct other products) is timed for:
 
 - the HNSW index with pgvector's default ``ef_search`` (40), ours (100, settings) and 200;
 - an exact scan in SQL (the selectors' exact path: ORDER BY an expression the index cannot serve);
@@ -82,15 +82,11 @@ def with_ef(ef):
 
 
 def sql_method(version, ef, exact):
-    from recommender import selectors
+    from recommender.selectors.similarity import nearest_products
 
     def run(vector, pid, category):
-        if exact:
-            rows = selectors._nearest_products_sql(version_id=version.pk, vector=vector, k=K, exact=True,
-                                                   exclude_product=int(pid), category=category)
-        else:
-            rows = selectors.nearest_products(version=version, vector=vector, k=K, exclude_product=int(pid),
-                                              category=category)
+        rows = nearest_products(version=version, vector=vector, k=K, exact=exact, exclude_product=int(pid),
+                                category=category)
         return [p for p, _ in rows]
 
     def prepare():
@@ -240,7 +236,7 @@ def main():
              f"HNSW index (m=16, ef_construction=64) built in {b['index_build_seconds']} s on "
              f"{int(n):,} rows with maintenance_work_mem=1GB; index {b['index_mib']} MiB; "
              f"table with indexes {b['table_total_mib']} MiB.",
-             "Latency is of recommender.selectors.nearest_products (a transaction, SET LOCAL ef_search and "
+             "Latency is of recommender.selectors.similarity.nearest_products (a transaction, SET LOCAL ef_search and "
              "iterative scan, the top-k distinct-products query) over a local socket; numpy is the matrix "
              "product and partial sort alone."]))
     for n, res in scale_results.items():

@@ -1,7 +1,6 @@
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.files.base import ContentFile
 from django.db.models import Count, Q
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -9,6 +8,7 @@ from django.utils.html import format_html
 
 from catalog.forms import BulkUploadForm
 from catalog.models import Category, Product, ProductImage
+from catalog.services import product_image_describe
 from catalog.validators import normalise_image
 from recommender.services.ingestion import images_retry
 
@@ -58,13 +58,8 @@ class ProductImageForm(forms.ModelForm):
         upload = self.cleaned_data.get("image")
         if upload is None:
             return upload
-        normalised = normalise_image(upload)
-        self.instance.content_hash = normalised.sha256
-        self.instance.image_format = normalised.format
-        self.instance.width, self.instance.height = normalised.width, normalised.height
-        self.instance.original_name = (getattr(upload, "name", "") or "")[-255:]
-        ext = "jpg" if normalised.format == "JPEG" else "png"
-        return ContentFile(normalised.content, name=f"upload.{ext}")
+        return product_image_describe(image=self.instance, normalised=normalise_image(upload),
+                                      original_name=getattr(upload, "name", ""))
 
 
 class ProductImageFormSet(forms.BaseInlineFormSet):

@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils.text import slugify
 
 from catalog.models import Category, Product, ProductImage
-from catalog.validators import NormalisedImage, normalise_image
+from catalog.validators import NormalisedImage, client_file_name, normalise_image
 
 
 def category_get_or_create(*, name: str) -> Category:
@@ -52,6 +52,17 @@ def _track_written(storage, name):
         written.append((storage, name))
 
 
+def product_image_describe(*, image: ProductImage, normalised: NormalisedImage, original_name: str) -> ContentFile:
+    """Fill an image row's picture fields (hash, format, size, client's name) from its normalised
+    file, and return the file to store, named by its format. The admin's inline form and
+    :func:`product_image_add` describe every picture this one way."""
+    image.content_hash = normalised.sha256
+    image.image_format = normalised.format
+    image.width, image.height = normalised.width, normalised.height
+    image.original_name = client_file_name(original_name)
+    return ContentFile(normalised.content, name=f"upload.{normalised.extension}")
+
+
 def product_image_add(*, product: Product, upload=None, normalised: NormalisedImage | None = None,
                       position: int | None = None, original_name: str = "") -> ProductImage:
     """Validate, normalise and attach an image. Returns the existing image if the same picture is
@@ -63,11 +74,10 @@ def product_image_add(*, product: Product, upload=None, normalised: NormalisedIm
     if position is None:
         last = product.images.order_by("-position").values_list("position", flat=True).first()
         position = 0 if last is None else last + 1
-    image = ProductImage(product=product, position=position, content_hash=normalised.sha256,
-                         image_format=normalised.format, width=normalised.width, height=normalised.height,
-                         original_name=_safe_display_name(original_name or getattr(upload, "name", "")))
-    ext = "jpg" if normalised.format == "JPEG" else "png"
-    image.image.save(f"upload.{ext}", ContentFile(normalised.content), save=False)
+    image = ProductImage(product=product, position=position)
+    content = product_image_describe(image=image, normalised=normalised,
+                                     original_name=original_name or getattr(upload, "name", ""))
+    image.image.save(content.name, content, save=False)
     _track_written(image.image.storage, image.image.name)
     try:
         image.save()
@@ -75,13 +85,6 @@ def product_image_add(*, product: Product, upload=None, normalised: NormalisedIm
         image.image.storage.delete(image.image.name)
         raise
     return image
-
-
-def _safe_display_name(name: str) -> str:
-    """Keep the client's file name only as a label: no path, no control characters, bounded."""
-    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in name if ch.isprintable())
-    return name[:255]
 
 
 def product_image_delete(*, image: ProductImage) -> None:

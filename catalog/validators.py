@@ -25,6 +25,17 @@ class NormalisedImage:
     height: int
     sha256: str
 
+    @property
+    def extension(self) -> str:
+        return "jpg" if self.format == "JPEG" else "png"
+
+
+def client_file_name(name: str) -> str:
+    """Keep the client's file name only as a label: no path, no control characters, bounded."""
+    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable())
+    return name[:255]
+
 
 def _read_all(upload) -> bytes:
     if hasattr(upload, "seek"):

@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 from recommender.api.serializers import ModelVersionRefSerializer
 from recommender.selectors import active_version, ingestion_counts
 
+
 class HealthCheckSerializer(serializers.Serializer):
     ok = serializers.BooleanField()
     detail = serializers.CharField(help_text="What was found, or the error.")

@@ -182,6 +182,7 @@ if PRODUCTION:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
 
+
 # --------------------------------------------------------------------------- Celery
 def _celery_url(url: str, db: int) -> str:
     if url.startswith("unix://"):

@@ -151,13 +151,13 @@ def _pct(value) -> str:
 
 def _training_detail(t: dict) -> str:
     parts = []
-    if t["phase"] == "training" and t["epochs"]:
+    if t["phase"] == ModelVersion.Phase.TRAINING and t["epochs"]:
         parts.append(f"Epoch {t['epoch'] or 0} of {t['epochs']}")
         if t["accuracy"] is not None:
             parts.append(f"accuracy {_pct(t['accuracy'])}")
         if t["val_accuracy"] is not None:
             parts.append(f"validation {_pct(t['val_accuracy'])}")
-    elif t["phase"] == "embedding" and t["images_total"]:
+    elif t["phase"] == ModelVersion.Phase.EMBEDDING and t["images_total"]:
         parts.append(f"{t['images_embedded'] or 0:,} of {t['images_total']:,} images embedded")
     if t["running"] and t["eta_seconds"] is not None:
         parts.append(f"about {duration_text(t['eta_seconds'])} left")

@@ -22,6 +22,10 @@ def publish(task: str, *, args: list, countdown: float = 0, waiting: str) -> boo
     """Send ``task`` with ``args``; False (and a warning naming ``waiting``) if the broker is down."""
     from config.celery import app
 
+    if app.conf.task_always_eager:
+        # Eager (CELERY_TASK_ALWAYS_EAGER): the task runs here, so this process must have it
+        # registered; Celery's autodiscovery imports recommender.tasks (this module does not).
+        app.loader.import_default_modules()
     try:
         # A signature runs eagerly under CELERY_TASK_ALWAYS_EAGER where the task is registered,
         # and is sent by name (routed by CELERY_TASK_ROUTES) otherwise.

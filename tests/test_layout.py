@@ -7,6 +7,7 @@
   ``recommender.publishing`` and ``config`` know about Celery;
 - the pure ML modules import no Django;
 - no import cycle between the project's modules, counting imports inside functions too;
+- no module (benchmarks included) reaches into another module's private names;
 - modules stay under ~400 lines and functions under ~60 (migrations and benchmark entry points
   aside).
 """
@@ -31,6 +32,11 @@ CATALOG_MAY_IMPORT = {
     "recommender.backbone": "rundemo's ImageNet probe (pure ML, no Django)",
 }
 PURE_ML = ("recommender.backbone", "recommender.head", "recommender.evaluation")
+
+
+def _bench_sources():
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        yield _module_name(path), path
 
 
 def _module_name(path: Path) -> str:
@@ -179,6 +185,43 @@ def _too_long():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
                 functions.append(f"{module}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
     return modules, functions
+
+
+def _private_uses(module: str, path: Path, known: set[str]) -> list[str]:
+    """``alias._name`` where ``alias`` is an imported project module, and ``from m import _name``."""
+    tree = ast.parse(path.read_text())
+    aliases, found = {}, []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            aliases.update({(a.asname or a.name): a.name for a in node.names if a.name in known})
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                if f"{node.module}.{a.name}" in known:
+                    aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+                elif node.module in known and node.module != module and a.name.startswith("_"):
+                    found.append(f"{module}: from {node.module} import {a.name}")
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            found.append(f"{module}:{node.lineno} {aliases[node.value.id]}.{node.attr}")
+    return found
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+    sources = dict(_sources()) | dict(_bench_sources())
+    found = [use for name, path in sources.items() for use in _private_uses(name, path, set(sources))]
+    assert found == []
+
+
+def test_private_name_check_finds_one(tmp_path):
+    path = tmp_path / "user.py"
+    path.write_text("from recommender import selectors\nselectors._secret()\nfrom recommender.db import _x\n")
+    assert len(_private_uses("user", path, {"recommender.selectors", "recommender.db"})) == 2
+
+
+@pytest.mark.parametrize("module", sorted(name for name, _ in _bench_sources()))
+def test_every_benchmark_module_imports(module):
+    importlib.import_module(module)
 
 
 def test_modules_and_functions_stay_short():

@@ -10,8 +10,8 @@ from django.db import transaction
 from rest_framework import serializers
 
 from catalog.models import Product, ProductImage
-from catalog.services import _safe_display_name, files_removed_on_error, product_create, product_image_add
-from catalog.validators import NormalisedImage, normalise_image
+from catalog.services import files_removed_on_error, product_create, product_image_add
+from catalog.validators import NormalisedImage, client_file_name, normalise_image
 
 
 def normalise_uploads(files, *, field: str = "images") -> list[tuple[object, NormalisedImage]]:
@@ -20,7 +20,7 @@ def normalise_uploads(files, *, field: str = "images") -> list[tuple[object, Nor
         try:
             accepted.append((upload, normalise_image(upload)))
         except DjangoValidationError as exc:
-            name = _safe_display_name(getattr(upload, "name", "")) or f"file {index + 1}"
+            name = client_file_name(getattr(upload, "name", "")) or f"file {index + 1}"
             errors[str(index)] = [serializers.ErrorDetail(f"{name}: {message}", code=exc.code or "invalid")
                                   for message in exc.messages]
     if errors:

@@ -12,6 +12,7 @@ from catalog.models import Category
 from recommender.models import ModelVersion
 from recommender.selectors.versions import version_progress
 
+
 class _ResultFilters(serializers.Serializer):
     """Filters shared by similar items and search by image."""
 

@@ -21,7 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from catalog.api.exceptions import Conflict, SearchUnavailable
-from catalog.api.permissions import IsStaff
+from catalog.api.permissions import IsStaff, IsStaffOrReadOnly
 from catalog.api.selectors import product_for_api
 from catalog.api.serializers import ErrorSerializer
 from catalog.api.throttling import ImageSearchAnonThrottle, ImageSearchUserThrottle
@@ -44,9 +44,10 @@ _product_id = OpenApiParameter("id", OpenApiTypes.INT, OpenApiParameter.PATH, de
 
 
 class SimilarProductsView(APIView):
-    """/api/v1/products/{id}/similar/: beside the catalog's product routes, answered by the recommender."""
+    """/api/v1/products/{id}/similar/: beside the catalog's product routes, answered by the recommender.
+    Permissions as the product's own routes (reads public, anything else staff)."""
 
-    permission_classes = [AllowAny]
+    permission_classes = [IsStaffOrReadOnly]
 
     @extend_schema(
         summary="Similar products",
@@ -54,7 +55,7 @@ class SimilarProductsView(APIView):
                      "distances and the model version that answered. Before any version is active, standardised "
                      "backbone features answer (source backbone). Cached for a few minutes per query."),
         parameters=[_product_id, s.SimilarQuerySerializer], responses={200: s.SimilarResponseSerializer})
-    def get(self, request, pk):
+    def get(self, request, pk, format=None):
         product = product_for_api(pk=pk, include_inactive=IsStaff().has_permission(request, self))
         query = s.SimilarQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)

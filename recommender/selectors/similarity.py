@@ -110,9 +110,11 @@ def _nearest_products_sql(*, version_id, vector, k, exact, **filters) -> list[tu
         return [(row[0], float(row[1])) for row in cursor.fetchall()]
 
 
-def nearest_products(*, version, vector, k=6, **filters) -> list[tuple[int, float]]:
-    rows = _nearest_products_sql(version_id=version.pk, vector=vector, k=k, exact=False, **filters)
-    if len(rows) < k:
+def nearest_products(*, version, vector, k=6, exact: bool = False, **filters) -> list[tuple[int, float]]:
+    """The k nearest other products (product id, distance) by the HNSW index; ``exact``: by a full
+    scan only (the reference the index's recall is measured against)."""
+    rows = _nearest_products_sql(version_id=version.pk, vector=vector, k=k, exact=exact, **filters)
+    if len(rows) < k and not exact:
         # The approximate scan came back short (a very selective filter, or many images per
         # product): the exact scan tells whether more exist.
         rows = _nearest_products_sql(version_id=version.pk, vector=vector, k=k, exact=True, **filters)

@@ -87,8 +87,7 @@ def model_version_evaluate(*, version: ModelVersion, image_ids=None, k: int = 6,
     # Bookkeeping that a re-evaluation keeps: the split, the training's own figures, the prune marker.
     metrics["holdout_image_ids"] = queries
     metrics["training_seconds"] = version.metrics.get("training_seconds")
-    for key in ("phase_seconds", "embeddings_pruned"):
-        if key in version.metrics:
-            metrics[key] = version.metrics[key]
+    if "embeddings_pruned" in version.metrics:
+        metrics["embeddings_pruned"] = version.metrics["embeddings_pruned"]
     ModelVersion.objects.filter(pk=version.pk).update(metrics=metrics, val_accuracy=metrics.get("accuracy"))
     return metrics

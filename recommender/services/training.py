@@ -120,8 +120,10 @@ class _Catalog:
 
 
 class _Run:
-    """One training's phases: each reports itself on the progress bar and its time in
-    ``progress["phase_seconds"]`` (the benchmarks and the dashboard read them)."""
+    """One training's phases: each reports itself on the progress bar as it starts, with the times
+    of the phases before it in ``progress["phase_seconds"]`` (complete once the version is done;
+    the benchmarks read them). Nothing is written as a phase ends, so a version failed meanwhile
+    (by staff or the recovery) keeps its "failed" phase."""
 
     def __init__(self, version: ModelVersion):
         self.version = version
@@ -135,10 +137,12 @@ class _Run:
 
     @contextmanager
     def phase(self, phase: ModelVersion.Phase, **progress):
-        progress_update(self.version, phase=phase.value, **progress)
+        progress_update(self.version, phase=phase.value, phase_seconds=dict(self.seconds), **progress)
         with self.timed(phase.value):
             yield
-        progress_update(self.version, phase_seconds=dict(self.seconds))
+
+    def done(self) -> None:
+        progress_update(self.version, phase=Phase.DONE.value, phase_seconds=dict(self.seconds))
 
 
 def _train(version: ModelVersion) -> None:
@@ -169,7 +173,7 @@ def _train(version: ModelVersion) -> None:
         # on the worker, so that the new version serves the whole catalog from its first request.
         embeddings_create(version=version, image_ids=images_missing_embedding(version=version))
         model_version_activate(version=version)
-    progress_update(version, phase=Phase.DONE.value)
+    run.done()
 
 
 def _catalog_load(version: ModelVersion) -> _Catalog:

@@ -25,11 +25,13 @@ def test_replacing_the_settings_dict_is_seen_at_once(settings):
 
 
 @pytest.mark.parametrize("key, value, words", [
-    ("EPOCHS", 0, "EPOCHS'] must be between 1 and 10000 (it is 0)"),
+    ("EPOCHS", 0, "EPOCHS'] must be at least 1 (it is 0)"),
     ("VALIDATION_SPLIT", 1.5, "VALIDATION_SPLIT'] must be between 0 and 1"),
-    ("GATE_TOLERANCE", "0.02", "GATE_TOLERANCE'] must be a float, not '0.02'"),
-    ("MAX_ATTEMPTS", True, "MAX_ATTEMPTS'] must be a int, not True"),
-    ("INPUT_SIZE", 16, "INPUT_SIZE'] must be between 32 and 1024"),
+    ("GATE_TOLERANCE", "0.02", "GATE_TOLERANCE'] must be a number, not '0.02'"),
+    ("MAX_ATTEMPTS", True, "MAX_ATTEMPTS'] must be a whole number, not True"),
+    ("MAX_ATTEMPTS", 2.5, "MAX_ATTEMPTS'] must be a whole number, not 2.5"),
+    ("INPUT_SIZE", 16, "INPUT_SIZE'] must be at least 32 pixels"),
+    ("EF_SEARCH", 1001, "EF_SEARCH'] must be between 1 and 1000"),
 ])
 def test_bad_values_are_named(settings, key, value, words):
     settings.RECOMMENDER = {**settings.RECOMMENDER, key: value}
@@ -44,6 +46,12 @@ def test_unknown_keys_are_refused(settings):
     settings.RECOMMENDER = {**settings.RECOMMENDER, "EPOCH": 3}
     [error] = check_config()
     assert "unknown RECOMMENDER keys: EPOCH" in error.msg
+
+
+def test_missing_keys_are_refused_config_settings_holds_the_only_defaults(settings):
+    settings.RECOMMENDER = {k: v for k, v in settings.RECOMMENDER.items() if k != "SEED"}
+    [error] = check_config()
+    assert "missing RECOMMENDER keys: SEED" in error.msg
 
 
 def test_manage_py_check_reports_a_bad_value(settings):

@@ -67,3 +67,39 @@ def test_with_the_broker_down_publishing_warns_and_returns_false(broker_unreacha
     assert len(warnings) == 2 and all(w.startswith("broker unavailable (") for w in warnings)
     assert warnings[0].endswith("3 images wait for the periodic recovery")
     assert warnings[1].endswith("the training of v7 wait for the periodic recovery")
+
+
+@pytest.fixture
+def eager():
+    """CELERY_TASK_ALWAYS_EAGER for one test (the Celery app read it from the settings at start-up)."""
+    app.conf.task_always_eager = True
+    try:
+        yield
+    finally:
+        app.conf.task_always_eager = False
+
+
+@pytest.mark.django_db
+def test_eager_mode_runs_the_task_in_this_process(broker, eager):
+    from catalog.models import ProductImage
+    from tests.factories import ProductImageFactory
+
+    image = ProductImageFactory()
+    assert image.status == ProductImage.Status.PENDING
+    assert images_publish(image_ids=[image.pk]) is True
+    image.refresh_from_db()
+    assert image.status == ProductImage.Status.READY and image.thumbnails  # processed here, at once
+    assert broker.client.llen("features") == 0  # nothing went to the broker
+
+
+def test_every_task_has_its_queue_in_the_routes(settings):
+    import recommender.tasks  # noqa: F401  (registers them)
+
+    names = sorted(name for name in app.tasks if name.startswith("recommender.tasks."))
+    assert names and sorted(settings.CELERY_TASK_ROUTES) == names
+    beat = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert beat <= set(names)
+    assert {name: route["queue"] for name, route in settings.CELERY_TASK_ROUTES.items()} == {
+        PROCESS_IMAGES: "features", TRAIN_MODEL_VERSION: "training", EMBED_MISSING: "training",
+        "recommender.tasks.prune_embeddings": "training", "recommender.tasks.recover_lost_work": "celery",
+        "recommender.tasks.retrain_if_needed": "celery"}

@@ -37,8 +37,9 @@ PRODUCTS = 120
 SKIP_ENV = "LOOKALIKE_SKIP_BROWSER"
 INSTALL_COMMAND = "sudo apt-get install -y chromium chromium-driver"
 
+pytestmark = [pytest.mark.browser]  # make test-fast leaves them out by this marker
 if os.environ.get(SKIP_ENV, "0").strip() not in ("", "0"):
-    pytestmark = pytest.mark.skip(reason=f"browser tests skipped on request ({SKIP_ENV}={os.environ[SKIP_ENV]})")
+    pytestmark.append(pytest.mark.skip(reason=f"browser tests skipped on request ({SKIP_ENV}={os.environ[SKIP_ENV]})"))
 
 
 @pytest.fixture(scope="module", autouse=True)

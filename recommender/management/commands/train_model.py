@@ -6,6 +6,8 @@ from tqdm import tqdm
 from recommender.models import ModelVersion
 from recommender.services.training import model_version_start, model_version_train
 
+Phase = ModelVersion.Phase
+
 
 class Command(BaseCommand):
     help = ("Train a new model version on the catalog's features. By default the training is queued "
@@ -32,14 +34,14 @@ class Command(BaseCommand):
         with tqdm(total=1, desc="queued", disable=quiet) as bar:
             # "ready" is a moment between training and the gate's verdict: follow until the verdict.
             while version.status == ModelVersion.Status.TRAINING or (
-                    version.status == ModelVersion.Status.READY and version.progress.get("phase") != "done"):
+                    version.status == ModelVersion.Status.READY and version.progress.get("phase") != Phase.DONE):
                 time.sleep(1)
                 version.refresh_from_db()
                 p = version.progress
-                if p.get("phase") == "training" and p.get("epochs"):
+                if p.get("phase") == Phase.TRAINING and p.get("epochs"):
                     bar.total, bar.n = p["epochs"], p.get("epoch", 0)
-                elif p.get("phase") == "embedding" and p.get("images_total"):
+                elif p.get("phase") == Phase.EMBEDDING and p.get("images_total"):
                     bar.total, bar.n = p["images_total"], p.get("images_embedded", 0)
-                bar.set_description(p.get("phase", "queued"))
+                bar.set_description(p.get("phase", Phase.QUEUED))
                 bar.refresh()
         return version

@@ -96,6 +96,29 @@ def test_similar_of_unknown_or_inactive_product_is_404(clients):
     assert similar(clients["staff"], hidden).status_code == 200
 
 
+def test_similar_is_read_only_and_has_format_suffixes(clients):
+    product = ProductFactory()
+    url = f"/api/v1/products/{product.pk}/similar/"
+    # Writes are refused like on the product's own routes: 401 before the method is looked at.
+    assert clients["anonymous"].post(url).status_code == 401
+    assert clients["user"].post(url).status_code == 403
+    assert clients["staff"].post(url).status_code == 405
+    response = clients["anonymous"].get(f"/api/v1/products/{product.pk}/similar.json")
+    assert response.status_code == 200 and response.json()["product"] == product.pk
+
+
+def test_progress_in_the_api_is_the_dashboards_representation(staff_client):
+    from recommender.selectors.versions import version_progress
+
+    version = ModelVersion.objects.create(
+        status="training", backbone="resnet50:random-seed1:32", weights="random", input_size=32,
+        progress={"phase": "training", "epoch": 3, "epochs": 8, "accuracy": 0.51234, "eta_seconds": 12.34})
+    body = staff_client.get(f"{VERSIONS}{version.pk}/progress/").json()
+    expected = version_progress(version)
+    assert body["accuracy"] == expected["accuracy"] == 0.5123 and body["eta_seconds"] == 12.3
+    assert {k: body[k] for k in body if k != "heartbeat_at"} == {k: expected[k] for k in body if k != "heartbeat_at"}
+
+
 # --------------------------------------------------------------------------- search by image
 
 
