@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 FEATURE_DIM = 2048
 ARCHITECTURE = "resnet50"
 MIN_INPUT_SIZE = 32  # ResNet50 without its top needs at least 32x32 inputs
+TRAINED_WEIGHTS_FILE = "backbone.weights.h5"  # a trained backbone's file in its version's folder
 
 
 class BackboneWeightsError(RuntimeError):
@@ -58,6 +59,8 @@ class BackboneSpec:
                 f"RECOMMENDER_BACKBONE_WEIGHTS={self.weights!r} is neither 'imagenet', 'random' "
                 "nor an existing weights file.")
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        if path.name == TRAINED_WEIGHTS_FILE and re.fullmatch(r"v\d+", path.parent.name):
+            return f"ft-{path.parent.name}-{digest}"  # trained by model version v<N> (recommender.finetune)
         return f"file-{digest}"
 
     @property
@@ -124,6 +127,26 @@ def configure_tensorflow():
             pass
     logger.info("TensorFlow %s, devices: %s", tf.__version__, [d.name for d in gpus] or ["CPU"])
     return tf
+
+
+def accelerator_present() -> bool:
+    """Whether the Keras backend in use sees a GPU (or another accelerator)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return any(device.platform != "cpu" for device in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
 
 
 def build_resnet50(spec: BackboneSpec):

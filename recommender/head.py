@@ -78,6 +78,18 @@ def balanced_class_weight(y: np.ndarray, n_classes: int) -> dict[int, float]:
     return mapping
 
 
+def split_indices(y: np.ndarray, validation_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows) of integer labels ``y``: stratified when every class can
+    appear on both sides; tiny catalogs fall back to a random split."""
+    index = np.arange(len(y))
+    if validation_split <= 0:
+        return index, index[:0]
+    n_classes = len(np.unique(y))
+    n_val = int(np.ceil(validation_split * len(y)))
+    stratify = y if np.bincount(y).min() >= 2 and n_val >= n_classes and len(y) - n_val >= n_classes else None
+    return tuple(train_test_split(index, test_size=validation_split, random_state=seed, stratify=stratify))
+
+
 def train_head(features: np.ndarray, labels, config: HeadConfig | None = None, callbacks=()) -> TrainingResult:
     """Train a head on backbone features and string labels; a stratified split is held out."""
     import keras
@@ -93,16 +105,7 @@ def train_head(features: np.ndarray, labels, config: HeadConfig | None = None, c
     n_classes = len(encoder.classes_)
     if n_classes < 2:
         raise ValueError("training needs at least two categories")
-    index = np.arange(len(y))
-    counts = np.bincount(y)
-    n_val = int(np.ceil(config.validation_split * len(y)))
-    # Stratify when every class can appear on both sides; tiny catalogs fall back to a random split.
-    stratify = y if counts.min() >= 2 and n_val >= n_classes and len(y) - n_val >= n_classes else None
-    if config.validation_split > 0:
-        train_index, val_index = train_test_split(index, test_size=config.validation_split,
-                                                  random_state=config.seed, stratify=stratify)
-    else:
-        train_index, val_index = index, index[:0]
+    train_index, val_index = split_indices(y, config.validation_split, config.seed)
     scaler = StandardScaler().fit(features[train_index])
     x = scaler.transform(features).astype(np.float32)
     onehot = keras.utils.to_categorical(y, n_classes)

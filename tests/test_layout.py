@@ -31,7 +31,7 @@ CATALOG_MAY_IMPORT = {
     "recommender.services.ingestion": "images_retry, the staff action on failed images",
     "recommender.backbone": "rundemo's ImageNet probe (pure ML, no Django)",
 }
-PURE_ML = ("recommender.backbone", "recommender.head", "recommender.evaluation")
+PURE_ML = ("recommender.backbone", "recommender.head", "recommender.evaluation", "recommender.finetune")
 
 
 def _bench_sources():
