@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from recommender.backbone import TRAINED_WEIGHTS_FILE
-from recommender.head import EMBEDDING_DIM, MID_LAYER, TrainedHead, balanced_class_weight, split_indices
+from recommender.head import (EMBEDDING_DIM, MID_LAYER, TrainedHead, balanced_class_weight, encode_labels,
+                              split_indices)
 
 
 @dataclass
@@ -211,18 +212,14 @@ def train_backbone(images: np.ndarray, labels, backbone, config: BackboneTrainin
     starting weights) and a new head on ``images`` (N, S, S, 3) uint8 RGB at the backbone's input
     size, with string ``labels``; a stratified split is held out (validation, early stopping)."""
     import keras
-    from sklearn.preprocessing import LabelEncoder, StandardScaler
+    from sklearn.preprocessing import StandardScaler
 
     config = config or BackboneTrainingConfig()
     _deterministic(config.seed)
     mixed = _precision_policy()
     try:
-        labels = np.asarray(labels)
-        encoder = LabelEncoder().fit(labels)
-        y = encoder.transform(labels)
+        encoder, y = encode_labels(labels)
         n_classes = len(encoder.classes_)
-        if n_classes < 2:
-            raise ValueError("training needs at least two categories")
         train_index, val_index = split_indices(y, config.validation_split, config.seed)
         onehot = keras.utils.to_categorical(y, n_classes).astype(np.float32)
         class_weight = balanced_class_weight(y[train_index], n_classes) if config.class_weights else {}

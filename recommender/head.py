@@ -78,6 +78,14 @@ def balanced_class_weight(y: np.ndarray, n_classes: int) -> dict[int, float]:
     return mapping
 
 
+def encode_labels(labels) -> tuple[LabelEncoder, np.ndarray]:
+    """(encoder, integer labels) of string category labels; at least two categories are needed."""
+    encoder = LabelEncoder().fit(np.asarray(labels))
+    if len(encoder.classes_) < 2:
+        raise ValueError("training needs at least two categories")
+    return encoder, encoder.transform(np.asarray(labels))
+
+
 def split_indices(y: np.ndarray, validation_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(training rows, held-out rows) of integer labels ``y``: stratified when every class can
     appear on both sides; tiny catalogs fall back to a random split."""
@@ -99,12 +107,8 @@ def train_head(features: np.ndarray, labels, config: HeadConfig | None = None, c
     configure_tensorflow()
     config = config or HeadConfig()
     keras.utils.set_random_seed(config.seed)
-    labels = np.asarray(labels)
-    encoder = LabelEncoder().fit(labels)
-    y = encoder.transform(labels)
+    encoder, y = encode_labels(labels)
     n_classes = len(encoder.classes_)
-    if n_classes < 2:
-        raise ValueError("training needs at least two categories")
     train_index, val_index = split_indices(y, config.validation_split, config.seed)
     scaler = StandardScaler().fit(features[train_index])
     x = scaler.transform(features).astype(np.float32)
