@@ -17,7 +17,9 @@ seeded random ones (from scratch). What it adds to the head-only recipe:
 The result is a backbone (saved as a Keras weights file, loadable by :mod:`recommender.backbone`
 as ``BackboneSpec(weights=<file>)``, so stored features stay keyed by its own identity) and a
 :class:`recommender.head.TrainedHead` that reads that backbone's features. The head's feature
-scaler is the identity: the trained layers already expect the backbone's raw features.
+scaler is the identity: the trained layers already expect the backbone's raw features; its
+embedding scaler is fitted afterwards (``TrainedHead.embedding_scaler_fit``) on the training
+rows' features of the trained backbone.
 """
 
 from __future__ import annotations
@@ -107,35 +109,33 @@ def build_models(backbone, n_classes: int, config: BackboneTrainingConfig):
     return keras.Model(images, _apply(head, backbone(x)), name="backbone_and_head"), head_model
 
 
-class _Batches:
+def _batches(images, onehot, batch_size, shuffle, seed, sample_weight=None):
     """Preprocessed batches of uint8 images (only one batch at a time is held as float32)."""
+    import keras
+    from keras.applications.resnet50 import preprocess_input
 
-    def __new__(cls, images, onehot, batch_size, shuffle, seed, sample_weight=None):
-        import keras
-        from keras.applications.resnet50 import preprocess_input
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = np.arange(len(images))
+            self.on_epoch_end()
 
-        class Batches(keras.utils.PyDataset):
-            def __init__(self):
-                super().__init__()
-                self.rng = np.random.default_rng(seed)
-                self.order = np.arange(len(images))
-                self.on_epoch_end()
+        def __len__(self):
+            return int(np.ceil(len(images) / batch_size))
 
-            def __len__(self):
-                return int(np.ceil(len(images) / batch_size))
+        def __getitem__(self, index):
+            rows = self.order[index * batch_size:(index + 1) * batch_size]
+            x = preprocess_input(images[rows].astype(np.float32))
+            if sample_weight is None:
+                return x, onehot[rows]
+            return x, onehot[rows], sample_weight[rows]
 
-            def __getitem__(self, index):
-                rows = self.order[index * batch_size:(index + 1) * batch_size]
-                x = preprocess_input(images[rows].astype(np.float32))
-                if sample_weight is None:
-                    return x, onehot[rows]
-                return x, onehot[rows], sample_weight[rows]
+        def on_epoch_end(self):
+            if shuffle:
+                self.rng.shuffle(self.order)
 
-            def on_epoch_end(self):
-                if shuffle:
-                    self.rng.shuffle(self.order)
-
-        return Batches()
+    return Batches()
 
 
 def _schedule(config: BackboneTrainingConfig, steps_per_epoch: int):
@@ -225,14 +225,16 @@ def train_backbone(images: np.ndarray, labels, backbone, config: BackboneTrainin
         class_weight = balanced_class_weight(y[train_index], n_classes) if config.class_weights else {}
         weights = np.array([class_weight.get(int(c), 1.0) for c in y], np.float32) if class_weight else None
         end_to_end, head_model = build_models(backbone, n_classes, config)
-        train = _Batches(images[train_index], onehot[train_index], config.batch_size, True, config.seed,
+        # One copy of the training rows, shared by the training and the calibration batches.
+        train_images, train_onehot = images[train_index], onehot[train_index]
+        train = _batches(train_images, train_onehot, config.batch_size, True, config.seed,
                          None if weights is None else weights[train_index])
-        val = _Batches(images[val_index], onehot[val_index], config.batch_size, False, config.seed)
+        val = _batches(images[val_index], onehot[val_index], config.batch_size, False, config.seed)
         end_to_end.compile(optimizer=keras.optimizers.AdamW(_schedule(config, len(train)),
                                                             weight_decay=config.weight_decay),
                            loss="categorical_crossentropy", metrics=["accuracy"])
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
-        calibration = _Batches(images[train_index], onehot[train_index], config.batch_size, True, config.seed + 1)
+        calibration = _batches(train_images, train_onehot, config.batch_size, True, config.seed + 1)
         calibrate = _calibrated_validation(backbone, end_to_end, calibration, val, config.calibration_batches)
         started = time.perf_counter()
         # The calibrating callback runs first: early stopping and the caller's callbacks see its scores.
@@ -248,13 +250,6 @@ def train_backbone(images: np.ndarray, labels, backbone, config: BackboneTrainin
     return BackboneTrainingResult(backbone=backbone, head=head, history=history, train_index=train_index,
                                   val_index=val_index, epochs_run=epochs_run, best_epoch=best, seconds=seconds,
                                   mixed_precision=mixed, class_weight=class_weight)
-
-
-def fit_embedding_scaler(head: TrainedHead, features: np.ndarray) -> None:
-    """Fit the head's embedding scaler once, on the training rows' features of the trained backbone."""
-    from sklearn.preprocessing import StandardScaler
-
-    head.embedding_scaler = StandardScaler().fit(head.mid(features))
 
 
 def backbone_save(backbone, directory: Path) -> Path:

@@ -125,8 +125,7 @@ def train_head(features: np.ndarray, labels, config: HeadConfig | None = None, c
     seconds = time.perf_counter() - started
     head = TrainedHead(model=model, feature_scaler=scaler, embedding_scaler=None,
                        label_encoder=encoder)
-    # Fit the embedding scaler once, on the training rows only, and keep it with the model.
-    head.embedding_scaler = StandardScaler().fit(head.mid(features[train_index]))
+    head.embedding_scaler_fit(features[train_index])
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}
     return TrainingResult(head=head, history=history, train_index=train_index, val_index=val_index,
                           seconds=seconds, class_weight=class_weight or {})
@@ -157,6 +156,10 @@ class TrainedHead:
         x = self.feature_scaler.transform(np.asarray(features, dtype=np.float32)).astype(np.float32)
         parts = [np.asarray(model(x[i:i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
         return np.concatenate(parts) if parts else np.empty((0, model.output_shape[-1]), np.float32)
+
+    def embedding_scaler_fit(self, features: np.ndarray) -> None:
+        """Fit the embedding scaler once, on the training rows' features only; it is kept with the model."""
+        self.embedding_scaler = StandardScaler().fit(self.mid(features))
 
     def mid(self, features: np.ndarray) -> np.ndarray:
         """Raw middle-layer activations."""

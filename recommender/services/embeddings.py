@@ -7,6 +7,7 @@ unique constraint), so a redelivered task or a second run changes nothing.
 from __future__ import annotations
 
 import logging
+from itertools import batched
 
 from django.db import transaction
 from django.db.models import F
@@ -30,8 +31,7 @@ def embeddings_create(*, version: ModelVersion, image_ids, progress=None) -> int
         return 0  # and no Keras import
     head = runtime.load_head(version)
     created = 0
-    for start in range(0, len(image_ids), EMBED_CHUNK):
-        chunk = image_ids[start:start + EMBED_CHUNK]
+    for chunk in batched(image_ids, EMBED_CHUNK):
         ids, products, _, features = features_load(backbone=version.backbone, image_ids=chunk, active_only=False)
         if not ids:
             continue

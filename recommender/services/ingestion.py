@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
+from itertools import batched
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
@@ -27,18 +28,12 @@ logger = logging.getLogger(__name__)
 Status = ProductImage.Status
 
 
-def _chunks(items, size):
-    items = list(items)
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 def images_enqueue(*, image_ids, countdown: float = 0) -> int:
     """Publish ingestion tasks in chunks of INGEST_CHUNK; returns how many images were sent. A
     broker outage leaves the rows pending for the periodic recovery."""
     sent = 0
-    for chunk in _chunks(sorted(set(image_ids)), config().ingest_chunk):
-        if publishing.images_publish(image_ids=chunk, countdown=countdown):
+    for chunk in batched(sorted(set(image_ids)), config().ingest_chunk):
+        if publishing.images_publish(image_ids=list(chunk), countdown=countdown):
             sent += len(chunk)
     return sent
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from recommender.backbone import Backbone, BackboneSpec
 from recommender.evaluation import retrieval_metrics
-from recommender.finetune import BackboneTrainingConfig, backbone_save, fit_embedding_scaler, train_backbone
+from recommender.finetune import BackboneTrainingConfig, backbone_save, train_backbone
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +99,7 @@ def test_a_tiny_set_of_two_classes_is_learnt(trained, two_classes):
     images, labels = two_classes
     result = trained[0]
     train, val = result.train_index, result.val_index
-    fit_embedding_scaler(result.head, features(result.backbone, images[train]))
+    result.head.embedding_scaler_fit(features(result.backbone, images[train]))
     scores = retrieval_metrics(result.head.embed(features(result.backbone, images[val])), labels[val],
                                result.head.embed(features(result.backbone, images[train])), labels[train], k=6)
     assert scores["precision_at_6"] >= 0.65, scores  # chance: 0.5
