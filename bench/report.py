@@ -69,6 +69,25 @@ def versus_original(ours: dict, orig: dict) -> str:
     return "**Ours vs the original notebook's method**, metric by metric (ours vs original): " + "; ".join(parts) + "."
 
 
+METRICS3 = (("precision_at_1", "P@1"), ("precision_at_6", "P@6"), ("map_at_6", "mAP@6"))
+
+
+def _trained_backbone_line(q: dict, tb: dict, pix: dict, ours: dict) -> str:
+    """The backbone kind against raw pixels, with the issue's targets said met or not."""
+    lead = {key: tb[key] - pix[key] for key, _ in METRICS3}
+    quick = q.get("mode") == "quick"
+    met = lead["precision_at_6"] >= 0.08 if quick else (
+        tb["precision_at_6"] >= 0.90 and min(lead.values()) >= 0.10)
+    target = ("quick-run target: P@6 at least raw pixels + 0.08" if quick else
+              "target: P@6 >= 0.90 and raw pixels + 0.10 on P@1, P@6 and mAP@6")
+    return (f"**Trained backbone** ({tb['label']}, {tb['training_seconds']:.0f} s of training): "
+            + ", ".join(f"{label} {tb[key]:.3f}" for key, label in METRICS3)
+            + " vs raw pixels " + ", ".join(f"{pix[key]:.3f}" for key, _ in METRICS3)
+            + " (lead " + " / ".join(f"{lead[key]:+.3f}" for key, _ in METRICS3) + f"), vs our head-only "
+            f"pipeline P@6 {ours['precision_at_6']:.3f}; head accuracy {tb['accuracy']:.3f}. The {target}: "
+            + ("**met**." if met else "**not met** in this run."))
+
+
 def _headline_quality(q: dict) -> list[str]:
     lines = []
     r = q["results"]
@@ -92,6 +111,8 @@ def _headline_quality(q: dict) -> list[str]:
             " With random weights the retrieval gap to the simple baselines is small; it needs ImageNet "
             "weights to mean much." if q.get("random_weights") else ""))
     lines.append(versus_original(ours, orig))
+    if r.get("trained_backbone"):
+        lines.append(_trained_backbone_line(q, r["trained_backbone"], pix, ours))
     imb = q.get("imbalanced", {})
     if imb:
         w, u = imb["weighted"], imb["unweighted"]

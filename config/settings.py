@@ -207,6 +207,7 @@ CELERY_TASK_DEFAULT_QUEUE = "celery"
 # the CNN over new images (GPU workers); training: trainings and whole-catalog embedding/pruning.
 CELERY_TASK_ROUTES = {
     "recommender.tasks.process_images": {"queue": "features"},
+    "recommender.tasks.extract_features": {"queue": "features"},
     "recommender.tasks.train_model_version": {"queue": "training"},
     "recommender.tasks.embed_missing": {"queue": "training"},
     "recommender.tasks.prune_embeddings": {"queue": "training"},
@@ -263,6 +264,18 @@ RECOMMENDER = {
     # older retired and failed versions' embeddings are deleted by the hourly prune task.
     "KEEP_RETIRED_EMBEDDINGS": env_int("RECOMMENDER_KEEP_RETIRED_EMBEDDINGS", 1),
     "SIMILAR_CACHE_SECONDS": env_int("RECOMMENDER_SIMILAR_CACHE_SECONDS", 600),
+    # Which kind of version a training builds: "head" (the original method: frozen backbone, head
+    # only), "backbone" (the backbone trained end to end with the head, recommender.finetune) or
+    # "auto": the backbone when its weights are random or when the frozen backbone does not beat
+    # raw pixels; the dashboard says why (selectors.versions.training_kind).
+    "TRAINING": env("RECOMMENDER_TRAINING", "auto"),
+    # The backbone kind's own epochs (at most: early stopping), input size and batch size. Measured
+    # on 2 cores (docs/benchmarks.md, bench/quality.py): 32 px costs ~12 ms per training image and
+    # epoch; 64 px ~4x that. Fashion-MNIST-sized sources lose little at 32 px.
+    "BACKBONE_EPOCHS": env_int("RECOMMENDER_BACKBONE_EPOCHS", 12),
+    "BACKBONE_INPUT_SIZE": env_int("RECOMMENDER_BACKBONE_INPUT_SIZE", 32),
+    "BACKBONE_BATCH_SIZE": env_int("RECOMMENDER_BACKBONE_BATCH_SIZE", 64),
+    "BACKBONE_LEARNING_RATE": env_float("RECOMMENDER_BACKBONE_LEARNING_RATE", 0.001),
 }
 THUMBNAIL_SIZES = (128, 256, 512)
 

@@ -16,14 +16,15 @@ from django.utils.safestring import mark_safe
 from recommender import presentation
 from recommender.models import ModelVersion
 from recommender.selectors.ingestion import ingestion_status
-from recommender.selectors.versions import active_version, training_readiness, training_status, training_version
+from recommender.selectors.versions import (active_version, training_kind, training_readiness, training_status,
+                                            training_version)
 from recommender.services.training import model_version_start
 from recommender.services.versions import model_version_activate, model_version_retire
 
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ["version", "status_badge", "buttons", "backbone_and_weights", "accuracy", "precision_at_6",
+    list_display = ["version", "status_badge", "buttons", "kind_short", "backbone_and_weights", "accuracy", "precision_at_6",
                     "n_images", "trigger_short", "created_at"]
     list_display_links = ["version"]
     # No filter sidebar: a catalog has tens of versions, and the table needs the width.
@@ -69,6 +70,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
             weights = obj.weights
         return format_html('<code>{}</code><span class="lk-small">{}</span>', obj.backbone, weights)
 
+    @admin.display(description="Kind", ordering="kind")
+    def kind_short(self, obj):
+        return format_html('<span title="{}">{}</span>', obj.kind_reason or obj.get_kind_display(),
+                           "backbone + head" if obj.trains_backbone else "head")
+
     @admin.display(description="Trigger", ordering="trigger")
     def trigger_short(self, obj):
         text = obj.trigger or "–"
@@ -105,7 +111,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
         ingestion = ingestion_status()
         return {"training_status": training, "training_display": presentation.training_display(training),
                 "ingestion": ingestion, "ingestion_display": presentation.ingestion_display(ingestion),
-                "readiness": training_readiness()}
+                "readiness": training_readiness(), **self._next_kind()}
+
+    def _next_kind(self):
+        kind, why = training_kind()
+        return {"next_kind_label": ModelVersion.Kind(kind).label, "next_kind_reason": why}
 
     def changelist_view(self, request, extra_context=None):
         active = active_version()
@@ -141,6 +151,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
             "training_seconds": metrics.get("training_seconds"),
             "holdout_count": len(metrics.get("holdout_image_ids") or []),
             "pruned": metrics.get("embeddings_pruned"),
+            "raw_pixels": presentation.raw_pixels_comparison(metrics),
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/recommender/modelversion/detail.html", context)

@@ -26,8 +26,11 @@ _KEYS = {
     "RETRAIN_MAX_AGE_HOURS": "retrain_max_age_hours", "MAX_ATTEMPTS": "max_attempts",
     "STALE_SECONDS": "stale_seconds", "TRAINING_STALE_SECONDS": "training_stale_seconds",
     "EF_SEARCH": "ef_search", "KEEP_RETIRED_EMBEDDINGS": "keep_retired_embeddings",
-    "SIMILAR_CACHE_SECONDS": "similar_cache_seconds",
+    "SIMILAR_CACHE_SECONDS": "similar_cache_seconds", "TRAINING": "training",
+    "BACKBONE_EPOCHS": "backbone_epochs", "BACKBONE_INPUT_SIZE": "backbone_input_size",
+    "BACKBONE_BATCH_SIZE": "backbone_batch_size", "BACKBONE_LEARNING_RATE": "backbone_learning_rate",
 }
+TRAINING_KINDS = ("head", "backbone", "auto")
 
 
 _KINDS = {int: "a whole number", float: "a number", str: "a string"}
@@ -58,6 +61,11 @@ class RecommenderConfig:
     ef_search: int
     keep_retired_embeddings: int
     similar_cache_seconds: int
+    training: str  # one of TRAINING_KINDS
+    backbone_epochs: int
+    backbone_input_size: int
+    backbone_batch_size: int
+    backbone_learning_rate: float
 
     @classmethod
     def from_dict(cls, values: dict) -> RecommenderConfig:
@@ -104,6 +112,11 @@ class RecommenderConfig:
             ("ef_search", 1 <= self.ef_search <= 1000, "must be between 1 and 1000 (pgvector's range)"),
             ("keep_retired_embeddings", self.keep_retired_embeddings >= 0, "must be 0 or more"),
             ("similar_cache_seconds", self.similar_cache_seconds >= 0, "must be 0 or more"),
+            ("training", self.training in TRAINING_KINDS, f"must be one of {', '.join(TRAINING_KINDS)}"),
+            ("backbone_epochs", self.backbone_epochs >= 1, "must be at least 1"),
+            ("backbone_input_size", self.backbone_input_size >= 32, "must be at least 32 pixels (ResNet50's minimum)"),
+            ("backbone_batch_size", self.backbone_batch_size >= 2, "must be at least 2 (BatchNorm needs a batch)"),
+            ("backbone_learning_rate", self.backbone_learning_rate > 0, "must be above 0"),
         ]
         return [f"RECOMMENDER['{name.upper()}'] {message} (it is {getattr(self, name)!r})"
                 for name, ok, message in rules if not ok]

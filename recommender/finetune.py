@@ -6,8 +6,10 @@ ResNet50 (architecture unchanged) end to end with the original head on top (Dens
 512 "mid" -> softmax, balanced class weights), from the given weights: ImageNet (fine-tuning) or
 seeded random ones (from scratch). What it adds to the head-only recipe:
 
-- augmentation suited to product photos: horizontal flips, small shifts and zooms (a looser
-  crop), mild contrast changes; no vertical flips or rotations (products are shown upright);
+- mild augmentation suited to product photos: horizontal flips, small shifts, mild contrast
+  changes; no vertical flips or rotations (products are shown upright);
+- from random weights, each residual block starts as the identity (its last BatchNorm's scale at
+  zero: Goyal et al. 2017), and the head's dropout is lighter than the head kind's;
 - AdamW with a linear warm-up then cosine decay of the learning rate;
 - BatchNorm statistics re-estimated from training images after each epoch (trained from scratch,
   the running averages lag far behind the weights), then early stopping on the validation loss,
@@ -25,6 +27,7 @@ rows' features of the trained backbone.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -46,12 +49,16 @@ class BackboneTrainingConfig:
     warmup_epochs: float = 1.0
     weight_decay: float = 1e-4
     validation_split: float = 0.2
-    dropout: float = 0.5
+    dropout: float = 0.2  # the head kind's 0.5 underfits in a few epochs (see _augmentation)
     patience: int = 3  # epochs without a better validation loss before stopping
     calibration_batches: int = 24  # training batches that re-estimate BatchNorm statistics per epoch
     seed: int = 1234
     augment: bool = True
     class_weights: bool = True
+    label_smoothing: float = 0.0
+    # From scratch only: each residual block's last BatchNorm starts at zero, so every block starts
+    # as the identity (Goyal et al. 2017); with ImageNet weights it would erase what they know.
+    zero_init_residual: bool = False
 
 
 @dataclass
@@ -69,12 +76,14 @@ class BackboneTrainingResult:
 
 
 def _augmentation(seed: int):
+    # Mild on purpose: a few epochs from scratch on 2 cores cannot afford much regularisation
+    # (Fashion-MNIST, 12,000 images, epoch 2: validation accuracy 0.67 with flips, shifts of 8%,
+    # zooms, contrast, label smoothing 0.1 and dropout 0.5; 0.81 without any of them, dropout 0.2).
     from keras import layers
 
-    return [layers.RandomFlip("horizontal", seed=seed), layers.RandomTranslation(0.08, 0.08, fill_mode="nearest",
-                                                                                  seed=seed + 1),
-            layers.RandomZoom((-0.1, 0.1), fill_mode="nearest", seed=seed + 2),
-            layers.RandomContrast(0.15, seed=seed + 3)]
+    return [layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomTranslation(0.05, 0.05, fill_mode="nearest", seed=seed + 1),
+            layers.RandomContrast(0.1, seed=seed + 2)]
 
 
 def _head_layers(n_classes: int, config: BackboneTrainingConfig):
@@ -197,6 +206,13 @@ def _calibrated_validation(backbone, end_to_end, calibration, val, steps: int):
     return CalibratedValidation()
 
 
+def _zero_init_residual(backbone) -> None:
+    # Keras names each residual block's last BatchNorm "conv<stage>_block<n>_3_bn".
+    for layer in backbone.layers:
+        if re.fullmatch(r"conv\d_block\d+_3_bn", layer.name):
+            layer.gamma.assign(np.zeros(layer.gamma.shape, np.float32))
+
+
 def _deterministic(seed: int) -> None:
     # Seeds Python, numpy and the backend: the data order, augmentation and dropout are then fixed.
     # On the CPU that is enough for identical weights run to run (tests/recommender/test_finetune.py);
@@ -224,6 +240,8 @@ def train_backbone(images: np.ndarray, labels, backbone, config: BackboneTrainin
         onehot = keras.utils.to_categorical(y, n_classes).astype(np.float32)
         class_weight = balanced_class_weight(y[train_index], n_classes) if config.class_weights else {}
         weights = np.array([class_weight.get(int(c), 1.0) for c in y], np.float32) if class_weight else None
+        if config.zero_init_residual:
+            _zero_init_residual(backbone)
         end_to_end, head_model = build_models(backbone, n_classes, config)
         # One copy of the training rows, shared by the training and the calibration batches.
         train_images, train_onehot = images[train_index], onehot[train_index]
@@ -232,7 +250,8 @@ def train_backbone(images: np.ndarray, labels, backbone, config: BackboneTrainin
         val = _batches(images[val_index], onehot[val_index], config.batch_size, False, config.seed)
         end_to_end.compile(optimizer=keras.optimizers.AdamW(_schedule(config, len(train)),
                                                             weight_decay=config.weight_decay),
-                           loss="categorical_crossentropy", metrics=["accuracy"])
+                           loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+                           metrics=["accuracy"])
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
         calibration = _batches(train_images, train_onehot, config.batch_size, True, config.seed + 1)
         calibrate = _calibrated_validation(backbone, end_to_end, calibration, val, config.calibration_batches)

@@ -29,6 +29,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 MID_LAYER = "mid"
 EMBEDDING_DIM = 512
+PREPROCESSING_FILE = "preprocessing.joblib"
 
 
 @dataclass
@@ -183,9 +184,7 @@ class TrainedHead:
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
         try:
             self.model.save(tmp / "head.keras")
-            joblib.dump({"feature_scaler": self.feature_scaler,
-                         "embedding_scaler": self.embedding_scaler,
-                         "label_encoder": self.label_encoder}, tmp / "preprocessing.joblib")
+            self._preprocessing_dump(tmp / PREPROCESSING_FILE)
             (tmp / "meta.json").write_text(json.dumps(meta or {}, indent=2, default=str))
             if directory.exists():
                 shutil.rmtree(directory)
@@ -195,6 +194,22 @@ class TrainedHead:
             raise
         return directory
 
+    def _preprocessing_dump(self, path: Path) -> None:
+        joblib.dump({"feature_scaler": self.feature_scaler, "embedding_scaler": self.embedding_scaler,
+                     "label_encoder": self.label_encoder}, path)
+
+    def preprocessing_save(self, directory: Path) -> None:
+        """Rewrite only the scalers and labels of a saved head (temporary name, then rename): the
+        backbone kind fits its embedding scaler once the catalog is re-extracted."""
+        handle, tmp = tempfile.mkstemp(prefix=".preprocessing-", dir=directory)
+        os.close(handle)
+        try:
+            self._preprocessing_dump(Path(tmp))
+            os.replace(tmp, Path(directory) / PREPROCESSING_FILE)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
     @classmethod
     def load(cls, directory: Path) -> "TrainedHead":
         import keras
@@ -203,6 +218,6 @@ class TrainedHead:
 
         configure_tensorflow()
         directory = Path(directory)
-        parts = joblib.load(directory / "preprocessing.joblib")
+        parts = joblib.load(directory / PREPROCESSING_FILE)
         model = keras.models.load_model(directory / "head.keras", compile=False)
         return cls(model=model, **parts)

@@ -30,6 +30,7 @@ class ModelVersion(models.Model):
         LOADING = "loading features", "Loading image features"
         TRAINING = "training", "Training"
         SAVING = "saving", "Saving the model"
+        EXTRACTING = "extracting", "Re-extracting the catalog's features with the trained backbone"
         EMBEDDING = "embedding", "Embedding the catalog"
         EVALUATING = "evaluating", "Evaluating"
         ACTIVATING = "activating", "Activating"
@@ -43,9 +44,18 @@ class ModelVersion(models.Model):
         FAILED = "failed", "Failed"
         RETIRED = "retired", "Retired"
 
+    class Kind(models.TextChoices):
+        HEAD = "head", "Head only (frozen backbone)"
+        BACKBONE = "backbone", "Backbone and head (trained end to end)"
+
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.TRAINING, db_index=True)
-    backbone = models.CharField(max_length=120)
-    weights = models.CharField(max_length=255, help_text="Backbone weights the features came from.")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.HEAD)
+    kind_reason = models.CharField(max_length=300, blank=True, help_text="Why this kind of training was chosen.")
+    backbone = models.CharField(max_length=120, help_text=(
+        "Identity of the backbone whose features this version reads; for the backbone kind, its own "
+        "trained backbone (set once saved)."))
+    weights = models.CharField(max_length=255, help_text=(
+        "Backbone weights the version started from: 'imagenet', 'random' or a file."))
     input_size = models.PositiveIntegerField()
     classes = models.JSONField(default=list, blank=True)
     hyperparameters = models.JSONField(default=dict, blank=True)
@@ -80,6 +90,10 @@ class ModelVersion(models.Model):
     @property
     def uses_random_weights(self):
         return self.weights == "random"
+
+    @property
+    def trains_backbone(self):
+        return self.kind == self.Kind.BACKBONE
 
 
 class Embedding(models.Model):

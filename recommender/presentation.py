@@ -129,6 +129,16 @@ def metric_cards(metrics: dict) -> list[dict]:
             for key, label, help_text in METRIC_LABELS if metrics.get(key) is not None]
 
 
+def raw_pixels_comparison(metrics: dict) -> dict | None:
+    """This version's P@6 beside raw pixels' on the same held-out images (services.evaluation)."""
+    raw = (metrics or {}).get("raw_pixels") or {}
+    mine = (raw.get("version") or {}).get("precision_at_6")
+    if raw.get("precision_at_6") is None or mine is None:
+        return None
+    return {"version_p6": _pct(mine), "raw_p6": _pct(raw["precision_at_6"]), "queries": raw.get("queries"),
+            "pool": raw.get("pool")}
+
+
 # --------------------------------------------------------------------------- display text
 # One wording for the page the server renders and for the script that redraws it.
 
@@ -157,6 +167,8 @@ def _training_detail(t: dict) -> str:
             parts.append(f"accuracy {_pct(t['accuracy'])}")
         if t["val_accuracy"] is not None:
             parts.append(f"validation {_pct(t['val_accuracy'])}")
+    elif t["phase"] == ModelVersion.Phase.EXTRACTING and t["images_total"]:
+        parts.append(f"{t['images_extracted'] or 0:,} of {t['images_total']:,} images re-extracted")
     elif t["phase"] == ModelVersion.Phase.EMBEDDING and t["images_total"]:
         parts.append(f"{t['images_embedded'] or 0:,} of {t['images_total']:,} images embedded")
     if t["running"] and t["eta_seconds"] is not None:

@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 PROCESS_IMAGES = "recommender.tasks.process_images"
 TRAIN_MODEL_VERSION = "recommender.tasks.train_model_version"
 EMBED_MISSING = "recommender.tasks.embed_missing"
+EXTRACT_FEATURES = "recommender.tasks.extract_features"
 
 
 def publish(task: str, *, args: list, countdown: float = 0, waiting: str) -> bool:
@@ -46,3 +47,8 @@ def training_publish(*, version_id: int) -> bool:
 
 def embedding_publish(*, version_id: int) -> bool:
     return publish(EMBED_MISSING, args=[version_id], waiting=f"v{version_id}'s missing embeddings")
+
+
+def features_publish(*, version_id: int, image_ids: list[int]) -> bool:
+    return publish(EXTRACT_FEATURES, args=[version_id, image_ids],
+                   waiting=f"{len(image_ids)} images' features for v{version_id}")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from recommender.backbone import BackboneSpec, get_backbone
+from recommender.backbone import TRAINED_WEIGHTS_FILE, BackboneSpec, get_backbone
 from recommender.conf import config
 
 # recommender.head (scikit-learn, joblib) and Keras are imported where they are used, so that a web
@@ -22,6 +22,38 @@ def backbone_spec() -> BackboneSpec:
 
 def backbone():
     return get_backbone(backbone_spec(), batch_size=config().extract_batch_size)
+
+
+def version_spec(version) -> BackboneSpec:
+    """The backbone a version reads features with: its own trained one (backbone kind), else the
+    weights it was trained on (base weights, or the trained file of the version it built on)."""
+    if version.trains_backbone:
+        return BackboneSpec(weights=str(trained_weights_path(version.pk)), input_size=version.input_size,
+                            seed=config().seed)
+    return BackboneSpec(weights=version.weights, input_size=version.input_size, seed=config().seed)
+
+
+def built_on_trained_backbone(version) -> bool:
+    """A backbone-kind version, or a head retrained on one's trained backbone (its weights file)."""
+    return version.trains_backbone or Path(version.weights).name == TRAINED_WEIGHTS_FILE
+
+
+def backbone_of(spec: BackboneSpec):
+    """The process-wide extractor of ``spec`` (workers keep it loaded between tasks)."""
+    return get_backbone(spec, batch_size=config().extract_batch_size)
+
+
+def trained_weights_path(version_id: int) -> Path:
+    return artifacts_dir(version_id) / TRAINED_WEIGHTS_FILE
+
+
+def backbone_training_config(*, from_scratch: bool) -> "BackboneTrainingConfig":  # noqa: F821
+    from recommender.finetune import BackboneTrainingConfig
+
+    conf = config()
+    return BackboneTrainingConfig(epochs=conf.backbone_epochs, batch_size=conf.backbone_batch_size,
+                                  learning_rate=conf.backbone_learning_rate, validation_split=conf.validation_split,
+                                  seed=conf.seed, zero_init_residual=from_scratch)
 
 
 def head_config() -> "HeadConfig":  # noqa: F821

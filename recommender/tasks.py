@@ -11,7 +11,7 @@ TensorFlow is not imported here: the services import it lazily, in the worker's 
 from django.db import DatabaseError, InterfaceError, OperationalError
 
 from config.celery import app
-from recommender.services import embeddings, ingestion, maintenance, training
+from recommender.services import embeddings, features, ingestion, maintenance, training
 
 RETRYABLE = (OperationalError, InterfaceError, DatabaseError, ConnectionError)
 COMMON = {
@@ -28,6 +28,11 @@ COMMON = {
 @app.task(bind=True, **COMMON)
 def process_images(self, image_ids):
     return ingestion.images_process(image_ids=image_ids, token=self.request.id or "eager")
+
+
+@app.task(**COMMON)
+def extract_features(version_id, image_ids):
+    return features.features_extract(version_id=version_id, image_ids=image_ids)
 
 
 @app.task(**COMMON)
@@ -53,4 +58,4 @@ def retrain_if_needed():
 
 @app.task(**COMMON)
 def prune_embeddings():
-    return embeddings.embeddings_prune()
+    return {**embeddings.embeddings_prune(), "features": features.features_prune()}

@@ -21,6 +21,9 @@ os.environ["KERAS_HOME"] = str(_tmp / "keras")
 os.environ["CACHE_PREFIX"] = f"test-{os.getpid()}"
 os.environ.setdefault("RECOMMENDER_BACKBONE_WEIGHTS", "random")
 os.environ.setdefault("RECOMMENDER_INPUT_SIZE", "32")
+# The original method unless a test asks for the backbone kind (settings.RECOMMENDER["TRAINING"]):
+# with random weights, "auto" (the default) would train the backbone in every test that trains.
+os.environ.setdefault("RECOMMENDER_TRAINING", "head")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["DJANGO_ENV"] = "test"
 os.environ.pop("CELERY_TASK_ALWAYS_EAGER", None)

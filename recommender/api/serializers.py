@@ -48,7 +48,7 @@ class ImageSearchRequestSerializer(_ResultFilters):
 class ModelVersionRefSerializer(serializers.ModelSerializer):
     class Meta:
         model = ModelVersion
-        fields = ["id", "status", "backbone", "weights", "activated_at"]
+        fields = ["id", "status", "kind", "backbone", "weights", "activated_at"]
         read_only_fields = fields
 
 
@@ -109,7 +109,8 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ModelVersion
-        fields = ["id", "status", "backbone", "weights", "uses_random_weights", "input_size", "classes", "trigger",
+        fields = ["id", "status", "kind", "kind_reason", "backbone", "weights", "uses_random_weights", "input_size",
+                  "classes", "trigger",
                   "n_images", "n_train", "n_val", "val_accuracy", "error", "progress", "created_at", "started_at",
                   "finished_at", "activated_at"]
         read_only_fields = fields
@@ -142,3 +143,6 @@ class ModelVersionDetailSerializer(ModelVersionSerializer):
 class TrainRequestSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, max_length=150,
                                    help_text="Why (recorded as the version's trigger).")
+    kind = serializers.ChoiceField(choices=ModelVersion.Kind.choices, required=False, help_text=(
+        "head (frozen backbone, the original method) or backbone (trained end to end); by default "
+        "RECOMMENDER_TRAINING decides (auto: see the dashboard for its reason)."))

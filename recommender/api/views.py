@@ -140,7 +140,8 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
     @extend_schema(
         summary="Start a retraining (staff)",
         description=("Creates a version in `training` and queues its training on a worker: features of every "
-                     "ready image, a new head, embeddings of the catalog, evaluation, and activation if it "
+                     "ready image (or, for the backbone kind, their pixels: the backbone is trained too and the "
+                     "catalog re-extracted with it), a new head, embeddings of the catalog, evaluation, and activation if it "
                      "passes the quality gate. Only one training runs at a time: if one is running, that "
                      "version is returned (200) instead of a new one (202). Follow it with .../progress/."),
         request=s.TrainRequestSerializer,
@@ -153,7 +154,7 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
         running = training_version()
         reason = serializer.validated_data.get("reason") or "manual"
         version = running or model_version_start(
-            trigger=f"api ({request.user.get_username()}): {reason}")
+            trigger=f"api ({request.user.get_username()}): {reason}", kind=serializer.validated_data.get("kind"))
         code = status.HTTP_200_OK if running else status.HTTP_202_ACCEPTED
         return Response(s.ModelVersionSerializer(version).data, status=code)
 

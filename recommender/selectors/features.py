@@ -49,3 +49,19 @@ def images_trained_on(*, version: ModelVersion, image_ids) -> set[int]:
         backbone=version.backbone, image_id__in=list(image_ids),
         created_at__lte=version.started_at or version.created_at).values_list("image_id", flat=True)
     return set(had_features) - set(version.metrics.get("holdout_image_ids", []))
+
+
+def images_missing_features(*, backbone: str, limit: int | None = None) -> list[int]:
+    """Ready images without features of ``backbone`` (what a re-extraction still has to do), in id order."""
+    qs = (ProductImage.objects.filter(status=ProductImage.Status.READY).exclude(features__backbone=backbone)
+          .order_by("id").values_list("id", flat=True))
+    return list(qs[:limit] if limit else qs)
+
+
+def images_with_categories(*, active_only: bool = True) -> list[tuple[int, str]]:
+    """(image id, category name) of the ready images of categorised products, in id order: what a
+    backbone training learns from (pixels, not stored features)."""
+    qs = ProductImage.objects.filter(status=ProductImage.Status.READY, product__category__isnull=False)
+    if active_only:
+        qs = qs.filter(product__is_active=True)
+    return list(qs.order_by("id").values_list("id", "product__category__name"))

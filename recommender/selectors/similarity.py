@@ -17,6 +17,7 @@ from django.db.models import Prefetch
 
 from catalog.models import Product, ProductImage
 from recommender import db, runtime
+from recommender.backbone import get_backbone
 from recommender.conf import config
 from recommender.models import FEATURE_DIM, BackboneFeature, Embedding, ModelVersion
 from recommender.selectors.versions import active_version
@@ -272,11 +273,8 @@ def search_by_image(*, picture, k: int = 6, same_category: bool = False, categor
     version = active_version()
     with _search_lock:
         if version is not None:
-            from recommender.backbone import BackboneSpec, get_backbone
-
-            spec = BackboneSpec(weights=version.weights, input_size=version.input_size,
-                                seed=config().seed)
-            features = get_backbone(spec, batch_size=1).extract([picture])
+            # The active version's own backbone: a trained one, or the weights its head was trained on.
+            features = get_backbone(runtime.version_spec(version), batch_size=1).extract([picture])
             head = runtime.load_head(version)
             proba = head.predict_proba(features)[0]
             vector = head.embed(features)[0]

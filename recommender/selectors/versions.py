@@ -9,6 +9,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from recommender import runtime
+from recommender.backbone import BackboneSpec
 from recommender.conf import config
 from recommender.models import BackboneFeature, ModelVersion
 from recommender.selectors.ingestion import ingestion_backlog
@@ -20,14 +21,19 @@ Phase = ModelVersion.Phase
 PHASE_SPAN = {
     Phase.QUEUED: (0, 0),
     Phase.LOADING: (1, 3),
-    Phase.TRAINING: (3, 80),
-    Phase.SAVING: (80, 82),
-    Phase.EMBEDDING: (82, 94),
+    Phase.TRAINING: (3, 78),
+    Phase.SAVING: (78, 80),
+    Phase.EXTRACTING: (80, 88),  # the backbone kind only
+    Phase.EMBEDDING: (88, 94),
     Phase.EVALUATING: (94, 98),
     Phase.ACTIVATING: (98, 99),
     Phase.DONE: (100, 100),
 }
-PROGRESS_FIELDS = ("epoch", "epochs", "accuracy", "val_accuracy", "loss", "images_embedded", "images_total")
+PROGRESS_FIELDS = ("epoch", "epochs", "accuracy", "val_accuracy", "loss", "images_embedded", "images_extracted",
+                   "images_total")
+# "auto" trains the backbone when a frozen-backbone version's P@6 on its validation split is not
+# at least this much above raw pixels' on the same images (services.evaluation measures both).
+RAW_PIXELS_MARGIN = 0.02
 
 
 def active_version() -> ModelVersion | None:
@@ -54,6 +60,8 @@ def _percent(version: ModelVersion, phase: str, progress: dict) -> float | None:
         fraction = min(1.0, (progress.get("epoch") or 0) / progress["epochs"])
     elif phase == Phase.EMBEDDING and progress.get("images_total"):
         fraction = min(1.0, (progress.get("images_embedded") or 0) / progress["images_total"])
+    elif phase == Phase.EXTRACTING and progress.get("images_total"):
+        fraction = min(1.0, (progress.get("images_extracted") or 0) / progress["images_total"])
     return round(low + (high - low) * fraction, 1)
 
 
@@ -93,6 +101,68 @@ def training_status() -> dict:
     }
 
 
+def serving_spec() -> BackboneSpec:
+    """The backbone that new images and photo searches are read with: the active version's when it
+    is a trained one (its own, or the one its head was retrained on), else the configured one."""
+    active = active_version()
+    if active is not None and runtime.built_on_trained_backbone(active):
+        return runtime.version_spec(active)
+    return runtime.backbone_spec()
+
+
+def _categories(identity: str) -> set[str]:
+    return set(BackboneFeature.objects.filter(backbone=identity, image__product__is_active=True)
+               .values_list("image__product__category__name", flat=True).distinct())
+
+
+def _raw_pixels_lift(version: ModelVersion) -> tuple[float, float] | None:
+    # Both measured on the same queries and pool (services.evaluation.raw_pixels_evaluate).
+    raw = (version.metrics or {}).get("raw_pixels") or {}
+    mine = (raw.get("version") or {}).get("precision_at_6")
+    if raw.get("precision_at_6") is None or mine is None:
+        return None
+    return mine, raw["precision_at_6"]
+
+
+def training_kind() -> tuple[str, str]:
+    """(kind, why) of the next training: RECOMMENDER_TRAINING, or the choice of "auto"."""
+    mode, Kind = config().training, ModelVersion.Kind
+    if mode != "auto":
+        return mode, f"RECOMMENDER_TRAINING={mode}"
+    active = active_version()
+    if active is not None and runtime.built_on_trained_backbone(active):
+        new = _categories(active.backbone) - set(active.classes)
+        if new:
+            return Kind.BACKBONE, (f"auto: {len(new)} new categories that v{active.pk}'s trained backbone has not "
+                                   "learnt; it is trained again, starting from its weights")
+        return Kind.HEAD, f"auto: the head is retrained on v{active.pk}'s trained backbone (kept frozen)"
+    if active is None:
+        # Minutes instead of tens of minutes, and a version for the backbone's to beat at the gate
+        # (a catalog too small to train a backbone from scratch keeps the frozen one).
+        return Kind.HEAD, ("auto: a first version with the frozen backbone, to serve while the backbone "
+                           "trains and to gate it against")
+    if runtime.backbone_spec().is_random:
+        return Kind.BACKBONE, ("auto: the backbone's weights are random, and frozen random features barely "
+                               "beat raw pixels; the backbone is trained from scratch")
+    lift = _raw_pixels_lift(active)
+    if lift is not None and lift[0] < lift[1] + RAW_PIXELS_MARGIN:
+        return Kind.BACKBONE, (f"auto: v{active.pk} (frozen backbone) does not beat raw pixels on its validation "
+                               f"split (P@6 {lift[0]:.3f} vs {lift[1]:.3f}); the backbone is fine-tuned")
+    return Kind.HEAD, ("auto: the frozen backbone beats raw pixels" if lift else
+                       "auto: pretrained weights; the original method (frozen backbone, head only)")
+
+
+def _backbone_reason(active: ModelVersion) -> str | None:
+    """"auto" wants a trained backbone for the catalog the active version serves, and none has been
+    tried since it was activated (a backbone version the gate refused is not retrained in a loop)."""
+    kind, why = training_kind()
+    if kind != ModelVersion.Kind.BACKBONE or runtime.built_on_trained_backbone(active):
+        return None
+    tried = ModelVersion.objects.filter(kind=ModelVersion.Kind.BACKBONE, created_at__gt=active.activated_at
+                                        or active.created_at).exists()
+    return None if tried else why
+
+
 def training_blocker(*, images: int, categories: int, backbone: str) -> str:
     """Why a catalog of ``images`` images with features in ``categories`` categories cannot be
     trained ("" when it can): the one statement of the minimums, used by the dashboard's button,
@@ -109,7 +179,7 @@ def training_blocker(*, images: int, categories: int, backbone: str) -> str:
 def training_readiness() -> dict:
     """Whether a training started now has enough to learn from (checking first avoids a failed
     version for a predictable reason)."""
-    identity = runtime.backbone_spec().identity
+    identity = serving_spec().identity
     featured = BackboneFeature.objects.filter(backbone=identity, image__product__is_active=True)
     stats = featured.aggregate(images=Count("id"), categories=Count("image__product__category", distinct=True))
     reason = training_blocker(images=stats["images"], categories=stats["categories"], backbone=identity)
@@ -131,14 +201,15 @@ def retrain_reason() -> str | None:
     identity = readiness["backbone"]
     if active.backbone != identity:
         return f"backbone changed from {active.backbone} to {identity}"
-    categories = set(BackboneFeature.objects.filter(backbone=identity, image__product__is_active=True)
-                     .values_list("image__product__category__name", flat=True).distinct())
-    new_categories = categories - set(active.classes)
+    new_categories = _categories(identity) - set(active.classes)
     if new_categories:
         return f"new categories: {', '.join(sorted(new_categories))}"
     share = (total - active.n_images) / total  # images newer than the version (see settings)
     if share >= config().retrain_new_share:
         return f"{share:.0%} of the images are newer than v{active.pk}"
+    backbone = _backbone_reason(active)
+    if backbone:
+        return backbone
     max_age = config().retrain_max_age_hours
     if max_age and active.activated_at and timezone.now() - active.activated_at > timedelta(hours=max_age):
         return f"scheduled: v{active.pk} is older than {max_age} h"

@@ -8,6 +8,7 @@ import numpy as np
 from django.utils import timezone
 
 from recommender import runtime
+from catalog.models import ProductImage
 from recommender.models import Embedding, ModelVersion
 from recommender.selectors.features import features_load, images_trained_on
 from recommender.selectors.similarity import nearest_images
@@ -31,6 +32,53 @@ def head_evaluate(*, version: ModelVersion, image_ids, k: int = 6) -> dict:
     result = classification_metrics(labels[is_query], predicted, list(head.classes))
     result.update(retrieval_metrics(vectors[is_query], labels[is_query], vectors[~is_query], labels[~is_query], k=k))
     return result
+
+
+RAW_PIXELS_SIZE = 32  # raw-pixel baseline: each image as 32x32 RGB, standardised, Euclidean
+RAW_PIXELS_MAX_POOL = 5_000  # catalog images searched besides the queries (decoding ~1 ms each)
+
+
+def _raw_pixels(image_ids) -> dict[int, np.ndarray]:
+    from PIL import Image
+
+    out = {}
+    for image in ProductImage.objects.filter(id__in=list(image_ids)).only("id", "image"):
+        try:
+            with image.image.open("rb") as handle:
+                picture = Image.open(handle)
+                picture.draft("RGB", (RAW_PIXELS_SIZE, RAW_PIXELS_SIZE))  # JPEG: decode at a reduced scale
+                small = picture.convert("RGB").resize((RAW_PIXELS_SIZE, RAW_PIXELS_SIZE), Image.Resampling.BILINEAR)
+        except Exception:  # a file lost since: the image is left out of the comparison
+            continue
+        out[image.id] = np.asarray(small, np.float32).reshape(-1)
+    return out
+
+
+def raw_pixels_evaluate(*, version: ModelVersion, image_ids, k: int = 6, seed: int = 0) -> dict | None:
+    """Same-category retrieval of raw pixels and of ``version`` side by side, on the same queries
+    (``image_ids``) against the same pool (up to RAW_PIXELS_MAX_POOL other images): whether the
+    model beats comparing pixels (RECOMMENDER_TRAINING=auto reads it)."""
+    from sklearn.preprocessing import StandardScaler
+
+    from recommender.evaluation import retrieval_metrics
+
+    ids, _, labels, features = features_load(backbone=version.backbone)
+    queries = set(image_ids)
+    others = [i for i in ids if i not in queries]
+    rng = np.random.default_rng(seed)
+    pool = set(rng.choice(others, size=min(len(others), RAW_PIXELS_MAX_POOL), replace=False).tolist()) if others else set()
+    pixels = _raw_pixels([i for i in ids if i in queries or i in pool])
+    rows = [n for n, i in enumerate(ids) if i in pixels]
+    is_query = np.array([ids[n] in queries for n in rows], bool)
+    if not is_query.any() or is_query.all():
+        return None
+    labels = np.asarray(labels)[rows]
+    raw = StandardScaler().fit_transform(np.stack([pixels[ids[n]] for n in rows]))
+    mine = runtime.load_head(version).embed(features[rows])
+    scores = {name: retrieval_metrics(v[is_query], labels[is_query], v[~is_query], labels[~is_query], k=k)
+              for name, v in (("raw_pixels", raw), ("version", mine))}
+    return {"queries": int(is_query.sum()), "pool": int((~is_query).sum()), **scores["raw_pixels"],
+            "version": scores["version"]}
 
 
 def index_recall(*, version: ModelVersion, sample, k: int = 6, progress=None) -> float | None:
@@ -76,6 +124,9 @@ def model_version_evaluate(*, version: ModelVersion, image_ids=None, k: int = 6,
     step("classifying and retrieving", 0, 1)
     metrics = head_evaluate(version=version, image_ids=queries, k=k)
     step("classifying and retrieving", 1, 1)
+    if not custom:
+        step("comparing with raw pixels", 0, 1)
+        metrics["raw_pixels"] = raw_pixels_evaluate(version=version, image_ids=queries, k=k)
     metrics["hnsw_recall_at_6"] = index_recall(
         version=version, sample=queries[:100], k=k,
         progress=lambda done, total: step("index recall against an exact scan", done, total))

@@ -21,7 +21,8 @@ from catalog.models import ProductImage
 from recommender import publishing, runtime
 from recommender.conf import config
 from recommender.models import BackboneFeature
-from recommender.selectors.versions import active_version
+from recommender.backbone import BackboneSpec
+from recommender.selectors.versions import active_version, serving_spec
 from recommender.services.embeddings import embeddings_create
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class _Batch:
     """The claimed images of one task as they go through the steps of :func:`images_process`."""
 
     images: dict[int, ProductImage]
+    spec: BackboneSpec  # the serving backbone (selectors.versions.serving_spec)
     identity: str
     have: set[int]  # images that already have features of this backbone
     pictures: dict = field(default_factory=dict)  # image id -> decoded PIL image
@@ -100,7 +102,8 @@ class _Batch:
         return [i for i in self.images if i not in self.errors]
 
 
-def _open_picture(image: ProductImage):
+def picture_open(image: ProductImage):
+    """The decoded picture of an image row (raises on a missing or damaged file)."""
     from PIL import Image
 
     with image.image.open("rb") as handle:
@@ -115,7 +118,7 @@ def _pictures_open(batch: _Batch) -> None:
         if image_id in batch.have and image.thumbnails:
             continue
         try:
-            batch.pictures[image_id] = _open_picture(image)
+            batch.pictures[image_id] = picture_open(image)
         except Exception as exc:  # damaged file, missing file, decoder error
             batch.fail([image_id], f"Could not decode the image: {type(exc).__name__}: {exc}")
 
@@ -127,7 +130,7 @@ def _features_extract(batch: _Batch) -> None:
         return
     batch.extracted = len(need)
     try:
-        features = runtime.backbone().extract([batch.pictures[i] for i in need])
+        features = runtime.backbone_of(batch.spec).extract([batch.pictures[i] for i in need])
     except Exception as exc:  # weights that cannot be loaded, out of memory...: said on every image
         logger.exception("feature extraction failed for %d images", len(need))
         batch.fail(need, f"Feature extraction failed: {type(exc).__name__}: {exc}")
@@ -186,8 +189,10 @@ def images_process(*, image_ids, token: str) -> dict:
     claimed = images_claim(image_ids=image_ids, token=token)
     if not claimed:
         return {"claimed": 0}
-    identity = runtime.backbone_spec().identity
-    batch = _Batch(images={img.id: img for img in ProductImage.objects.filter(id__in=claimed)}, identity=identity,
+    spec = serving_spec()
+    identity = spec.identity
+    batch = _Batch(images={img.id: img for img in ProductImage.objects.filter(id__in=claimed)}, spec=spec,
+                   identity=identity,
                    have=set(BackboneFeature.objects.filter(image_id__in=claimed, backbone=identity)
                             .values_list("image_id", flat=True)))
     _pictures_open(batch)

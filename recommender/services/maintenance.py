@@ -14,8 +14,9 @@ from recommender import publishing
 from recommender.conf import config
 from recommender.locks import training_alive
 from recommender.models import ModelVersion
-from recommender.selectors.features import images_missing_embedding
-from recommender.selectors.versions import active_version, retrain_reason, training_version
+from recommender.selectors.features import images_missing_embedding, images_missing_features
+from recommender.selectors.versions import active_version, retrain_reason, serving_spec, training_version
+from recommender.services.features import features_enqueue
 from recommender.services.ingestion import images_enqueue
 from recommender.services.training import model_version_fail, model_version_start
 
@@ -43,6 +44,18 @@ def _missing_embeddings_publish() -> int:
     return missing
 
 
+def _missing_features_publish() -> int:
+    # Ready images without the serving backbone's features: ingested while a trained backbone was
+    # being activated (extracted with the previous one). Extracted, then embedded, by a worker.
+    active = active_version()
+    if active is None or active.backbone != serving_spec().identity:
+        return 0
+    missing = images_missing_features(backbone=active.backbone, limit=RECOVER_BATCH)
+    if missing:
+        features_enqueue(version=active, image_ids=missing, chunk=config().ingest_chunk)
+    return len(missing)
+
+
 def _lost_trainings_heal(now, stale) -> tuple[list[int], list[int]]:
     dead, republished = [], []
     for version in ModelVersion.objects.filter(status=ModelVersion.Status.TRAINING):
@@ -67,8 +80,10 @@ def recover_lost_work() -> dict:
     stale = now - timedelta(seconds=config().stale_seconds)
     requeued = _lost_images_requeue(stale)
     reembed = _missing_embeddings_publish()
+    reextract = _missing_features_publish()
     dead, republished = _lost_trainings_heal(now, stale)
-    return {"requeued": requeued, "reembed": reembed, "dead_trainings": dead, "republished_trainings": republished}
+    return {"requeued": requeued, "reembed": reembed, "reextract": reextract, "dead_trainings": dead,
+            "republished_trainings": republished}
 
 
 def retrain_if_needed(*, force_reason: str | None = None) -> ModelVersion | None:

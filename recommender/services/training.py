@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -23,39 +22,52 @@ from django.utils import timezone
 from recommender import publishing, runtime
 from recommender.locks import training_lock
 from recommender.models import Embedding, ModelVersion
-from recommender.selectors.features import features_load, images_missing_embedding
-from recommender.selectors.versions import training_blocker
+from recommender.backbone import BackboneSpec
+from recommender.conf import config
+from recommender.selectors.features import features_load, images_missing_embedding, images_missing_features
+from recommender.selectors.versions import serving_spec, training_blocker, training_kind
+from recommender.services.backbone_training import backbone_version_build
 from recommender.services.embeddings import embeddings_create
+from recommender.services.features import features_extract
 from recommender.services.evaluation import model_version_evaluate
+from recommender.services.phases import PhaseRun, epoch_callback, progress_update
 from recommender.services.versions import model_version_activate, model_version_gate
 
 logger = logging.getLogger(__name__)
 Phase = ModelVersion.Phase
 
 
-def model_version_start(*, trigger: str = "manual", publish: bool = True) -> ModelVersion:
+def _version_fields(kind: str) -> dict:
+    """What a new version of ``kind`` starts from: the serving backbone (the configured one, or a
+    trained one that serves), at the configured input size for a head, the backbone kind's own for
+    a backbone (whose identity is replaced by its trained one once saved)."""
+    serving = serving_spec()
+    if kind == ModelVersion.Kind.BACKBONE:
+        start = BackboneSpec(weights=serving.weights, input_size=config().backbone_input_size, seed=serving.seed)
+        hyper = {**asdict(runtime.backbone_training_config(from_scratch=start.is_random)),
+                 "starting_backbone": start.identity}
+        return {"backbone": start.identity, "weights": start.weights, "input_size": start.input_size,
+                "hyperparameters": hyper}
+    return {"backbone": serving.identity, "weights": serving.weights, "input_size": serving.input_size,
+            "hyperparameters": asdict(runtime.head_config())}
+
+
+def model_version_start(*, trigger: str = "manual", kind: str | None = None, publish: bool = True) -> ModelVersion:
     """Create a version in 'training' and enqueue its training after commit (``publish=False``:
-    the caller trains it itself). One at a time: when a training is already running, that version
-    is returned."""
-    spec = runtime.backbone_spec()
+    the caller trains it itself). ``kind`` (head or backbone) defaults to RECOMMENDER_TRAINING's
+    choice, recorded with its reason. One at a time: when a training is already running, that
+    version is returned."""
+    kind, why = (kind, "chosen by whoever started it") if kind else training_kind()
     try:
         with transaction.atomic():
             version = ModelVersion.objects.create(
-                status=ModelVersion.Status.TRAINING, backbone=spec.identity, weights=spec.weights,
-                input_size=spec.input_size, hyperparameters=asdict(runtime.head_config()), trigger=trigger,
-                progress={"phase": Phase.QUEUED.value}, heartbeat_at=timezone.now())
+                status=ModelVersion.Status.TRAINING, kind=kind, kind_reason=why[:300], trigger=trigger[:200],
+                progress={"phase": Phase.QUEUED.value}, heartbeat_at=timezone.now(), **_version_fields(kind))
             if publish:
                 transaction.on_commit(lambda: publishing.training_publish(version_id=version.pk))
     except IntegrityError:
         return ModelVersion.objects.get(status=ModelVersion.Status.TRAINING)
     return version
-
-
-def progress_update(version: ModelVersion, **progress) -> None:
-    """Merge ``progress`` into the version's progress and beat its heartbeat."""
-    version.progress = {**version.progress, **progress}
-    version.heartbeat_at = timezone.now()
-    ModelVersion.objects.filter(pk=version.pk).update(progress=version.progress, heartbeat_at=version.heartbeat_at)
 
 
 def model_version_train(*, version_id: int) -> ModelVersion:
@@ -119,45 +131,14 @@ class _Catalog:
     features: np.ndarray
 
 
-class _Run:
-    """One training's phases: each reports itself on the progress bar as it starts, with the times
-    of the phases before it in ``progress["phase_seconds"]`` (complete once the version is done;
-    the benchmarks read them). Nothing is written as a phase ends, so a version failed meanwhile
-    (by staff or the recovery) keeps its "failed" phase."""
-
-    def __init__(self, version: ModelVersion):
-        self.version = version
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def timed(self, name: str):
-        started = time.monotonic()
-        yield
-        self.seconds[name] = round(time.monotonic() - started, 2)
-
-    @contextmanager
-    def phase(self, phase: ModelVersion.Phase, **progress):
-        progress_update(self.version, phase=phase.value, phase_seconds=dict(self.seconds), **progress)
-        with self.timed(phase.value):
-            yield
-
-    def done(self) -> None:
-        progress_update(self.version, phase=Phase.DONE.value, phase_seconds=dict(self.seconds))
-
-
 def _train(version: ModelVersion) -> None:
-    run = _Run(version)
+    run = PhaseRun(version)
     now = timezone.now()
     ModelVersion.objects.filter(pk=version.pk).update(started_at=now, heartbeat_at=now, error="")
-    with run.phase(Phase.LOADING):
-        catalog = _catalog_load(version)
-    config = runtime.head_config()
-    with run.phase(Phase.TRAINING, epoch=0, epochs=config.epochs, images=len(catalog.ids)):
-        result = _head_fit(version, catalog, config)
-    with run.phase(Phase.SAVING):
-        _head_save(version, catalog, result)
-    with run.phase(Phase.EMBEDDING, images_embedded=0, images_total=len(catalog.ids)):
-        _catalog_embed(version, catalog.ids)
+    build = backbone_version_build if version.trains_backbone else _head_version_build
+    image_ids = build(version, run)
+    with run.phase(Phase.EMBEDDING, images_embedded=0, images_total=len(image_ids)):
+        _catalog_embed(version, image_ids)
     with run.phase(Phase.EVALUATING):
         model_version_evaluate(version=version)
         version.refresh_from_db()
@@ -170,10 +151,26 @@ def _train(version: ModelVersion) -> None:
         return
     with run.phase(Phase.ACTIVATING, gate=reason):
         # Images ingested while it trained were embedded by the old version only: embed them here,
-        # on the worker, so that the new version serves the whole catalog from its first request.
+        # on the worker, so that the new version serves the whole catalog from its first request
+        # (a trained backbone first extracts their features; the recovery heals later arrivals).
+        if version.trains_backbone:
+            features_extract(version_id=version.pk, image_ids=images_missing_features(backbone=version.backbone))
         embeddings_create(version=version, image_ids=images_missing_embedding(version=version))
         model_version_activate(version=version)
     run.done()
+
+
+def _head_version_build(version: ModelVersion, run: PhaseRun) -> list[int]:
+    """The original method: the head trained on stored features of a frozen backbone. Returns the
+    images to embed."""
+    with run.phase(Phase.LOADING):
+        catalog = _catalog_load(version)
+    head_config = runtime.head_config()
+    with run.phase(Phase.TRAINING, epoch=0, epochs=head_config.epochs, images=len(catalog.ids)):
+        result = _head_fit(version, catalog, head_config)
+    with run.phase(Phase.SAVING):
+        _head_save(version, catalog, result)
+    return catalog.ids
 
 
 def _catalog_load(version: ModelVersion) -> _Catalog:
@@ -184,33 +181,14 @@ def _catalog_load(version: ModelVersion) -> _Catalog:
     return _Catalog(ids=ids, labels=labels, features=features)
 
 
-def _epoch_callback(version: ModelVersion, epochs: int):
-    import keras
-
-    class Progress(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.started = time.monotonic()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            done = epoch + 1
-            elapsed = time.monotonic() - self.started
-            progress_update(version, phase=Phase.TRAINING.value, epoch=done, epochs=epochs,
-                            accuracy=round(float(logs.get("accuracy", 0)), 4),
-                            val_accuracy=round(float(logs.get("val_accuracy", 0)), 4),
-                            loss=round(float(logs.get("loss", 0)), 4),
-                            eta_seconds=round(elapsed / done * (epochs - done), 1))
-
-    return Progress()
-
-
-def _head_fit(version: ModelVersion, catalog: _Catalog, config):
+def _head_fit(version: ModelVersion, catalog: _Catalog, head_config):
     from recommender.head import train_head
 
     # The worker's own settings train the model: record those, not the requesting process's.
-    version.hyperparameters = asdict(config)
+    version.hyperparameters = asdict(head_config)
     version.save(update_fields=["hyperparameters"])
-    return train_head(catalog.features, catalog.labels, config, callbacks=[_epoch_callback(version, config.epochs)])
+    return train_head(catalog.features, catalog.labels, head_config,
+                      callbacks=[epoch_callback(version, head_config.epochs)])
 
 
 def _head_save(version: ModelVersion, catalog: _Catalog, result) -> None:

@@ -22,3 +22,15 @@ def broker_unreachable(tmp_path):
         yield
     finally:
         point_at(original)
+
+
+@pytest.fixture
+def eager():
+    """CELERY_TASK_ALWAYS_EAGER for one test (the Celery app read it from the settings at start-up)."""
+    from config.celery import app
+
+    app.conf.task_always_eager = True
+    try:
+        yield
+    finally:
+        app.conf.task_always_eager = False

@@ -8,9 +8,11 @@ import pytest
 from config.celery import app
 from recommender.publishing import (
     EMBED_MISSING,
+    EXTRACT_FEATURES,
     PROCESS_IMAGES,
     TRAIN_MODEL_VERSION,
     embedding_publish,
+    features_publish,
     images_publish,
     training_publish,
 )
@@ -42,6 +44,7 @@ def messages(channel, queue) -> list:
     (images_publish, {"image_ids": [3, 1]}, "features", PROCESS_IMAGES, [[3, 1]]),
     (training_publish, {"version_id": 7}, "training", TRAIN_MODEL_VERSION, [7]),
     (embedding_publish, {"version_id": 7}, "training", EMBED_MISSING, [7]),
+    (features_publish, {"version_id": 7, "image_ids": [4, 2]}, "features", EXTRACT_FEATURES, [7, [4, 2]]),
 ])
 def test_each_task_is_sent_by_name_to_its_queue(broker, publish, kwargs, queue, task, args):
     assert publish(**kwargs) is True
@@ -69,16 +72,6 @@ def test_with_the_broker_down_publishing_warns_and_returns_false(broker_unreacha
     assert warnings[1].endswith("the training of v7 wait for the periodic recovery")
 
 
-@pytest.fixture
-def eager():
-    """CELERY_TASK_ALWAYS_EAGER for one test (the Celery app read it from the settings at start-up)."""
-    app.conf.task_always_eager = True
-    try:
-        yield
-    finally:
-        app.conf.task_always_eager = False
-
-
 @pytest.mark.django_db
 def test_eager_mode_runs_the_task_in_this_process(broker, eager):
     from catalog.models import ProductImage
@@ -100,6 +93,7 @@ def test_every_task_has_its_queue_in_the_routes(settings):
     beat = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert beat <= set(names)
     assert {name: route["queue"] for name, route in settings.CELERY_TASK_ROUTES.items()} == {
-        PROCESS_IMAGES: "features", TRAIN_MODEL_VERSION: "training", EMBED_MISSING: "training",
+        PROCESS_IMAGES: "features", EXTRACT_FEATURES: "features", TRAIN_MODEL_VERSION: "training",
+        EMBED_MISSING: "training",
         "recommender.tasks.prune_embeddings": "training", "recommender.tasks.recover_lost_work": "celery",
         "recommender.tasks.retrain_if_needed": "celery"}

@@ -16,10 +16,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--inline", action="store_true", help="train here instead of on a worker")
         parser.add_argument("--no-wait", action="store_true", help="queue it and return at once")
+        parser.add_argument("--kind", choices=ModelVersion.Kind.values,
+                            help="head or backbone (default: RECOMMENDER_TRAINING decides)")
 
-    def handle(self, *args, inline=False, no_wait=False, **options):
-        version = model_version_start(trigger="manual (train_model command)", publish=not inline)
-        self.stdout.write(f"v{version.pk}: backbone {version.backbone} (weights: {version.weights})")
+    def handle(self, *args, inline=False, no_wait=False, kind=None, **options):
+        version = model_version_start(trigger="manual (train_model command)", kind=kind, publish=not inline)
+        self.stdout.write(f"v{version.pk}: {version.get_kind_display()} ({version.kind_reason}); backbone "
+                          f"{version.backbone} (weights: {version.weights})")
         if inline:
             version = model_version_train(version_id=version.pk)
         elif not no_wait:

@@ -10,6 +10,7 @@ from django.core.management import call_command
 from recommender.locks import training_alive
 from recommender.models import Embedding, ModelVersion
 from recommender.services.training import model_version_start, model_version_train
+from tests.conftest import wait_for
 from tests.recommender.helpers import import_products, lock_from_another_session, process_all, train_inline
 
 pytestmark = pytest.mark.django_db
@@ -67,6 +68,8 @@ def test_a_training_delivered_twice_runs_once(settings, django_capture_on_commit
         assert not Path(settings.MODELS_ROOT, f"v{version.pk}").exists()
     finally:
         other.close()
+    # The server drops the other session's lock once it notices the connection closed.
+    wait_for(lambda: not training_alive(version.pk), timeout=30, message="the other session's lock to go")
     # The first delivery's worker died after starting (attempts 1): a redelivery fails it, for good.
     ModelVersion.objects.filter(pk=version.pk).update(attempts=1, progress={"phase": "training", "epoch": 3})
     lost = model_version_train(version_id=version.pk)

@@ -1,0 +1,100 @@
+"""Backbone features of catalog images under a given version's backbone: the re-extraction after a
+backbone training (on the ``features`` queue: GPU workers), the healing of images that lack the
+serving backbone's features, and the pruning of features that no kept version reads.
+
+Idempotent: one row per (image, backbone) by a unique constraint, inserted with
+``ignore_conflicts``, so a redelivered or duplicated chunk changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from itertools import batched
+
+from django.db import transaction
+
+from catalog.models import ProductImage
+from recommender import publishing, runtime
+from recommender.models import BackboneFeature, Embedding, ModelVersion
+from recommender.services.embeddings import embeddings_create
+from recommender.services.ingestion import picture_open
+
+logger = logging.getLogger(__name__)
+
+# Versions whose backbone may still be extracted with: not failed ones (their files are gone).
+EXTRACTABLE = (ModelVersion.Status.TRAINING, ModelVersion.Status.READY, ModelVersion.Status.ACTIVE)
+
+
+def _pictures(image_ids) -> dict:
+    pictures = {}
+    for image in ProductImage.objects.filter(id__in=list(image_ids)):
+        try:
+            pictures[image.id] = picture_open(image)
+        except Exception as exc:  # it decoded at ingestion: a file lost or damaged since
+            logger.warning("image %s could not be decoded for re-extraction: %s", image.id, exc)
+    return pictures
+
+
+def features_extract(*, version_id: int, image_ids, progress=None) -> int:
+    """Extract and store the features of ``image_ids`` with ``version_id``'s backbone (those that
+    lack them), one batched pass per chunk; an active version also embeds them. Returns how many
+    were extracted. Nothing to do for a failed or deleted version (a late chunk of a failed
+    training)."""
+    version = ModelVersion.objects.filter(pk=version_id, status__in=EXTRACTABLE).first()
+    if version is None:
+        return 0
+    spec = runtime.version_spec(version)
+    done = 0
+    for chunk in batched(list(image_ids), 256):
+        have = set(BackboneFeature.objects.filter(image_id__in=chunk, backbone=version.backbone)
+                   .values_list("image_id", flat=True))
+        pictures = _pictures([i for i in chunk if i not in have])
+        if pictures:
+            ids = list(pictures)
+            vectors = runtime.backbone_of(spec).extract([pictures[i] for i in ids])
+            BackboneFeature.objects.bulk_create(
+                [BackboneFeature(image_id=i, backbone=version.backbone, vector=v) for i, v in zip(ids, vectors)],
+                ignore_conflicts=True)
+            if version.status == ModelVersion.Status.ACTIVE:
+                embeddings_create(version=version, image_ids=ids)
+            done += len(ids)
+        if progress:
+            progress(len(chunk))
+    return done
+
+
+def features_enqueue(*, version: ModelVersion, image_ids, chunk: int) -> int:
+    """Send ``image_ids`` to the features queue in chunks, after commit; returns the chunks sent."""
+    chunks = [list(c) for c in batched(list(image_ids), chunk)]
+    transaction.on_commit(lambda: [publishing.features_publish(version_id=version.pk, image_ids=c) for c in chunks])
+    return len(chunks)
+
+
+def _kept_backbones() -> set[str]:
+    """Identities some version may still read: the configured backbone (cold start, head
+    trainings), every version that trains, is ready or serves, and retired ones that kept their
+    embeddings (instant rollback)."""
+    kept = {runtime.backbone_spec().identity}
+    kept |= set(ModelVersion.objects.filter(status__in=EXTRACTABLE).values_list("backbone", flat=True))
+    with_embeddings = Embedding.objects.values("version_id").distinct()
+    kept |= set(ModelVersion.objects.filter(status=ModelVersion.Status.RETIRED, pk__in=with_embeddings)
+                .values_list("backbone", flat=True))
+    return kept
+
+
+def features_prune(*, batch_size: int = 20_000) -> dict:
+    """Delete the features of backbones that no kept version reads (a failed backbone training's,
+    a retired trained backbone's once its embeddings are pruned), in batches; safe to run twice."""
+    # Listed before the kept ones are read: a backbone saved meanwhile (a training that has just
+    # started its re-extraction) is not in this list, so its new rows are never taken for orphans.
+    present = set(BackboneFeature.objects.values_list("backbone", flat=True).distinct())
+    pruned: dict[str, int] = {}
+    for identity in present - _kept_backbones():
+        while True:
+            batch = BackboneFeature.objects.filter(backbone=identity).values("pk")[:batch_size]
+            deleted, _ = BackboneFeature.objects.filter(pk__in=batch).delete()
+            pruned[identity] = pruned.get(identity, 0) + deleted
+            if deleted < batch_size:
+                break
+        logger.info("pruned %s features of backbone %s", pruned[identity], identity)
+    return {"backbones": sorted(pruned), "rows": sum(pruned.values())}
