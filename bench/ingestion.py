@@ -85,7 +85,7 @@ def timed_training(epochs: int) -> dict:
 
     settings.RECOMMENDER = {**settings.RECOMMENDER, "EPOCHS": epochs}
     started = time.perf_counter()
-    version = model_version_start(trigger="benchmark", publish=False)
+    version = model_version_start(trigger="benchmark", kind="head", publish=False)
     version = model_version_train(version_id=version.pk)
     total = time.perf_counter() - started
     phases = (version.progress or {}).get("phase_seconds", {})

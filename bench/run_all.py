@@ -32,7 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
 
-SCRIPTS = ["quality", "extraction_speed", "query_speed", "web_load", "ingestion", "soak"]
+# Run only when named with --only (make bench-backbone): the product's full default backbone training
+# on the whole protocol, ~30 min on 2 cores (quality.py's quick row trains it for 6 epochs).
+ON_REQUEST = ["backbone_training"]
+SCRIPTS = ["quality", "extraction_speed", "query_speed", "web_load", "ingestion", "soak", "heldout", "demo"]
 # TensorFlow's and absl's start-up chatter: kept in the logs, not on the console.
 NOISE = re.compile(r"^([IWE]\d{4} |WARNING: All log messages before absl|.*oneDNN custom operations|"
                    r".*cuda_platform|.*cudart_stub|.*SEEDED RANDOM weights|\s*warnings\.warn|.*UserWarning)")
@@ -83,11 +86,11 @@ def record_partial(record: dict) -> None:
 
 def main():
     def extra(parser):
-        parser.add_argument("--only", help="comma-separated subset of: " + ", ".join(SCRIPTS))
+        parser.add_argument("--only", help="comma-separated subset of: " + ", ".join(SCRIPTS + ON_REQUEST))
 
     args = common.parse_mode(extra=extra)
     names = [n.strip() for n in args.only.split(",")] if args.only else SCRIPTS
-    unknown = set(names) - set(SCRIPTS)
+    unknown = set(names) - set(SCRIPTS) - set(ON_REQUEST)
     if unknown:
         raise SystemExit(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     logs = common.CACHE / "logs"

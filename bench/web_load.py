@@ -68,7 +68,7 @@ def build_catalog(n_products: int, epochs: int, log=print) -> dict:
     timings["process_seconds"] = round(t.seconds, 1)
     settings.RECOMMENDER = {**settings.RECOMMENDER, "EPOCHS": epochs}
     with common.Timer() as t:
-        version = model_version_start(trigger="benchmark")
+        version = model_version_start(trigger="benchmark", kind="head")
         version = model_version_train(version_id=version.pk)
     timings["train_seconds"] = round(t.seconds, 1)
     if version.status != ModelVersion.Status.ACTIVE:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,14 +237,21 @@ class Backbone:
         return np.asarray(rows, dtype=np.float32)
 
 
-_cache: dict[tuple, Backbone] = {}
+# Each trained backbone is a spec of its own: a worker would otherwise keep every version's
+# ResNet50 (~100 MB each) for ever. Three: the serving one, a training's new one, and a spare.
+CACHE_SIZE = 3
+_cache: OrderedDict[tuple, Backbone] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
 def get_backbone(spec: BackboneSpec, batch_size: int = 32) -> Backbone:
-    """A process-wide backbone per spec (workers keep it loaded between tasks)."""
+    """A process-wide backbone per spec (workers keep it loaded between tasks), least recently used
+    dropped past CACHE_SIZE."""
     with _cache_lock:
         key = (spec, batch_size)
         if key not in _cache:
             _cache[key] = Backbone(spec, batch_size)
+            while len(_cache) > CACHE_SIZE:
+                _cache.popitem(last=False)
+        _cache.move_to_end(key)
         return _cache[key]

@@ -137,7 +137,8 @@ class ModelVersionDetailSerializer(ModelVersionSerializer):
     @extend_schema_field({"type": "object", "additionalProperties": True})
     def get_metrics(self, version):
         # The held-out image ids are bookkeeping (thousands of numbers), not a metric.
-        return {k: v for k, v in (version.metrics or {}).items() if k != "holdout_image_ids"}
+        bookkeeping = ("holdout_image_ids", "trained_image_ids")
+        return {k: v for k, v in (version.metrics or {}).items() if k not in bookkeeping}
 
 
 class TrainRequestSerializer(serializers.Serializer):

@@ -44,17 +44,23 @@ def images_missing_embedding(*, version: ModelVersion, limit: int | None = None,
 
 
 def images_trained_on(*, version: ModelVersion, image_ids) -> set[int]:
-    """Which of ``image_ids`` ``version`` trained on (had features when it started, not held out)."""
+    """Which of ``image_ids`` ``version`` trained on: recorded by the backbone kind; for a head, the
+    images that had features when it started, less its held-out ones."""
+    if "trained_image_ids" in (version.metrics or {}):
+        return set(version.metrics["trained_image_ids"]) & set(image_ids)
     had_features = BackboneFeature.objects.filter(
         backbone=version.backbone, image_id__in=list(image_ids),
         created_at__lte=version.started_at or version.created_at).values_list("image_id", flat=True)
     return set(had_features) - set(version.metrics.get("holdout_image_ids", []))
 
 
-def images_missing_features(*, backbone: str, limit: int | None = None) -> list[int]:
-    """Ready images without features of ``backbone`` (what a re-extraction still has to do), in id order."""
-    qs = (ProductImage.objects.filter(status=ProductImage.Status.READY).exclude(features__backbone=backbone)
-          .order_by("id").values_list("id", flat=True))
+def images_missing_features(*, backbone: str, limit: int | None = None, ready_before=None) -> list[int]:
+    """Ready images without features of ``backbone`` (what a re-extraction still has to do), in id
+    order; ``ready_before``: only those ready since before then (not a chunk still queued)."""
+    qs = ProductImage.objects.filter(status=ProductImage.Status.READY).exclude(features__backbone=backbone)
+    if ready_before is not None:
+        qs = qs.filter(status_changed_at__lt=ready_before)
+    qs = qs.order_by("id").values_list("id", flat=True)
     return list(qs[:limit] if limit else qs)
 
 

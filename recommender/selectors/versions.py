@@ -101,13 +101,24 @@ def training_status() -> dict:
     }
 
 
-def serving_spec() -> BackboneSpec:
-    """The backbone that new images and photo searches are read with: the active version's when it
-    is a trained one (its own, or the one its head was retrained on), else the configured one."""
-    active = active_version()
+def serving_backbone(active: ModelVersion | None = None) -> tuple[BackboneSpec, str]:
+    """(spec, identity) of the backbone that new images and photo searches are read with, from one
+    read of the active version: its own when it is a trained one (its own, or the one its head was
+    retrained on), else the configured one. The identity of a trained backbone is the one stored on
+    its version: no weights file is read for it (a web host need not have one)."""
+    active = active if active is not None else active_version()
     if active is not None and runtime.built_on_trained_backbone(active):
-        return runtime.version_spec(active)
-    return runtime.backbone_spec()
+        return runtime.version_spec(active), active.backbone
+    spec = runtime.backbone_spec()
+    return spec, spec.identity
+
+
+def serving_spec() -> BackboneSpec:
+    return serving_backbone()[0]
+
+
+def serving_identity() -> str:
+    return serving_backbone()[1]
 
 
 def _categories(identity: str) -> set[str]:
@@ -124,23 +135,26 @@ def _raw_pixels_lift(version: ModelVersion) -> tuple[float, float] | None:
     return mine, raw["precision_at_6"]
 
 
-def training_kind() -> tuple[str, str]:
-    """(kind, why) of the next training: RECOMMENDER_TRAINING, or the choice of "auto"."""
-    mode, Kind = config().training, ModelVersion.Kind
-    if mode != "auto":
-        return mode, f"RECOMMENDER_TRAINING={mode}"
-    active = active_version()
-    if active is not None and runtime.built_on_trained_backbone(active):
-        new = _categories(active.backbone) - set(active.classes)
-        if new:
-            return Kind.BACKBONE, (f"auto: {len(new)} new categories that v{active.pk}'s trained backbone has not "
-                                   "learnt; it is trained again, starting from its weights")
-        return Kind.HEAD, f"auto: the head is retrained on v{active.pk}'s trained backbone (kept frozen)"
+def _backbone_tried(active: ModelVersion) -> ModelVersion | None:
+    """A backbone version started since ``active`` was activated (so one the gate refused, or that
+    failed, or that trains now): "auto" does not start another for the same served version."""
+    since = active.activated_at or active.created_at
+    return ModelVersion.objects.filter(kind=ModelVersion.Kind.BACKBONE, created_at__gt=since).order_by("-pk").first()
+
+
+def _auto_kind(active: ModelVersion | None) -> tuple[str, str]:
+    Kind = ModelVersion.Kind
     if active is None:
         # Minutes instead of tens of minutes, and a version for the backbone's to beat at the gate
         # (a catalog too small to train a backbone from scratch keeps the frozen one).
         return Kind.HEAD, ("auto: a first version with the frozen backbone, to serve while the backbone "
                            "trains and to gate it against")
+    if runtime.built_on_trained_backbone(active):
+        new = _categories(active.backbone) - set(active.classes)
+        if new:
+            return Kind.BACKBONE, (f"auto: {len(new)} new categories that v{active.pk}'s trained backbone has not "
+                                   "learnt; it is trained again, starting from its weights")
+        return Kind.HEAD, f"auto: the head is retrained on v{active.pk}'s trained backbone (kept frozen)"
     if runtime.backbone_spec().is_random:
         return Kind.BACKBONE, ("auto: the backbone's weights are random, and frozen random features barely "
                                "beat raw pixels; the backbone is trained from scratch")
@@ -152,15 +166,27 @@ def training_kind() -> tuple[str, str]:
                        "auto: pretrained weights; the original method (frozen backbone, head only)")
 
 
+def training_kind() -> tuple[str, str]:
+    """(kind, why) of the next training: RECOMMENDER_TRAINING, or the choice of "auto"."""
+    mode = config().training
+    if mode != "auto":
+        return mode, f"RECOMMENDER_TRAINING={mode}"
+    active = active_version()
+    kind, why = _auto_kind(active)
+    tried = _backbone_tried(active) if kind == ModelVersion.Kind.BACKBONE else None
+    if tried is not None:  # never a loop of backbone trainings the gate refuses
+        return ModelVersion.Kind.HEAD, (f"auto: backbone version v{tried.pk} ({tried.status}) was already tried "
+                                        f"for v{active.pk}; the head is retrained")
+    return kind, why
+
+
 def _backbone_reason(active: ModelVersion) -> str | None:
-    """"auto" wants a trained backbone for the catalog the active version serves, and none has been
-    tried since it was activated (a backbone version the gate refused is not retrained in a loop)."""
+    """"auto" wants a trained backbone for the catalog the active version serves (and has not tried
+    one since it was activated: training_kind)."""
     kind, why = training_kind()
     if kind != ModelVersion.Kind.BACKBONE or runtime.built_on_trained_backbone(active):
         return None
-    tried = ModelVersion.objects.filter(kind=ModelVersion.Kind.BACKBONE, created_at__gt=active.activated_at
-                                        or active.created_at).exists()
-    return None if tried else why
+    return why
 
 
 def training_blocker(*, images: int, categories: int, backbone: str) -> str:
@@ -179,7 +205,7 @@ def training_blocker(*, images: int, categories: int, backbone: str) -> str:
 def training_readiness() -> dict:
     """Whether a training started now has enough to learn from (checking first avoids a failed
     version for a predictable reason)."""
-    identity = serving_spec().identity
+    identity = serving_identity()
     featured = BackboneFeature.objects.filter(backbone=identity, image__product__is_active=True)
     stats = featured.aggregate(images=Count("id"), categories=Count("image__product__category", distinct=True))
     reason = training_blocker(images=stats["images"], categories=stats["categories"], backbone=identity)

@@ -3,6 +3,9 @@ arguments, ``<entity>_<action>`` names). Import from the module that does the jo
 
 - ``ingestion``: a new image gets its features, thumbnails and embedding (enqueue, claim, process, retry)
 - ``training``: start, train (named phases) and fail a model version
+- ``backbone_training``: the backbone kind's phases (pixels, training, saving, re-extraction)
+- ``features``: backbone features re-extracted under a version's backbone, and pruned
+- ``phases``: a training's progress and phase times, shared by both kinds
 - ``versions``: the quality gate, activation and retirement
 - ``embeddings``: create, backfill and prune a version's embeddings
 - ``evaluation``: held-out metrics and the index's recall, stored on the version

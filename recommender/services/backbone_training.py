@@ -32,6 +32,10 @@ from recommender.services.phases import PhaseRun, epoch_callback, progress_updat
 logger = logging.getLogger(__name__)
 Phase = ModelVersion.Phase
 
+# The decoded training images are held in memory (and the training split copied once more): at
+# most this much, about 28,000 images at 224 px or 1.4 million at 32 px; larger catalogs train on a
+# seeded sample of that size.
+MAX_PIXEL_BYTES = 4 * 1024 ** 3
 REEXTRACT_POLL_SECONDS = 1.0
 # No chunk finished for this long: no features worker is consuming (or all are busy with a long
 # ingestion backlog), so the training worker extracts what is left itself.
@@ -40,16 +44,16 @@ REEXTRACT_IDLE_SECONDS = 120
 
 @dataclass
 class _Pixels:
-    """What the backbone learns from: every ready image of a categorised active product, decoded
-    at the version's input size. Memory: N x size x size x 3 bytes (15,000 images at 64 px: 184 MB;
-    at 224 px: 2.3 GB)."""
+    """What the backbone learns from: every ready image of a categorised active product (at most
+    MAX_PIXEL_BYTES of them), decoded at the version's input size: N x size x size x 3 bytes
+    (15,000 images at 64 px: 184 MB; at 224 px: 2.3 GB)."""
 
     ids: list[int]
     labels: list[str]
     images: np.ndarray
 
 
-def backbone_version_build(version: ModelVersion, run: PhaseRun) -> list[int]:
+def backbone_version_build(*, version: ModelVersion, run: PhaseRun) -> list[int]:
     """Load the pixels, train, save, re-extract the catalog; returns the images to embed."""
     with run.phase(Phase.LOADING):
         pixels = _pixels_load(version)
@@ -69,7 +73,13 @@ def _pixels_load(version: ModelVersion) -> _Pixels:
     blocker = training_blocker(images=len(rows), categories=len({c for _, c in rows}), backbone=version.backbone)
     if blocker:
         raise ValueError(blocker)
-    size, objects = version.input_size, ProductImage.objects.in_bulk([i for i, _ in rows])
+    size = version.input_size
+    limit = MAX_PIXEL_BYTES // (size * size * 3)
+    if len(rows) > limit:  # a seeded sample (the class weights balance what it leaves uneven)
+        keep = np.random.default_rng(config().seed).choice(len(rows), size=limit, replace=False)
+        logger.warning("v%s trains on %s of %s images (MAX_PIXEL_BYTES)", version.pk, limit, len(rows))
+        rows = [rows[i] for i in sorted(keep)]
+    objects = ProductImage.objects.in_bulk([i for i, _ in rows])
     images, ids, labels = np.empty((len(rows), size, size, 3), np.uint8), [], []
     for image_id, category in rows:
         try:
@@ -98,7 +108,7 @@ def _fit(version: ModelVersion, pixels: _Pixels, training):
     # never trained in place.
     start = build_resnet50(BackboneSpec(weights=version.weights, input_size=version.input_size, seed=config().seed))
     return train_backbone(pixels.images, pixels.labels, start, training,
-                          callbacks=[epoch_callback(version, training.epochs)])
+                          callbacks=[epoch_callback(version=version, epochs=training.epochs)])
 
 
 def _save(version: ModelVersion, pixels: _Pixels, result) -> None:
@@ -114,6 +124,8 @@ def _save(version: ModelVersion, pixels: _Pixels, result) -> None:
     version.n_images, version.n_train, version.n_val = len(pixels.ids), len(result.train_index), len(result.val_index)
     version.history = result.history
     version.metrics = {"holdout_image_ids": np.asarray(pixels.ids)[result.val_index].tolist(),
+                       # Its features all postdate its start, so "trained on" is recorded, not inferred.
+                       "trained_image_ids": np.asarray(pixels.ids)[result.train_index].tolist(),
                        "training_seconds": round(result.seconds, 2), "epochs_run": result.epochs_run,
                        "best_epoch": result.best_epoch, "mixed_precision": result.mixed_precision}
     version.save(update_fields=["backbone", "artifacts", "classes", "n_images", "n_train", "n_val", "history",
@@ -122,24 +134,20 @@ def _save(version: ModelVersion, pixels: _Pixels, result) -> None:
 
 
 def _reextract(version: ModelVersion) -> None:
-    """Every ready image's features with the trained backbone, by the features queue; waits with
-    progress and ETA (images that arrive meanwhile are sent too)."""
-    sent: set[int] = set()
-    started = last_change = time.monotonic()
-    last_done = -1
+    """The features of every image ready now, with the trained backbone, by the features queue;
+    waits with progress and ETA. Images that arrive meanwhile are extracted when it activates (and
+    by the recovery after that), so a long import does not hold it here."""
+    todo = images_missing_features(backbone=version.backbone)
+    features_enqueue(version=version, image_ids=todo, chunk=config().ingest_chunk)
+    total, started = len(todo), time.monotonic()
+    last_done, last_change = -1, started
     while True:
         version.refresh_from_db(fields=["status"])
         if version.status != ModelVersion.Status.TRAINING:
             raise RuntimeError(f"v{version.pk} is no longer training ({version.status}); re-extraction stopped")
-        missing = images_missing_features(backbone=version.backbone)
-        new = [i for i in missing if i not in sent]
-        if new:
-            features_enqueue(version=version, image_ids=new, chunk=config().ingest_chunk)
-            sent.update(new)
-        done = len(sent) - len(missing)
-        rate = done / max(time.monotonic() - started, 1e-6)
-        progress_update(version, phase=Phase.EXTRACTING.value, images_extracted=done, images_total=len(sent),
-                        eta_seconds=round(len(missing) / rate, 1) if rate else None)
+        missing = set(images_missing_features(backbone=version.backbone)) & set(todo)
+        done = total - len(missing)
+        _extraction_progress(version, done, total, started)
         if not missing:
             return
         if done != last_done:
@@ -147,9 +155,21 @@ def _reextract(version: ModelVersion) -> None:
         elif time.monotonic() - last_change > REEXTRACT_IDLE_SECONDS:
             logger.warning("v%s: no features worker extracted anything for %s s; extracting %s images here",
                            version.pk, REEXTRACT_IDLE_SECONDS, len(missing))
-            features_extract(version_id=version.pk, image_ids=missing)
+            counted = [done]
+
+            def here(n):
+                counted[0] += n
+                _extraction_progress(version, counted[0], total, started)
+
+            features_extract(version_id=version.pk, image_ids=sorted(missing), progress=here)
             return
         time.sleep(REEXTRACT_POLL_SECONDS)
+
+
+def _extraction_progress(version: ModelVersion, done: int, total: int, started: float) -> None:
+    rate = done / max(time.monotonic() - started, 1e-6)
+    progress_update(version=version, phase=Phase.EXTRACTING.value, images_extracted=done, images_total=total,
+                    eta_seconds=round((total - done) / rate, 1) if rate else None)
 
 
 def _embedding_scaler_fit(version: ModelVersion, train_ids: list[int], head) -> None:

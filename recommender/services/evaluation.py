@@ -34,6 +34,9 @@ def head_evaluate(*, version: ModelVersion, image_ids, k: int = 6) -> dict:
     return result
 
 
+# What the training wrote beside the evaluation's own figures, kept when it is re-run.
+KEPT_METRICS = ("training_seconds", "embeddings_pruned", "trained_image_ids", "epochs_run", "best_epoch",
+                "mixed_precision")
 RAW_PIXELS_SIZE = 32  # raw-pixel baseline: each image as 32x32 RGB, standardised, Euclidean
 RAW_PIXELS_MAX_POOL = 5_000  # catalog images searched besides the queries (decoding ~1 ms each)
 
@@ -137,8 +140,6 @@ def model_version_evaluate(*, version: ModelVersion, image_ids=None, k: int = 6,
         return metrics
     # Bookkeeping that a re-evaluation keeps: the split, the training's own figures, the prune marker.
     metrics["holdout_image_ids"] = queries
-    metrics["training_seconds"] = version.metrics.get("training_seconds")
-    if "embeddings_pruned" in version.metrics:
-        metrics["embeddings_pruned"] = version.metrics["embeddings_pruned"]
+    metrics.update({key: version.metrics[key] for key in KEPT_METRICS if key in version.metrics})
     ModelVersion.objects.filter(pk=version.pk).update(metrics=metrics, val_accuracy=metrics.get("accuracy"))
     return metrics

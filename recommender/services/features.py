@@ -12,6 +12,7 @@ import logging
 from itertools import batched
 
 from django.db import transaction
+from django.utils import timezone
 
 from catalog.models import ProductImage
 from recommender import publishing, runtime
@@ -26,12 +27,18 @@ EXTRACTABLE = (ModelVersion.Status.TRAINING, ModelVersion.Status.READY, ModelVer
 
 
 def _pictures(image_ids) -> dict:
+    """Decoded pictures of ready images; one that no longer decodes (it did at ingestion: its file
+    was lost or damaged since) is marked failed with the reason, so that no re-extraction waits for
+    it and the recovery does not send it again (staff can retry it once the file is back)."""
     pictures = {}
     for image in ProductImage.objects.filter(id__in=list(image_ids)):
         try:
             pictures[image.id] = picture_open(image)
-        except Exception as exc:  # it decoded at ingestion: a file lost or damaged since
+        except Exception as exc:
             logger.warning("image %s could not be decoded for re-extraction: %s", image.id, exc)
+            ProductImage.objects.filter(id=image.id, status=ProductImage.Status.READY).update(
+                status=ProductImage.Status.FAILED, status_changed_at=timezone.now(),
+                last_error=f"Could not decode the image for the new backbone: {type(exc).__name__}: {exc}")
     return pictures
 
 

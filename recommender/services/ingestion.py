@@ -22,7 +22,7 @@ from recommender import publishing, runtime
 from recommender.conf import config
 from recommender.models import BackboneFeature
 from recommender.backbone import BackboneSpec
-from recommender.selectors.versions import active_version, serving_spec
+from recommender.selectors.versions import active_version, serving_backbone
 from recommender.services.embeddings import embeddings_create
 
 logger = logging.getLogger(__name__)
@@ -189,8 +189,7 @@ def images_process(*, image_ids, token: str) -> dict:
     claimed = images_claim(image_ids=image_ids, token=token)
     if not claimed:
         return {"claimed": 0}
-    spec = serving_spec()
-    identity = spec.identity
+    spec, identity = serving_backbone()  # one read: an activation meanwhile cannot mix two backbones
     batch = _Batch(images={img.id: img for img in ProductImage.objects.filter(id__in=claimed)}, spec=spec,
                    identity=identity,
                    have=set(BackboneFeature.objects.filter(image_id__in=claimed, backbone=identity)

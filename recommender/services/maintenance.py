@@ -15,7 +15,7 @@ from recommender.conf import config
 from recommender.locks import training_alive
 from recommender.models import ModelVersion
 from recommender.selectors.features import images_missing_embedding, images_missing_features
-from recommender.selectors.versions import active_version, retrain_reason, serving_spec, training_version
+from recommender.selectors.versions import active_version, retrain_reason, serving_backbone, training_version
 from recommender.services.features import features_enqueue
 from recommender.services.ingestion import images_enqueue
 from recommender.services.training import model_version_fail, model_version_start
@@ -44,13 +44,14 @@ def _missing_embeddings_publish() -> int:
     return missing
 
 
-def _missing_features_publish() -> int:
+def _missing_features_publish(stale) -> int:
     # Ready images without the serving backbone's features: ingested while a trained backbone was
-    # being activated (extracted with the previous one). Extracted, then embedded, by a worker.
+    # being activated (extracted with the previous one). Extracted, then embedded, by a worker;
+    # only those ready for longer than STALE_SECONDS (sooner, they may be in a queued chunk).
     active = active_version()
-    if active is None or active.backbone != serving_spec().identity:
+    if active is None or active.backbone != serving_backbone(active)[1]:
         return 0
-    missing = images_missing_features(backbone=active.backbone, limit=RECOVER_BATCH)
+    missing = images_missing_features(backbone=active.backbone, limit=RECOVER_BATCH, ready_before=stale)
     if missing:
         features_enqueue(version=active, image_ids=missing, chunk=config().ingest_chunk)
     return len(missing)
@@ -80,7 +81,7 @@ def recover_lost_work() -> dict:
     stale = now - timedelta(seconds=config().stale_seconds)
     requeued = _lost_images_requeue(stale)
     reembed = _missing_embeddings_publish()
-    reextract = _missing_features_publish()
+    reextract = _missing_features_publish(stale)
     dead, republished = _lost_trainings_heal(now, stale)
     return {"requeued": requeued, "reembed": reembed, "reextract": reextract, "dead_trainings": dead,
             "republished_trainings": republished}

@@ -13,7 +13,7 @@ from recommender.models import ModelVersion
 Phase = ModelVersion.Phase
 
 
-def progress_update(version: ModelVersion, **progress) -> None:
+def progress_update(*, version: ModelVersion, **progress) -> None:
     """Merge ``progress`` into the version's progress and beat its heartbeat."""
     version.progress = {**version.progress, **progress}
     version.heartbeat_at = timezone.now()
@@ -38,15 +38,15 @@ class PhaseRun:
 
     @contextmanager
     def phase(self, phase: ModelVersion.Phase, **progress):
-        progress_update(self.version, phase=phase.value, phase_seconds=dict(self.seconds), **progress)
+        progress_update(version=self.version, phase=phase.value, phase_seconds=dict(self.seconds), **progress)
         with self.timed(phase.value):
             yield
 
     def done(self) -> None:
-        progress_update(self.version, phase=Phase.DONE.value, phase_seconds=dict(self.seconds))
+        progress_update(version=self.version, phase=Phase.DONE.value, phase_seconds=dict(self.seconds))
 
 
-def epoch_callback(version: ModelVersion, epochs: int):
+def epoch_callback(*, version: ModelVersion, epochs: int):
     import keras
 
     class Progress(keras.callbacks.Callback):
@@ -54,10 +54,13 @@ def epoch_callback(version: ModelVersion, epochs: int):
             self.started = time.monotonic()
 
         def on_epoch_end(self, epoch, logs=None):
+            version.refresh_from_db(fields=["status"])
+            if version.status != ModelVersion.Status.TRAINING:  # failed meanwhile (staff, the recovery)
+                self.model.stop_training = True
             logs = logs or {}
             done = epoch + 1
             elapsed = time.monotonic() - self.started
-            progress_update(version, phase=Phase.TRAINING.value, epoch=done, epochs=epochs,
+            progress_update(version=version, phase=Phase.TRAINING.value, epoch=done, epochs=epochs,
                             accuracy=round(float(logs.get("accuracy", 0)), 4),
                             val_accuracy=round(float(logs.get("val_accuracy", 0)), 4),
                             loss=round(float(logs.get("loss", 0)), 4),

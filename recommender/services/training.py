@@ -22,10 +22,9 @@ from django.utils import timezone
 from recommender import publishing, runtime
 from recommender.locks import training_lock
 from recommender.models import Embedding, ModelVersion
-from recommender.backbone import BackboneSpec
 from recommender.conf import config
 from recommender.selectors.features import features_load, images_missing_embedding, images_missing_features
-from recommender.selectors.versions import serving_spec, training_blocker, training_kind
+from recommender.selectors.versions import serving_backbone, training_blocker, training_kind
 from recommender.services.backbone_training import backbone_version_build
 from recommender.services.embeddings import embeddings_create
 from recommender.services.features import features_extract
@@ -39,16 +38,17 @@ Phase = ModelVersion.Phase
 
 def _version_fields(kind: str) -> dict:
     """What a new version of ``kind`` starts from: the serving backbone (the configured one, or a
-    trained one that serves), at the configured input size for a head, the backbone kind's own for
-    a backbone (whose identity is replaced by its trained one once saved)."""
-    serving = serving_spec()
+    trained one that serves), at the configured input size for a head, at the backbone kind's own
+    for a backbone (whose identity is replaced by its trained one once saved). No weights file is
+    read here (this runs in web processes too)."""
+    serving, identity = serving_backbone()
     if kind == ModelVersion.Kind.BACKBONE:
-        start = BackboneSpec(weights=serving.weights, input_size=config().backbone_input_size, seed=serving.seed)
-        hyper = {**asdict(runtime.backbone_training_config(from_scratch=start.is_random)),
-                 "starting_backbone": start.identity}
-        return {"backbone": start.identity, "weights": start.weights, "input_size": start.input_size,
-                "hyperparameters": hyper}
-    return {"backbone": serving.identity, "weights": serving.weights, "input_size": serving.input_size,
+        size = config().backbone_input_size
+        hyper = {**asdict(runtime.backbone_training_config(from_scratch=serving.is_random)),
+                 "starting_backbone": identity}
+        placeholder = f"{identity.rsplit(':', 1)[0]}:{size}"  # the starting backbone at this size, until saved
+        return {"backbone": placeholder, "weights": serving.weights, "input_size": size, "hyperparameters": hyper}
+    return {"backbone": identity, "weights": serving.weights, "input_size": serving.input_size,
             "hyperparameters": asdict(runtime.head_config())}
 
 
@@ -107,16 +107,22 @@ def model_version_fail(*, version: ModelVersion, reason: str) -> None:
     with transaction.atomic():
         locked = ModelVersion.objects.select_for_update().filter(pk=version.pk).first()
         if locked is None or locked.status not in failable:
+            if locked is not None and locked.status == ModelVersion.Status.FAILED:
+                _files_remove(version.pk)  # failed meanwhile, while its training still wrote files
             return
         ModelVersion.objects.filter(pk=version.pk).update(
             status=ModelVersion.Status.FAILED, error=reason[:5000], finished_at=timezone.now(),
             progress={**(locked.progress or {}), "phase": Phase.FAILED.value})
     Embedding.objects.filter(version_id=version.pk).delete()
-    path = runtime.artifacts_dir(version.pk)
+    _files_remove(version.pk)
+
+
+def _files_remove(version_id: int) -> None:
+    path = runtime.artifacts_dir(version_id)
     shutil.rmtree(path, ignore_errors=True)
     for leftover in path.parent.glob(f".{path.name}.tmp-*"):
         shutil.rmtree(leftover, ignore_errors=True)
-    runtime.forget_head(version.pk)
+    runtime.forget_head(version_id)
 
 
 # --------------------------------------------------------------------------- the phases
@@ -136,7 +142,10 @@ def _train(version: ModelVersion) -> None:
     now = timezone.now()
     ModelVersion.objects.filter(pk=version.pk).update(started_at=now, heartbeat_at=now, error="")
     build = backbone_version_build if version.trains_backbone else _head_version_build
-    image_ids = build(version, run)
+    image_ids = build(version=version, run=run)
+    version.refresh_from_db(fields=["status"])
+    if version.status != ModelVersion.Status.TRAINING:  # failed meanwhile: stop here (files removed)
+        raise RuntimeError(f"v{version.pk} was failed while it trained")
     with run.phase(Phase.EMBEDDING, images_embedded=0, images_total=len(image_ids)):
         _catalog_embed(version, image_ids)
     with run.phase(Phase.EVALUATING):
@@ -160,7 +169,7 @@ def _train(version: ModelVersion) -> None:
     run.done()
 
 
-def _head_version_build(version: ModelVersion, run: PhaseRun) -> list[int]:
+def _head_version_build(*, version: ModelVersion, run: PhaseRun) -> list[int]:
     """The original method: the head trained on stored features of a frozen backbone. Returns the
     images to embed."""
     with run.phase(Phase.LOADING):
@@ -188,7 +197,7 @@ def _head_fit(version: ModelVersion, catalog: _Catalog, head_config):
     version.hyperparameters = asdict(head_config)
     version.save(update_fields=["hyperparameters"])
     return train_head(catalog.features, catalog.labels, head_config,
-                      callbacks=[epoch_callback(version, head_config.epochs)])
+                      callbacks=[epoch_callback(version=version, epochs=head_config.epochs)])
 
 
 def _head_save(version: ModelVersion, catalog: _Catalog, result) -> None:
@@ -217,7 +226,7 @@ def _catalog_embed(version: ModelVersion, image_ids: list[int]) -> None:
         nonlocal done
         done += n
         rate = done / max(time.monotonic() - started, 1e-6)
-        progress_update(version, phase=Phase.EMBEDDING.value, images_embedded=done, images_total=total,
+        progress_update(version=version, phase=Phase.EMBEDDING.value, images_embedded=done, images_total=total,
                         eta_seconds=round((total - done) / rate, 1))
 
     embeddings_create(version=version, image_ids=image_ids, progress=embedded)

@@ -11,6 +11,8 @@ import pytest
 from catalog.models import ProductImage
 from recommender.locks import training_alive
 from recommender.models import BackboneFeature, Embedding, ModelVersion
+from recommender.selectors.similarity import similar_products
+from recommender.services.features import features_prune
 from recommender.services.maintenance import recover_lost_work
 from recommender.services.training import model_version_start
 from tests.conftest import wait_for
@@ -33,7 +35,7 @@ def test_a_worker_trains_a_backbone_version_that_serves_everything(settings, sta
     version.refresh_from_db()
     assert version.status == "active", version.error
     assert version.kind == "backbone" and version.backbone.startswith(f"resnet50:ft-v{version.pk}-")
-    assert "extracting here" not in worker.output()  # the features queue did it, not the fallback
+    assert "no features worker" not in worker.output()  # the features queue did it, not the fallback
     images = ProductImage.objects.count()
     assert BackboneFeature.objects.filter(backbone=version.backbone).count() == images
     product = ProductImage.objects.first().product
@@ -55,10 +57,14 @@ def test_a_killed_backbone_training_leaves_the_active_version_serving_and_no_fil
     active = train_inline(settings, epochs=2)
     assert active.status == "active"
     settings.RECOMMENDER = {**settings.RECOMMENDER, "TRAINING": "backbone"}
-    worker = start_worker(env_overrides={**WORKER, "RECOMMENDER_BACKBONE_EPOCHS": "400"})
+    # One worker process: while the training waits for the features queue, nothing else takes its
+    # chunks, so it sits in the re-extraction with its files written (for up to 120 s).
+    worker = start_worker(env_overrides={**WORKER, "RECOMMENDER_BACKBONE_EPOCHS": "1"})
     version = model_version_start(trigger="test")
-    wait_for(lambda: ModelVersion.objects.get(pk=version.pk).progress.get("epoch", 0) >= 1, timeout=180,
-             message="the backbone's training to be under way")
+    wait_for(lambda: ModelVersion.objects.get(pk=version.pk).progress.get("phase") == "extracting", timeout=300,
+             message="the backbone to be trained and saved")
+    folder = Path(settings.MODELS_ROOT, f"v{version.pk}")
+    assert (folder / "backbone.weights.h5").is_file()
     worker.kill(signal.SIGKILL)
     assert ModelVersion.objects.get(status="active").pk == active.pk
     wait_for(lambda: not training_alive(version.pk), timeout=30, message="the lock to be released")
@@ -67,6 +73,8 @@ def test_a_killed_backbone_training_leaves_the_active_version_serving_and_no_fil
     version.refresh_from_db()
     assert version.status == "failed" and "heartbeats" in version.error
     assert ModelVersion.objects.get(status="active").pk == active.pk
-    assert not Path(settings.MODELS_ROOT, f"v{version.pk}").exists()
+    assert not folder.exists()
     assert not list(Path(settings.MODELS_ROOT).glob(".*"))  # no temporary folder or file
+    features_prune()
     assert set(BackboneFeature.objects.values_list("backbone", flat=True)) == {active.backbone}
+    assert similar_products(product=ProductImage.objects.first().product, use_cache=False).version == active

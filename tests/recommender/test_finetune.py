@@ -1,6 +1,6 @@
 """recommender.finetune (pure ML): the backbone trained end to end with the head.
 
-Tiny images (32 px, ResNet50's minimum) and a few dozen of them: about two minutes in all."""
+Tiny images (32 px, ResNet50's minimum) and 96 of them: about three minutes in all."""
 
 import numpy as np
 import pytest
@@ -14,28 +14,29 @@ pytestmark = pytest.mark.slow
 
 SIZE = 32
 FAST = BackboneTrainingConfig(epochs=10, batch_size=16, learning_rate=2e-3, warmup_epochs=0, patience=10,
-                              validation_split=0.25, seed=7)
+                              validation_split=0.25, seed=7, zero_init_residual=True)
 
 
 def stripes(n: int, horizontal: bool, rng) -> np.ndarray:
-    """Stripes of a random colour, period and phase, horizontal or vertical: the two classes differ
-    only in orientation, which averaged random convolution features barely keep."""
+    """Faint stripes (amplitude 60) of a random period and phase, horizontal or vertical, under strong
+    pixel noise (sigma 50): the classes differ only in orientation, which the averaged features of a
+    random backbone drown in the noise and a trained one learns to filter out."""
     out = np.empty((n, SIZE, SIZE, 3), np.uint8)
     coords = np.arange(SIZE)
     for i in range(n):
         period, phase = rng.integers(4, 9), rng.integers(0, 8)
         wave = ((coords + phase) // (period // 2)) % 2
-        pattern = np.broadcast_to(wave[:, None] if horizontal else wave[None, :], (SIZE, SIZE))
-        colour = rng.integers(60, 256, size=3)
-        out[i] = (pattern[..., None] * colour).astype(np.uint8)
+        pattern = np.broadcast_to(wave[:, None] if horizontal else wave[None, :], (SIZE, SIZE)).astype(float)
+        noisy = rng.normal(128, 50, size=(SIZE, SIZE, 3)) + 60 * (pattern[..., None] - 0.5)
+        out[i] = np.clip(noisy, 0, 255).astype(np.uint8)
     return out
 
 
 @pytest.fixture(scope="module")
 def two_classes():
     rng = np.random.default_rng(0)
-    images = np.concatenate([stripes(32, True, rng), stripes(32, False, rng)])
-    labels = np.array(["horizontal"] * 32 + ["vertical"] * 32)
+    images = np.concatenate([stripes(48, True, rng), stripes(48, False, rng)])
+    labels = np.array(["horizontal"] * 48 + ["vertical"] * 48)
     order = rng.permutation(len(labels))
     return images[order], labels[order]
 
@@ -92,16 +93,22 @@ def test_a_seeded_cpu_training_is_reproducible(two_classes):
     assert first.history == second.history
 
 
-def test_a_tiny_set_of_two_classes_is_learnt(trained, two_classes):
-    # Same-class retrieval on the held-out images, by the embeddings of the trained backbone.
-    # (Against the frozen random backbone with the original head, which separates these stripes
-    # as well (P@6 0.94 vs 0.90), this tiny task shows no lead: see issue 13's closing note.)
+def test_a_tiny_set_is_learnt_far_better_than_by_the_frozen_random_backbone(trained, two_classes):
+    # Same-class retrieval of the held-out images among the training ones, by the embeddings of the
+    # trained backbone, and by those of the original method (the frozen random backbone, a head
+    # trained on its features) on the same split. Measured: 0.99 vs 0.68 (chance 0.5).
+    from recommender.head import HeadConfig, train_head
+
     images, labels = two_classes
-    result = trained[0]
+    result, _, frozen_features = trained
     train, val = result.train_index, result.val_index
     result.head.embedding_scaler_fit(features(result.backbone, images[train]))
-    scores = retrieval_metrics(result.head.embed(features(result.backbone, images[val])), labels[val],
-                               result.head.embed(features(result.backbone, images[train])), labels[train], k=6)
-    assert scores["precision_at_6"] >= 0.65, scores  # chance: 0.5
+    ours = retrieval_metrics(result.head.embed(features(result.backbone, images[val])), labels[val],
+                             result.head.embed(features(result.backbone, images[train])), labels[train], k=6)
+    frozen = train_head(frozen_features[train], labels[train], HeadConfig(epochs=32, batch_size=16, seed=7)).head
+    theirs = retrieval_metrics(frozen.embed(frozen_features[val]), labels[val], frozen.embed(frozen_features[train]),
+                               labels[train], k=6)
+    assert ours["precision_at_6"] >= 0.9, (ours, theirs)
+    assert ours["precision_at_6"] >= theirs["precision_at_6"] + 0.15, (ours, theirs)
     predicted = result.head.predict(features(result.backbone, images[val]))
-    assert np.mean(np.array(predicted) == labels[val]) >= 0.65
+    assert np.mean(np.array(predicted) == labels[val]) >= 0.9

@@ -14,7 +14,9 @@ class Command(BaseCommand):
             "for a worker and this command follows its progress; --inline trains in this process.")
 
     def add_arguments(self, parser):
-        parser.add_argument("--inline", action="store_true", help="train here instead of on a worker")
+        parser.add_argument("--inline", action="store_true", help=(
+            "train here instead of on a worker (the backbone kind still sends its re-extraction to the features "
+            "queue, and extracts here what no features worker has taken after 120 s)"))
         parser.add_argument("--no-wait", action="store_true", help="queue it and return at once")
         parser.add_argument("--kind", choices=ModelVersion.Kind.values,
                             help="head or backbone (default: RECOMMENDER_TRAINING decides)")

@@ -14,8 +14,10 @@ from PIL import Image
 from catalog.models import ProductImage
 from recommender.models import FEATURE_DIM, BackboneFeature, Embedding, ModelVersion
 from recommender.selectors.similarity import search_by_image, similar_products
-from recommender.selectors.versions import retrain_reason, serving_spec, training_kind
+from recommender.selectors.versions import retrain_reason, serving_identity, serving_spec, training_kind
+from recommender.selectors.features import images_missing_features
 from recommender.services.features import features_prune
+from recommender.services.maintenance import recover_lost_work
 from recommender.services.training import model_version_start, model_version_train
 from tests.factories import ProductImageFactory
 from tests.recommender.helpers import import_products, process_all, train_inline
@@ -61,6 +63,8 @@ def test_auto_serves_a_frozen_version_first_then_trains_random_weights_once(sett
     assert retrain_reason() == why  # the periodic check starts it by itself...
     version_row(status="failed", kind="backbone", backbone="resnet50:ft-v9-abc:32")  # ...the gate refused it
     assert retrain_reason() is None  # ...and it is not retried in a loop
+    kind, why = training_kind()
+    assert kind == "head" and why.startswith("auto: backbone version v") and "already tried" in why
     assert active.status == "active"
 
 
@@ -105,7 +109,7 @@ def test_a_backbone_version_starts_from_the_serving_weights_at_its_own_input_siz
 
 def test_features_no_kept_version_reads_are_pruned(settings):
     use(settings, KEEP_RETIRED_EMBEDDINGS=0)
-    base = serving_spec().identity  # the configured backbone: always kept (cold start, head trainings)
+    base = serving_identity()  # the configured backbone: always kept (cold start, head trainings)
     version_row(status="active", kind="backbone", backbone="resnet50:ft-v1-aaa:32")
     version_row(status="failed", kind="backbone", backbone="resnet50:ft-v2-bbb:32")
     version_row(status="retired", kind="backbone", backbone="resnet50:ft-v3-ccc:32")  # its embeddings were pruned
@@ -118,8 +122,28 @@ def test_features_no_kept_version_reads_are_pruned(settings):
     assert features_prune() == {"backbones": [], "rows": 0}  # safe to run again
 
 
+def test_the_recovery_sends_ready_images_lacking_the_serving_backbones_features(settings,
+                                                                              django_capture_on_commit_callbacks):
+    use(settings, STALE_SECONDS=0)  # (sooner, an image may still be in a queued chunk)
+    active = version_row(status="active", kind="backbone", classes=["coats", "shoes"])
+    weights = Path(settings.MODELS_ROOT, f"v{active.pk}", "backbone.weights.h5")
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"trained weights")  # its identity is read from the version, its spec from the file
+    active.backbone = serving_spec().identity
+    active.save()
+    assert active.backbone.startswith(f"resnet50:ft-v{active.pk}-") and serving_identity() == active.backbone
+    have = featured_images(active.backbone, ["coats"])
+    lacking = featured_images("resnet50:random-seed1234:32", ["shoes", "coats"])  # extracted before the swap
+    with django_capture_on_commit_callbacks(execute=False) as published:
+        assert recover_lost_work()["reextract"] == 2
+    assert len(published) == 1  # one chunk for the features queue
+    assert images_missing_features(backbone=active.backbone) == sorted(i.pk for i in lacking)
+    assert have[0].pk not in images_missing_features(backbone=active.backbone)
+
+
 @pytest.mark.slow
-def test_a_backbone_version_is_trained_reextracted_gated_and_served(settings, eager):
+@pytest.mark.django_db(transaction=True)  # chunks are sent on commit, as on a worker
+def test_a_backbone_version_is_trained_reextracted_gated_and_served(settings, eager, caplog):
     import_products(60)
     process_all()
     head = train_inline(settings, epochs=2)  # the original method serves first
@@ -129,6 +153,7 @@ def test_a_backbone_version_is_trained_reextracted_gated_and_served(settings, ea
     use(settings, **TINY, GATE_TOLERANCE=1.0)
     version = model_version_train(version_id=model_version_start(trigger="test", publish=False).pk)
     assert version.status == "active", version.error
+    assert "no features worker" not in caplog.text  # the (eager) features queue did it, not the fallback
     assert version.kind == "backbone" and version.weights == "random"
     assert version.backbone.startswith(f"resnet50:ft-v{version.pk}-") and version.backbone.endswith(":32")
     assert version.progress["gate"].startswith(f"passed against v{head.pk}: accuracy")
@@ -151,3 +176,11 @@ def test_a_backbone_version_is_trained_reextracted_gated_and_served(settings, ea
     process_all()
     assert BackboneFeature.objects.filter(backbone=version.backbone).count() == images + 5
     assert Embedding.objects.filter(version=version).count() == images + 5
+    # A head retrained later reads the trained backbone's features, kept frozen.
+    use(settings, TRAINING="auto", EPOCHS=2)
+    head = model_version_train(version_id=model_version_start(trigger="test", publish=False).pk)
+    assert head.kind == "head" and f"v{version.pk}'s trained backbone" in head.kind_reason
+    assert (head.backbone, head.input_size) == (version.backbone, 32)
+    assert head.weights == str(Path(version.artifacts) / "backbone.weights.h5")
+    assert head.status == "active", head.error
+    assert serving_identity() == version.backbone and Embedding.objects.filter(version=head).count() == images + 5
