@@ -372,7 +372,8 @@ def _gpu_lines(g: dict | None) -> list[str]:
 def _reproducing_lines() -> list[str]:
     return ["## Reproducing", "",
             "```",
-            "make bench                                  # quick run, < 15 min on 2 cores",
+            "make bench                                  # quick run, about an hour on 2 cores",
+            "make bench-backbone                         # the backbone kind's full default, ~30 min",
             ".venv/bin/python bench/run_all.py --full    # the complete protocol (hours on 2 cores)",
             ".venv/bin/python bench/quality.py --quick   # one benchmark",
             "RECOMMENDER_BACKBONE_WEIGHTS=imagenet make bench   # require ImageNet weights (no fallback)",

@@ -276,6 +276,9 @@ RECOMMENDER = {
     "BACKBONE_INPUT_SIZE": env_int("RECOMMENDER_BACKBONE_INPUT_SIZE", 32),
     "BACKBONE_BATCH_SIZE": env_int("RECOMMENDER_BACKBONE_BATCH_SIZE", 64),
     "BACKBONE_LEARNING_RATE": env_float("RECOMMENDER_BACKBONE_LEARNING_RATE", 0.001),
+    # A small catalog trains for more epochs, up to at least this many optimiser steps: learning
+    # from scratch needs steps, and 1,200 images at batch 64 make 19 an epoch (see docs/benchmarks.md).
+    "BACKBONE_MIN_STEPS": env_int("RECOMMENDER_BACKBONE_MIN_STEPS", 1000),
 }
 THUMBNAIL_SIZES = (128, 256, 512)
 

@@ -29,6 +29,7 @@ _KEYS = {
     "SIMILAR_CACHE_SECONDS": "similar_cache_seconds", "TRAINING": "training",
     "BACKBONE_EPOCHS": "backbone_epochs", "BACKBONE_INPUT_SIZE": "backbone_input_size",
     "BACKBONE_BATCH_SIZE": "backbone_batch_size", "BACKBONE_LEARNING_RATE": "backbone_learning_rate",
+    "BACKBONE_MIN_STEPS": "backbone_min_steps",
 }
 TRAINING_KINDS = ("head", "backbone", "auto")
 
@@ -66,6 +67,7 @@ class RecommenderConfig:
     backbone_input_size: int
     backbone_batch_size: int
     backbone_learning_rate: float
+    backbone_min_steps: int
 
     @classmethod
     def from_dict(cls, values: dict) -> RecommenderConfig:
@@ -117,6 +119,7 @@ class RecommenderConfig:
             ("backbone_input_size", self.backbone_input_size >= 32, "must be at least 32 pixels (ResNet50's minimum)"),
             ("backbone_batch_size", self.backbone_batch_size >= 2, "must be at least 2 (BatchNorm needs a batch)"),
             ("backbone_learning_rate", self.backbone_learning_rate > 0, "must be above 0"),
+            ("backbone_min_steps", self.backbone_min_steps >= 0, "must be 0 or more"),
         ]
         return [f"RECOMMENDER['{name.upper()}'] {message} (it is {getattr(self, name)!r})"
                 for name, ok, message in rules if not ok]

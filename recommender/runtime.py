@@ -51,7 +51,8 @@ def backbone_training_config(*, from_scratch: bool) -> "BackboneTrainingConfig":
     from recommender.finetune import BackboneTrainingConfig
 
     conf = config()
-    return BackboneTrainingConfig(epochs=conf.backbone_epochs, batch_size=conf.backbone_batch_size,
+    return BackboneTrainingConfig(epochs=conf.backbone_epochs, min_steps=conf.backbone_min_steps,
+                                  batch_size=conf.backbone_batch_size,
                                   learning_rate=conf.backbone_learning_rate, validation_split=conf.validation_split,
                                   seed=conf.seed, zero_init_residual=from_scratch)
 

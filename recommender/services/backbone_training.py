@@ -57,7 +57,7 @@ def backbone_version_build(*, version: ModelVersion, run: PhaseRun) -> list[int]
     """Load the pixels, train, save, re-extract the catalog; returns the images to embed."""
     with run.phase(Phase.LOADING):
         pixels = _pixels_load(version)
-    training = _training_config(version)
+    training = _training_config(version, len(pixels.ids))
     with run.phase(Phase.TRAINING, epoch=0, epochs=training.epochs, images=len(pixels.ids)):
         result = _fit(version, pixels, training)
     with run.phase(Phase.SAVING):
@@ -92,10 +92,17 @@ def _pixels_load(version: ModelVersion) -> _Pixels:
     return _Pixels(ids=ids, labels=labels, images=images[:len(ids)])
 
 
-def _training_config(version: ModelVersion):
-    # The worker's own settings train the model: record those, not the requesting process's.
+def _training_config(version: ModelVersion, n_images: int):
+    # The worker's own settings train the model: record those (with the epochs this catalog's size
+    # makes of them), not the requesting process's.
+    import dataclasses
+
+    from recommender.finetune import epochs_for
+
     start = BackboneSpec(weights=version.weights, input_size=version.input_size, seed=config().seed)
     training = runtime.backbone_training_config(from_scratch=start.is_random)
+    epochs, patience = epochs_for(training, n_images)
+    training = dataclasses.replace(training, epochs=epochs, patience=patience)
     version.hyperparameters = {**version.hyperparameters, **asdict(training)}
     version.save(update_fields=["hyperparameters"])
     return training

@@ -21,7 +21,8 @@ from tests.recommender.helpers import import_products, process_all, train_inline
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 WORKER = {"RECOMMENDER_TRAINING": "backbone", "RECOMMENDER_BACKBONE_EPOCHS": "2",
-          "RECOMMENDER_BACKBONE_BATCH_SIZE": "16", "RECOMMENDER_BACKBONE_INPUT_SIZE": "32"}
+          "RECOMMENDER_BACKBONE_BATCH_SIZE": "16", "RECOMMENDER_BACKBONE_INPUT_SIZE": "32",
+          "RECOMMENDER_BACKBONE_MIN_STEPS": "0"}
 
 
 def test_a_worker_trains_a_backbone_version_that_serves_everything(settings, start_worker, client):

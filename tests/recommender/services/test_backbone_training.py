@@ -23,7 +23,8 @@ from tests.factories import ProductImageFactory
 from tests.recommender.helpers import import_products, process_all, train_inline
 
 pytestmark = pytest.mark.django_db
-TINY = {"TRAINING": "backbone", "BACKBONE_EPOCHS": 2, "BACKBONE_BATCH_SIZE": 16, "BACKBONE_INPUT_SIZE": 32}
+TINY = {"TRAINING": "backbone", "BACKBONE_EPOCHS": 2, "BACKBONE_BATCH_SIZE": 16, "BACKBONE_INPUT_SIZE": 32,
+        "BACKBONE_MIN_STEPS": 0}
 
 
 def use(settings, **values):
