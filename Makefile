@@ -61,7 +61,7 @@ test-fast: install
 bench: install prime-keras
 	$(PY) bench/run_all.py --quick
 
-# The backbone kind's full default (12 epochs, 15,000 images): ~30 min on 2 cores.
+# The backbone kind with a 12-epoch schedule (the product's is 6) on 15,000 images: ~30 min on 2 cores.
 bench-backbone: install prime-keras
 	$(PY) bench/run_all.py --quick --only backbone_training
 

@@ -3,8 +3,9 @@ end with the head on the 15,000 training images (recommender.finetune with the p
 RECOMMENDER_BACKBONE_* of config/settings.py), from the benchmark's starting weights; then the
 5,000 recommendation images and the 5,000 queries are embedded with it, beside raw pixels.
 
-bench/quality.py calls :func:`train_and_embed` for its trained-backbone row (quick: 6 epochs).
-Run on its own, this script measures the product's full default (12 epochs at most):
+bench/quality.py calls :func:`train_and_embed` for its trained-backbone row (the product's
+defaults). Run on its own, this script tries another number of epochs (default 12: a longer
+schedule than the product's 6):
 
     python bench/backbone_training.py [--quick | --full] [--epochs N]
 """

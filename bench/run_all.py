@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
 
-# Run only when named with --only (make bench-backbone): the product's full default backbone training
-# on the whole protocol, ~30 min on 2 cores (quality.py's quick row trains it for 6 epochs).
+# Run only when named with --only (make bench-backbone): the backbone kind on the whole protocol with
+# a 12-epoch schedule, ~30 min on 2 cores (quality.py's row trains the product's default, 6 epochs).
 ON_REQUEST = ["backbone_training"]
 SCRIPTS = ["quality", "extraction_speed", "query_speed", "web_load", "ingestion", "soak", "heldout", "demo"]
 # TensorFlow's and absl's start-up chatter: kept in the logs, not on the console.

@@ -45,7 +45,7 @@ from recommender.head import (EMBEDDING_DIM, MID_LAYER, TrainedHead, balanced_cl
 
 @dataclass
 class BackboneTrainingConfig:
-    epochs: int = 12  # at most (early stopping may end sooner); more for a small catalog: min_steps
+    epochs: int = 6  # at most (early stopping may end sooner); more for a small catalog: min_steps
     min_steps: int = 0  # a small catalog trains for at least this many optimiser steps (epochs_for)
     batch_size: int = 64
     learning_rate: float = 1e-3  # peak, reached after the warm-up
