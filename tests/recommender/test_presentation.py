@@ -99,7 +99,7 @@ def test_training_display_of_a_running_training():
     running = progress_of(7, "training", phase="training", epoch=16, epochs=32, accuracy=0.712345,
                           val_accuracy=0.65, eta_seconds=30.04)
     shown = training_display({"training": running, "latest": running, "active_id": 5})
-    assert shown == {"title": "Training v7", "phase": "Training", "state": "running", "percent": 41.5,
+    assert shown == {"title": "Training v7", "phase": "Training", "state": "running", "percent": 40.5,
                      "detail": "Epoch 16 of 32 · accuracy 71.2% · validation 65.0% · about 30 s left"}
     embedding = progress_of(7, "training", phase="embedding", images_embedded=1500, images_total=12000,
                             eta_seconds=90)

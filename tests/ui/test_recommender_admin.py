@@ -42,7 +42,7 @@ def test_dashboard_lists_versions_with_progress_and_buttons(admin_client, django
     # The running training: epoch, accuracy so far and ETA, in a live bar.
     assert 'id="training-progress"' in html and f"Training v{training.pk}" in html
     assert "Epoch 8 of 32 · accuracy 61.0% · validation 58.0% · about 1 min 15 s left" in html
-    assert re.search(r'aria-valuenow="2[0-9.]+"', html)  # 3 + 77 * 8/32 = 22.25
+    assert re.search(r'aria-valuenow="2[0-9.]+"', html)  # 3 + 75 * 8/32 = 21.75
     # The ingestion backlog with its own bar.
     assert 'id="ingestion-progress"' in html and "3 waiting · 21 ready · 0 failed" in html
     assert "catalog/admin-progress.js" in html

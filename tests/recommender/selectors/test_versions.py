@@ -20,6 +20,7 @@ def test_bar_never_moves_backwards_through_the_phases():
     steps = [{"phase": "queued"}, {"phase": "loading features"}]
     steps += [{"phase": "training", "epoch": e, "epochs": 5} for e in range(6)]
     steps += [{"phase": "saving"}]
+    steps += [{"phase": "extracting", "images_extracted": n, "images_total": 100} for n in (0, 50, 100)]
     steps += [{"phase": "embedding", "images_embedded": n, "images_total": 100} for n in (0, 50, 100)]
     steps += [{"phase": "evaluating"}, {"phase": "activating"}, {"phase": "done"}]
     percents = []
