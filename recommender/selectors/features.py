@@ -64,10 +64,9 @@ def images_missing_features(*, backbone: str, limit: int | None = None, ready_be
     return list(qs[:limit] if limit else qs)
 
 
-def images_with_categories(*, active_only: bool = True) -> list[tuple[int, str]]:
-    """(image id, category name) of the ready images of categorised products, in id order: what a
-    backbone training learns from (pixels, not stored features)."""
-    qs = ProductImage.objects.filter(status=ProductImage.Status.READY, product__category__isnull=False)
-    if active_only:
-        qs = qs.filter(product__is_active=True)
+def images_with_categories() -> list[tuple[int, str]]:
+    """(image id, category name) of the ready images of categorised active products, in id order:
+    what a backbone training learns from (pixels, not stored features)."""
+    qs = ProductImage.objects.filter(status=ProductImage.Status.READY, product__category__isnull=False,
+                                     product__is_active=True)
     return list(qs.order_by("id").values_list("id", "product__category__name"))

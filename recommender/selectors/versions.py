@@ -113,10 +113,6 @@ def serving_backbone(active: ModelVersion | None = None) -> tuple[BackboneSpec, 
     return spec, spec.identity
 
 
-def serving_spec() -> BackboneSpec:
-    return serving_backbone()[0]
-
-
 def serving_identity() -> str:
     return serving_backbone()[1]
 

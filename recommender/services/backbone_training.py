@@ -92,6 +92,11 @@ def _pixels_load(version: ModelVersion) -> _Pixels:
     return _Pixels(ids=ids, labels=labels, images=images[:len(ids)])
 
 
+def _starting_spec(version: ModelVersion) -> BackboneSpec:
+    """The weights the training starts from (``version.weights``) at its own input size."""
+    return BackboneSpec(weights=version.weights, input_size=version.input_size, seed=config().seed)
+
+
 def _training_config(version: ModelVersion, n_images: int):
     # The worker's own settings train the model: record those (with the epochs this catalog's size
     # makes of them), not the requesting process's.
@@ -99,8 +104,7 @@ def _training_config(version: ModelVersion, n_images: int):
 
     from recommender.finetune import epochs_for
 
-    start = BackboneSpec(weights=version.weights, input_size=version.input_size, seed=config().seed)
-    training = runtime.backbone_training_config(from_scratch=start.is_random)
+    training = runtime.backbone_training_config(from_scratch=_starting_spec(version).is_random)
     epochs, patience = epochs_for(training, n_images)
     training = dataclasses.replace(training, epochs=epochs, patience=patience)
     version.hyperparameters = {**version.hyperparameters, **asdict(training)}
@@ -113,7 +117,7 @@ def _fit(version: ModelVersion, pixels: _Pixels, training):
 
     # A model of its own, built from the starting weights: the process's cached extractors are
     # never trained in place.
-    start = build_resnet50(BackboneSpec(weights=version.weights, input_size=version.input_size, seed=config().seed))
+    start = build_resnet50(_starting_spec(version))
     return train_backbone(pixels.images, pixels.labels, start, training,
                           callbacks=[epoch_callback(version=version, epochs=training.epochs)])
 

@@ -85,7 +85,7 @@ class _Batch:
     """The claimed images of one task as they go through the steps of :func:`images_process`."""
 
     images: dict[int, ProductImage]
-    spec: BackboneSpec  # the serving backbone (selectors.versions.serving_spec)
+    spec: BackboneSpec  # the serving backbone (selectors.versions.serving_backbone)
     identity: str
     have: set[int]  # images that already have features of this backbone
     pictures: dict = field(default_factory=dict)  # image id -> decoded PIL image

@@ -14,7 +14,7 @@ from PIL import Image
 from catalog.models import ProductImage
 from recommender.models import FEATURE_DIM, BackboneFeature, Embedding, ModelVersion
 from recommender.selectors.similarity import search_by_image, similar_products
-from recommender.selectors.versions import retrain_reason, serving_identity, serving_spec, training_kind
+from recommender.selectors.versions import retrain_reason, serving_backbone, serving_identity, training_kind
 from recommender.selectors.features import images_missing_features
 from recommender.services.features import features_prune
 from recommender.services.maintenance import recover_lost_work
@@ -130,7 +130,7 @@ def test_the_recovery_sends_ready_images_lacking_the_serving_backbones_features(
     weights = Path(settings.MODELS_ROOT, f"v{active.pk}", "backbone.weights.h5")
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"trained weights")  # its identity is read from the version, its spec from the file
-    active.backbone = serving_spec().identity
+    active.backbone = serving_backbone()[0].identity
     active.save()
     assert active.backbone.startswith(f"resnet50:ft-v{active.pk}-") and serving_identity() == active.backbone
     have = featured_images(active.backbone, ["coats"])
@@ -167,7 +167,7 @@ def test_a_backbone_version_is_trained_reextracted_gated_and_served(settings, ea
     raw = version.metrics["raw_pixels"]
     assert raw["queries"] == version.n_val and 0 <= raw["version"]["precision_at_6"] <= 1
     # It serves: similar items, search by photo and new images use its own backbone.
-    assert serving_spec().identity == version.backbone
+    assert serving_backbone()[0].identity == version.backbone
     product = ProductImage.objects.first().product
     answer = similar_products(product=product, use_cache=False)
     assert answer.source == "model" and answer.version == version and len(answer.items) == 6
