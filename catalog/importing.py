@@ -2,7 +2,7 @@
 plus a set of image files. Shared by ``manage.py import_catalog`` and the admin's bulk upload.
 
 Parsing validates every row (fields, numbers, duplicates, image files, image content) before
-anything is written; importing writes the good rows, one transaction per row.
+anything is written; importing writes the good rows, IMPORT_CHUNK rows per transaction.
 """
 
 from __future__ import annotations
@@ -133,24 +133,58 @@ class ImportSummary:
     images_added: int = 0
 
 
-def catalog_import(*, rows, progress=None) -> ImportSummary:
+# Rows written per transaction. One transaction per row cost ~11 queries and a commit per row
+# (30-58 rows/s for 60x80 photos on 2 cores, a worker task per row); a chunk is one commit, one
+# lookup of its existing SKUs and one batch of images for the workers (catalog -> recommender
+# signal, sent on commit). A failure rolls back its chunk only, files included; re-running the
+# import finishes the job (existing SKUs are updated, not duplicated).
+IMPORT_CHUNK = 200
+
+
+def catalog_import(*, rows, progress=None, chunk: int = IMPORT_CHUNK) -> ImportSummary:
     """Write validated rows; an existing SKU is updated and gets only the images it lacks."""
     summary = ImportSummary()
     categories = {}
-    for row in rows:
+    for start in range(0, len(rows), chunk):
+        part = rows[start:start + chunk]
         with files_removed_on_error(), transaction.atomic():
-            category = categories.get(row.category)
-            if category is None:
-                category = categories[row.category] = category_get_or_create(name=row.category)
-            product, created = Product.objects.update_or_create(
-                sku=row.sku, defaults={"title": row.title, "category": category, "price": row.price,
-                                       "description": row.description})
-            before = product.images.count()
-            for name, normalised in row.images:
-                product_image_add(product=product, normalised=normalised, original_name=name)
-            summary.images_added += product.images.count() - before
-            summary.created += created
-            summary.updated += not created
+            counts = _chunk_import(rows=part, categories=categories)
+        summary.created += counts.created
+        summary.updated += counts.updated
+        summary.images_added += counts.images_added
         if progress:
-            progress(1)
+            progress(len(part))
     return summary
+
+
+def _chunk_import(*, rows, categories) -> ImportSummary:
+    counts = ImportSummary()
+    existing = Product.objects.in_bulk([row.sku for row in rows], field_name="sku")
+    for row in rows:
+        category = categories.get(row.category)
+        if category is None:
+            category = categories[row.category] = category_get_or_create(name=row.category)
+        fields = {"title": row.title, "category": category, "price": row.price, "description": row.description}
+        product = existing.get(row.sku)
+        if product is None:
+            product = Product.objects.create(sku=row.sku, **fields)
+            # A new product has no images yet: no duplicate lookups (the row's own repeats are
+            # dropped here), positions in the CSV's order.
+            distinct = {}
+            for name, normalised in row.images:
+                distinct.setdefault(normalised.sha256, (name, normalised))
+            for position, (name, normalised) in enumerate(distinct.values()):
+                product_image_add(product=product, normalised=normalised, original_name=name, position=position,
+                                  known_new=True)
+            counts.images_added += len(distinct)
+            counts.created += 1
+            continue
+        for name, value in fields.items():
+            setattr(product, name, value)
+        product.save()
+        before = product.images.count()
+        for name, normalised in row.images:
+            product_image_add(product=product, normalised=normalised, original_name=name)
+        counts.images_added += product.images.count() - before
+        counts.updated += 1
+    return counts

@@ -34,7 +34,9 @@ _written_files: ContextVar[list | None] = ContextVar("catalog_written_files", de
 @contextmanager
 def files_removed_on_error():
     """Storage writes are not transactional: delete the files written inside this block when it
-    raises. Use it *outside* ``transaction.atomic()`` so rows and files go together."""
+    raises. Use it *outside* ``transaction.atomic()`` so rows and files go together; nested, a
+    block that succeeds hands its files to the enclosing one."""
+    outer = _written_files.get()
     token = _written_files.set([])
     try:
         yield
@@ -42,6 +44,9 @@ def files_removed_on_error():
         for storage, name in _written_files.get():
             storage.delete(name)
         raise
+    else:
+        if outer is not None:  # nested (a row inside an import's chunk): the chunk may still roll back
+            outer.extend(_written_files.get())
     finally:
         _written_files.reset(token)
 
@@ -64,13 +69,15 @@ def product_image_describe(*, image: ProductImage, normalised: NormalisedImage, 
 
 
 def product_image_add(*, product: Product, upload=None, normalised: NormalisedImage | None = None,
-                      position: int | None = None, original_name: str = "") -> ProductImage:
+                      position: int | None = None, original_name: str = "", known_new: bool = False) -> ProductImage:
     """Validate, normalise and attach an image. Returns the existing image if the same picture is
-    already attached to the product (re-imports are idempotent)."""
+    already attached to the product (re-imports are idempotent). ``known_new``: the product was
+    created in this transaction with distinct pictures (an importer's chunk): no lookup."""
     normalised = normalised or normalise_image(upload)
-    existing = ProductImage.objects.filter(product=product, content_hash=normalised.sha256).first()
-    if existing:
-        return existing
+    if not known_new:
+        existing = ProductImage.objects.filter(product=product, content_hash=normalised.sha256).first()
+        if existing:
+            return existing
     if position is None:
         last = product.images.order_by("-position").values_list("position", flat=True).first()
         position = 0 if last is None else last + 1

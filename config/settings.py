@@ -207,6 +207,7 @@ CELERY_TASK_DEFAULT_QUEUE = "celery"
 # the CNN over new images (GPU workers); training: trainings and whole-catalog embedding/pruning.
 CELERY_TASK_ROUTES = {
     "recommender.tasks.process_images": {"queue": "features"},
+    "recommender.tasks.drain_backlog": {"queue": "features"},
     "recommender.tasks.extract_features": {"queue": "features"},
     "recommender.tasks.train_model_version": {"queue": "training"},
     "recommender.tasks.embed_missing": {"queue": "training"},
@@ -239,6 +240,9 @@ RECOMMENDER = {
     "INPUT_SIZE": env_int("RECOMMENDER_INPUT_SIZE", 224),
     "EXTRACT_BATCH_SIZE": env_int("RECOMMENDER_EXTRACT_BATCH_SIZE", 32),
     "INGEST_CHUNK": env_int("RECOMMENDER_INGEST_CHUNK", 64),
+    # A drain that finds fewer than INGEST_CHUNK new images waits this long, once, for more: images
+    # committed one at a time are extracted together; a lone upload pays it once.
+    "INGEST_LINGER_MS": env_int("RECOMMENDER_INGEST_LINGER_MS", 100),
     "SEED": env_int("RECOMMENDER_SEED", 1234),
     "EPOCHS": env_int("RECOMMENDER_EPOCHS", 32),
     "BATCH_SIZE": env_int("RECOMMENDER_BATCH_SIZE", 64),

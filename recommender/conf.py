@@ -19,7 +19,7 @@ from django.core import checks
 
 _KEYS = {
     "BACKBONE_WEIGHTS": "backbone_weights", "INPUT_SIZE": "input_size",
-    "EXTRACT_BATCH_SIZE": "extract_batch_size", "INGEST_CHUNK": "ingest_chunk", "SEED": "seed",
+    "EXTRACT_BATCH_SIZE": "extract_batch_size", "INGEST_CHUNK": "ingest_chunk", "INGEST_LINGER_MS": "ingest_linger_ms", "SEED": "seed",
     "EPOCHS": "epochs", "BATCH_SIZE": "batch_size", "LEARNING_RATE": "learning_rate",
     "VALIDATION_SPLIT": "validation_split", "DROPOUT": "dropout", "MIN_IMAGES_TO_TRAIN": "min_images_to_train",
     "GATE_TOLERANCE": "gate_tolerance", "RETRAIN_NEW_SHARE": "retrain_new_share",
@@ -46,6 +46,7 @@ class RecommenderConfig:
     input_size: int
     extract_batch_size: int
     ingest_chunk: int
+    ingest_linger_ms: int
     seed: int
     epochs: int
     batch_size: int
@@ -99,6 +100,7 @@ class RecommenderConfig:
             ("input_size", self.input_size >= 32, "must be at least 32 pixels (ResNet50's minimum)"),
             ("extract_batch_size", self.extract_batch_size >= 1, "must be at least 1"),
             ("ingest_chunk", self.ingest_chunk >= 1, "must be at least 1"),
+            ("ingest_linger_ms", 0 <= self.ingest_linger_ms <= 5000, "must be between 0 and 5000 ms"),
             ("epochs", self.epochs >= 1, "must be at least 1"),
             ("batch_size", self.batch_size >= 1, "must be at least 1"),
             ("learning_rate", self.learning_rate >= 0, "must be 0 or more"),

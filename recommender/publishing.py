@@ -14,6 +14,7 @@ import logging
 logger = logging.getLogger(__name__)
 
 PROCESS_IMAGES = "recommender.tasks.process_images"
+DRAIN_BACKLOG = "recommender.tasks.drain_backlog"
 TRAIN_MODEL_VERSION = "recommender.tasks.train_model_version"
 EMBED_MISSING = "recommender.tasks.embed_missing"
 EXTRACT_FEATURES = "recommender.tasks.extract_features"
@@ -39,6 +40,41 @@ def publish(task: str, *, args: list, countdown: float = 0, waiting: str) -> boo
 
 def images_publish(*, image_ids: list[int], countdown: float = 0) -> bool:
     return publish(PROCESS_IMAGES, args=[image_ids], countdown=countdown, waiting=f"{len(image_ids)} images")
+
+
+# The drain's "one is waiting" flag (in the cache, SET NX with a lifetime). A flag without its
+# message (a purged or lost one) blocks new wake-ups for at most this long; a message that waits
+# longer (a queue full of re-extraction chunks) lets one more through per lifetime: the queue holds
+# at most a few drains however many images arrive or the recovery finds.
+DRAIN_FLAG = "recommender:drain-waiting"
+DRAIN_FLAG_SECONDS = 15
+
+
+def drain_publish(*, countdown: float = 0) -> bool:
+    """Send one ``drain_backlog`` unless one is already waiting. A cache outage sends it anyway
+    (one per call: what every commit sent before the flag existed)."""
+    from django.core.cache import cache
+
+    if not countdown:
+        try:
+            if not cache.add(DRAIN_FLAG, 1, DRAIN_FLAG_SECONDS):
+                return True
+        except Exception as exc:
+            logger.warning("cache unavailable (%s); sending a drain without checking for a waiting one", exc)
+    sent = publish(DRAIN_BACKLOG, args=[], countdown=countdown, waiting="the ingestion backlog")
+    if not sent and not countdown:
+        drain_taken()
+    return sent
+
+
+def drain_taken() -> None:
+    """A drain started: the next arrival may send another."""
+    from django.core.cache import cache
+
+    try:
+        cache.delete(DRAIN_FLAG)
+    except Exception:  # the flag expires by itself
+        pass
 
 
 def training_publish(*, version_id: int) -> bool:

@@ -1,7 +1,8 @@
 """Saving a product image enqueues its processing after the transaction commits.
 
-Images saved in one transaction (an admin form with several inlines, an importer's chunk) are
-published together, so the worker extracts their features in one batch."""
+One wake-up per transaction, whatever it saved (an admin form with several inlines, an
+importer's chunk): the drains claim the images themselves, in full batches
+(recommender.services.ingestion)."""
 
 from django.db import connection, transaction
 from django.db.models.signals import post_save
@@ -15,9 +16,9 @@ _PENDING_ATTR = "_recommender_pending_images"
 def _flush():
     ids = connection.__dict__.pop(_PENDING_ATTR, None)
     if ids:
-        from recommender.services.ingestion import images_enqueue
+        from recommender.services.ingestion import ingestion_wake
 
-        images_enqueue(image_ids=ids)
+        ingestion_wake()
 
 
 @receiver(post_save, sender=ProductImage, dispatch_uid="recommender_enqueue_image")

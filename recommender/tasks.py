@@ -30,6 +30,11 @@ def process_images(self, image_ids):
     return ingestion.images_process(image_ids=image_ids, token=self.request.id or "eager")
 
 
+@app.task(bind=True, **COMMON)
+def drain_backlog(self):
+    return ingestion.images_drain(token=self.request.id or "eager", eager=bool(self.request.is_eager))
+
+
 @app.task(**COMMON)
 def extract_features(version_id, image_ids):
     return features.features_extract(version_id=version_id, image_ids=image_ids)

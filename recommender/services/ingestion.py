@@ -3,18 +3,29 @@
 ``ProductImage.status`` is the truth: pending -> processing (claimed under a task's token) ->
 ready, or back to pending with backoff after an error, or failed after MAX_ATTEMPTS. Safe to run
 twice with the same arguments: a redelivered task re-claims only what is still its own.
+
+New images are not sent to workers by id. Whatever brought them (an upload, a bulk ZIP, an
+import's chunk, the API), their commit sends one ``drain_backlog`` unless one already waits
+(:func:`ingestion_wake`), and each drain claims the oldest INGEST_CHUNK fresh images itself, so
+workers extract full batches however the images arrived, and a backlog of any size holds a few
+messages in the broker, not one per image. A drain that leaves work behind wakes another worker.
+Retries (an image that failed, or whose worker was lost) are processed one image per task: an
+image that kills its worker uses up only its own attempts.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import batched
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
-from django.db.models import F, Q
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
+from django.db.models.functions import Power
 from django.utils import timezone
 
 from catalog.models import ProductImage
@@ -27,6 +38,11 @@ from recommender.services.embeddings import embeddings_create
 
 logger = logging.getLogger(__name__)
 Status = ProductImage.Status
+
+
+def ingestion_wake() -> bool:
+    """New pending images (or a recovered backlog): make sure a drain is on its way."""
+    return publishing.drain_publish()
 
 
 def images_enqueue(*, image_ids, countdown: float = 0) -> int:
@@ -186,7 +202,85 @@ def _outcome_record(batch: _Batch, token: str) -> None:
 def images_process(*, image_ids, token: str) -> dict:
     """Claim, decode, extract features (one batch), make thumbnails, embed with the active version,
     record the outcome."""
-    claimed = images_claim(image_ids=image_ids, token=token)
+    return _claimed_process(claimed=images_claim(image_ids=image_ids, token=token), token=token)
+
+
+def _retry_due_claim(*, token: str, now) -> list[int] | None:
+    """One image due for another attempt, claimed on its own (None: there is none): pending after
+    an error whose backoff (2**attempts s) is over, or processing under a claim gone stale (its
+    task was lost without a redelivery). A drain takes these first."""
+    stale = now - timedelta(seconds=config().stale_seconds)
+    due_at = ExpressionWrapper(F("status_changed_at") + Value(timedelta(seconds=1)) * Power(2, F("attempts")),
+                               output_field=DateTimeField())
+    with transaction.atomic():
+        row = (ProductImage.objects.select_for_update(skip_locked=True).alias(due_at=due_at)
+               .filter(Q(status=Status.PENDING, attempts__gt=0, due_at__lte=now)
+                       | Q(status=Status.PROCESSING, status_changed_at__lt=stale))
+               .order_by("status_changed_at").values_list("id", flat=True).first())
+    return None if row is None else images_claim(image_ids=[row], token=token)
+
+
+def _fresh_claim(*, token: str, limit: int, now) -> list[int]:
+    """Up to ``limit`` never-tried pending images, oldest first, skipping rows another drain holds."""
+    with transaction.atomic():
+        ids = list(ProductImage.objects.select_for_update(skip_locked=True)
+                   .filter(status=Status.PENDING, attempts=0).order_by("id").values_list("id", flat=True)[:limit])
+        ProductImage.objects.filter(id__in=ids).update(
+            status=Status.PROCESSING, attempts=F("attempts") + 1, processing_token=token, status_changed_at=now)
+    return ids
+
+
+def backlog_waiting(*, now=None) -> bool:
+    """Is there work a drain would claim now?"""
+    now = now or timezone.now()
+    stale = now - timedelta(seconds=config().stale_seconds)
+    return ProductImage.objects.filter(
+        Q(status=Status.PENDING) | Q(status=Status.PROCESSING, status_changed_at__lt=stale)).exists()
+
+
+def images_drain(*, token: str, eager: bool = False) -> dict:
+    """One batch of the backlog (the ``drain_backlog`` task): this task's own rows when it is a
+    redelivery, else one image due for a retry, else the oldest INGEST_CHUNK fresh images, waiting
+    INGEST_LINGER_MS once for a short batch to fill. Work left behind wakes another drain before
+    this one starts extracting; eagerly (no broker), the drain loops until the backlog is empty."""
+    publishing.drain_taken()
+    totals: dict = {"claimed": 0}
+    for round_ in itertools.count():
+        # Eagerly, each batch under a token of its own (a token names one claim).
+        claimed = _drain_claim(token=f"{token[:56]}-{round_}" if round_ else token, eager=eager)
+        if not claimed:
+            return totals
+        if not eager and backlog_waiting():
+            ingestion_wake()
+        result = _claimed_process(claimed=claimed, token=f"{token[:56]}-{round_}" if round_ else token)
+        totals = {key: totals.get(key, 0) + value for key, value in result.items()}
+        if not eager:
+            return totals
+    return totals
+
+
+def _drain_claim(*, token: str, eager: bool) -> list[int]:
+    own = list(ProductImage.objects.filter(status=Status.PROCESSING, processing_token=token)
+               .values_list("id", flat=True))
+    if own:  # a redelivery: this task's worker died mid-batch (images_claim splits the batch)
+        return images_claim(image_ids=own, token=token)
+    now = timezone.now()
+    while (retry := _retry_due_claim(token=token, now=now)) is not None:
+        if retry:
+            return retry
+        # [] : that image was over its attempts and is now failed; look for the next one
+    chunk = config().ingest_chunk
+    claimed = _fresh_claim(token=token, limit=chunk, now=now)
+    linger = config().ingest_linger_ms / 1000
+    if claimed and len(claimed) < chunk and linger and not eager:
+        # A lone upload pays this once; images arriving one commit at a time (API clients, an
+        # importer without chunks) are extracted together instead of one by one.
+        time.sleep(linger)
+        claimed += _fresh_claim(token=token, limit=chunk - len(claimed), now=timezone.now())
+    return claimed
+
+
+def _claimed_process(*, claimed: list[int], token: str) -> dict:
     if not claimed:
         return {"claimed": 0}
     spec, identity = serving_backbone()  # one read: an activation meanwhile cannot mix two backbones
@@ -208,5 +302,5 @@ def images_retry(*, image_ids) -> int:
     ids = list(ProductImage.objects.filter(id__in=image_ids, status=Status.FAILED).values_list("id", flat=True))
     ProductImage.objects.filter(id__in=ids).update(status=Status.PENDING, attempts=0, last_error="",
                                                    status_changed_at=timezone.now())
-    transaction.on_commit(lambda: images_enqueue(image_ids=ids))
+    transaction.on_commit(ingestion_wake)
     return len(ids)

@@ -17,7 +17,7 @@ from recommender.models import ModelVersion
 from recommender.selectors.features import images_missing_embedding, images_missing_features
 from recommender.selectors.versions import active_version, retrain_reason, serving_backbone, training_version
 from recommender.services.features import features_enqueue
-from recommender.services.ingestion import images_enqueue
+from recommender.services.ingestion import ingestion_wake
 from recommender.services.training import model_version_fail, model_version_start
 
 Status = ProductImage.Status
@@ -25,13 +25,15 @@ RECOVER_BATCH = 5000  # rows looked at per run: a long outage is healed over sev
 
 
 def _lost_images_requeue(stale) -> int:
-    # Pending rows are published on commit, but may wait behind a long queue: only those pending
-    # for longer than STALE_SECONDS count as lost (re-publishing sooner only adds no-op tasks).
-    lost = list(ProductImage.objects.filter(status__in=[Status.PENDING, Status.PROCESSING],
-                                            status_changed_at__lt=stale).values_list("id", flat=True)[:RECOVER_BATCH])
+    # Images untouched for STALE_SECONDS (pending, or processing under a lost claim): their wake-up
+    # may have been lost with the broker. One drain is sent, never one message per image: it
+    # claims them itself (and wakes more drains while work is left), so a backlog of any size
+    # costs the queue one message per run, however long it stays.
+    lost = ProductImage.objects.filter(status__in=[Status.PENDING, Status.PROCESSING],
+                                       status_changed_at__lt=stale)[:RECOVER_BATCH].count()
     if lost:
-        images_enqueue(image_ids=lost)
-    return len(lost)
+        ingestion_wake()
+    return lost
 
 
 def _missing_embeddings_publish() -> int:

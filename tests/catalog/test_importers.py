@@ -104,3 +104,57 @@ def test_import_catalog_missing_columns_is_a_clear_error(shop):
     with pytest.raises(CommandError, match="missing the column"):
         run("import_catalog", str(csv_path))
     assert Product.objects.count() == 0
+
+
+def catalog_rows(count, *, start=0):
+    from catalog.importing import CatalogRow
+    from catalog.validators import normalise_image
+
+    return [CatalogRow(line=i + 2, sku=f"R-{i}", title=f"Row {i}", category="Rows", price=1, description="",
+                       images=[(f"{i}.png", normalise_image(io.BytesIO(png_bytes(seed=1000 + i))))])
+            for i in range(start, start + count)]
+
+
+def test_catalog_import_commits_a_chunk_of_rows_at_a_time():
+    """One transaction per row cost ~11 queries, a commit and a broker message per row (30-58
+    rows/s); a chunk is one transaction (one wake-up for the workers, sent on its commit)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from catalog.importing import catalog_import
+
+    rows = catalog_rows(25)
+    with CaptureQueriesContext(connection) as queries:
+        summary = catalog_import(rows=rows, chunk=10)
+    assert (summary.created, summary.images_added) == (25, 25)
+    # Inside the test's transaction each chunk's atomic block is a savepoint: 10, 10 and 5 rows.
+    assert sum(q["sql"].startswith("SAVEPOINT") for q in queries) == 3
+    assert len(queries) <= 3 * 25  # ~2 inserts per row, plus a few per chunk
+    assert list(Product.objects.get(sku="R-3").images.values_list("position", flat=True)) == [0]
+
+
+def test_a_chunk_that_fails_leaves_neither_its_rows_nor_its_files(settings):
+    from django.db import DataError
+
+    from catalog.importing import catalog_import
+
+    rows = catalog_rows(25)
+    rows[17].price = 10 ** 9  # over the column's 10 digits: PostgreSQL refuses the row
+    with pytest.raises(DataError):
+        catalog_import(rows=rows, chunk=10)
+    assert Product.objects.count() == 10  # the first chunk committed; the second rolled back whole
+    assert len(media_files(settings)) == 10  # and took its files with it
+    rows[17].price = 1
+    assert catalog_import(rows=rows, chunk=10).created == 15  # running it again finishes the job
+    assert ProductImage.objects.count() == 25 and len(media_files(settings)) == 25
+
+
+def test_a_row_naming_the_same_picture_twice_gets_it_once():
+    from catalog.importing import catalog_import
+
+    [row] = catalog_rows(1)
+    other = catalog_rows(1, start=7)[0].images[0]
+    row.images = [row.images[0], other, row.images[0]]
+    assert catalog_import(rows=[row]).images_added == 2
+    assert list(Product.objects.get(sku="R-0").images.order_by("position").values_list("original_name", flat=True)) \
+        == ["0.png", "7.png"]

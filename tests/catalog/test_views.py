@@ -157,7 +157,7 @@ def test_listings_run_a_bounded_number_of_queries(client, page, django_assert_ma
 
 
 def test_cards_use_the_worker_made_webp_thumbnails_and_pages_write_no_files(client, settings):
-    image = ProductImageFactory(data=png_bytes((64, 64), seed=3))
+    image = ProductImageFactory(data=png_bytes((600, 600), seed=3))  # large enough for every size
     with image.image.open("rb") as handle:
         picture = Image.open(handle)
         picture.load()

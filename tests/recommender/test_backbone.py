@@ -45,6 +45,22 @@ def test_batched_equals_one_at_a_time():
     np.testing.assert_allclose(backbone.extract(images), backbone.extract_one_at_a_time(images), rtol=1e-3, atol=1e-4)
 
 
+def test_a_short_batch_is_not_padded_and_traces_nothing_new():
+    """A lone upload used to be padded to the full batch of 32 (31 blank images extracted for
+    nothing); the graph traced at load time takes any batch size."""
+    backbone = Backbone(BackboneSpec(weights="random", input_size=32), batch_size=8)
+    function = backbone.model.predict_function
+    shapes = []
+    original = backbone.model.predict_on_batch
+    backbone.model.predict_on_batch = lambda x: shapes.append(x.shape[0]) or original(x)
+    full = backbone.extract(pictures(11, seed=5))
+    assert shapes == [8, 3]
+    assert backbone.model.predict_function is function  # the same compiled function, no new one
+    one = backbone.extract(pictures(11, seed=5)[-1:])
+    np.testing.assert_allclose(one[0], full[-1], rtol=1e-4, atol=1e-5)
+    assert shapes[-1] == 1
+
+
 def test_identity_records_architecture_weights_and_size(tmp_path):
     assert BackboneSpec(weights="random", input_size=64, seed=3).identity == "resnet50:random-seed3:64"
     assert BackboneSpec(weights="imagenet", input_size=224).identity == "resnet50:imagenet:224"

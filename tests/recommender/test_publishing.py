@@ -7,10 +7,13 @@ import pytest
 
 from config.celery import app
 from recommender.publishing import (
+    DRAIN_BACKLOG,
     EMBED_MISSING,
     EXTRACT_FEATURES,
     PROCESS_IMAGES,
     TRAIN_MODEL_VERSION,
+    drain_publish,
+    drain_taken,
     embedding_publish,
     features_publish,
     images_publish,
@@ -55,6 +58,27 @@ def test_each_task_is_sent_by_name_to_its_queue(broker, publish, kwargs, queue, 
     assert message.payload[0] == args
 
 
+def test_a_drain_is_sent_once_however_often_it_is_asked_for_until_one_starts(broker):
+    """Every commit of new images asks for a drain; the queue holds one, not one per commit."""
+    assert all(drain_publish() for _ in range(200))
+    assert broker.client.llen("features") == 1
+    drain_taken()  # a worker took it: the next arrival sends another
+    assert drain_publish() and drain_publish()
+    [first, second] = messages(broker, "features")
+    assert first.headers["task"] == second.headers["task"] == DRAIN_BACKLOG and first.payload[0] == []
+
+
+def test_a_lost_drain_message_blocks_new_ones_for_the_flag_lifetime_only(broker, monkeypatch):
+    from recommender import publishing
+
+    monkeypatch.setattr(publishing, "DRAIN_FLAG_SECONDS", 1)
+    assert drain_publish()
+    broker.queue_purge("features")  # the message is lost (a broker restart), its flag is not
+    assert drain_publish() and broker.client.llen("features") == 0
+    time.sleep(1.2)
+    assert drain_publish() and broker.client.llen("features") == 1
+
+
 def test_a_countdown_is_sent_as_an_eta(broker):
     assert images_publish(image_ids=[5], countdown=30) is True
     [message] = messages(broker, "features")
@@ -93,7 +117,7 @@ def test_every_task_has_its_queue_in_the_routes(settings):
     beat = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert beat <= set(names)
     assert {name: route["queue"] for name, route in settings.CELERY_TASK_ROUTES.items()} == {
-        PROCESS_IMAGES: "features", EXTRACT_FEATURES: "features", TRAIN_MODEL_VERSION: "training",
+        PROCESS_IMAGES: "features", DRAIN_BACKLOG: "features", EXTRACT_FEATURES: "features", TRAIN_MODEL_VERSION: "training",
         EMBED_MISSING: "training",
         "recommender.tasks.prune_embeddings": "training", "recommender.tasks.recover_lost_work": "celery",
         "recommender.tasks.retrain_if_needed": "celery"}

@@ -10,10 +10,45 @@ from django.utils import timezone
 from catalog.models import ProductImage
 from recommender.conf import config
 from recommender.models import BackboneFeature
-from recommender.services.ingestion import images_claim, images_enqueue, images_process
+from recommender.services.ingestion import images_claim, images_drain, images_enqueue, images_process
 from tests.recommender.helpers import import_products
 
 pytestmark = pytest.mark.django_db
+
+
+class BrokerQueue:
+    """The real broker's ``features`` queue (a Redis list), read without consuming it."""
+
+    def __init__(self, channel):
+        self.channel = channel
+
+    def purge(self):
+        from recommender.publishing import drain_taken
+
+        self.channel.queue_purge("features")
+        drain_taken()  # a purged drain's flag too
+
+    def tasks(self) -> list[str]:
+        import json
+
+        return [json.loads(raw)["headers"]["task"] for raw in self.channel.client.lrange("features", 0, -1)]
+
+
+@pytest.fixture
+def broker_queue():
+    from config.celery import app
+
+    with app.connection_for_write() as conn:
+        queue = BrokerQueue(conn.default_channel)
+        queue.purge()
+        yield queue
+        queue.purge()
+
+
+def import_category():
+    from catalog.services import category_get_or_create
+
+    return category_get_or_create(name="Bulk")
 
 
 def break_image_file(image_id):
@@ -89,3 +124,87 @@ def test_enqueueing_while_the_broker_is_down_sends_nothing_and_leaves_the_rows_p
     assert images_enqueue(image_ids=ids) == 0  # nothing raised: the periodic recovery sends them later
     assert set(ProductImage.objects.values_list("status", flat=True)) == {"pending"}
     assert "broker unavailable" in caplog.text
+
+
+# --------------------------------------------------------------------------- drains
+
+
+def fresh_pending(ids):
+    ProductImage.objects.filter(id__in=ids).update(status="pending", attempts=0, processing_token="", thumbnails={})
+
+
+def test_a_drain_claims_a_full_batch_however_the_images_arrived(settings):
+    """import_fashion_mnist commits one product at a time; the drain still extracts INGEST_CHUNK at once."""
+    settings.RECOMMENDER = {**settings.RECOMMENDER, "INGEST_CHUNK": 16}
+    ids = import_products(20)
+    first = images_drain(token="drain-1")
+    assert first == {"claimed": 16, "ready": 16, "errors": 0, "extracted": 16}
+    assert list(ProductImage.objects.filter(status="ready").order_by("id").values_list("id", flat=True)) == ids[:16]
+    assert images_drain(token="drain-2")["extracted"] == 4  # the rest (after one linger)
+    assert images_drain(token="drain-3") == {"claimed": 0}  # nothing left: no-op
+
+
+def test_a_drain_that_leaves_work_behind_wakes_one_more(settings, broker_queue):
+    settings.RECOMMENDER = {**settings.RECOMMENDER, "INGEST_CHUNK": 8}
+    import_products(12)
+    broker_queue.purge()
+    images_drain(token="drain-1")
+    assert broker_queue.tasks() == ["recommender.tasks.drain_backlog"]
+    images_drain(token="drain-2")  # takes the last 4 and finds nothing more: wakes no one
+    assert broker_queue.tasks() == ["recommender.tasks.drain_backlog"]
+
+
+def test_a_drain_takes_an_image_due_for_a_retry_alone_and_first(settings):
+    ids = import_products(6)
+    now = timezone.now()
+    ProductImage.objects.filter(pk=ids[0]).update(attempts=2, status_changed_at=now - timedelta(seconds=30))  # due (4 s)
+    ProductImage.objects.filter(pk=ids[1]).update(attempts=5 - 1, status_changed_at=now)  # backoff 16 s: not due
+    assert images_drain(token="d1") == {"claimed": 1, "ready": 1, "errors": 0, "extracted": 1}
+    assert ProductImage.objects.get(pk=ids[0]).status == "ready"
+    assert images_drain(token="d2")["claimed"] == 4  # the fresh ones; the one in backoff waits
+    assert ProductImage.objects.get(pk=ids[1]).status == "pending"
+
+
+def test_a_redelivered_drain_splits_its_own_batch(django_capture_on_commit_callbacks):
+    ids = import_products(3)
+    ProductImage.objects.filter(id__in=ids).update(status="processing", processing_token="drain-x", attempts=1)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert images_drain(token="drain-x") == {"claimed": 0}
+    assert set(ProductImage.objects.values_list("status", "attempts")) == {("pending", 1)}
+    assert len(callbacks) == 1  # one single-image task per image, after commit
+
+
+def test_an_eager_drain_empties_the_backlog(settings):
+    settings.RECOMMENDER = {**settings.RECOMMENDER, "INGEST_CHUNK": 8}
+    import_products(20)
+    assert images_drain(token="eager", eager=True)["ready"] == 20
+    assert set(ProductImage.objects.values_list("status", flat=True)) == {"ready"}
+
+
+def test_a_backlog_of_thousands_costs_the_broker_one_message_per_recovery(settings, broker_queue):
+    """Before drains, every recovery run published every image pending for STALE_SECONDS, 64 per
+    message, and again on the next run while they still waited: the queue grew with the backlog."""
+    from catalog.models import Product
+    from recommender.services.maintenance import recover_lost_work
+
+    product = Product.objects.create(sku="BULK", title="bulk", category=import_category())
+    old = timezone.now() - timedelta(hours=1)
+    ProductImage.objects.bulk_create([ProductImage(product=product, image=f"x/{i}.png", content_hash=f"{i:064d}")
+                                      for i in range(5000)], batch_size=2000)
+    ProductImage.objects.update(status_changed_at=old)
+    broker_queue.purge()
+    for _ in range(3):
+        assert recover_lost_work()["requeued"] == 5000
+    assert broker_queue.tasks() == ["recommender.tasks.drain_backlog"]
+
+
+def test_staff_retry_sends_a_drain_not_one_task_per_image(django_capture_on_commit_callbacks, broker_queue):
+    from recommender.services.ingestion import images_retry
+
+    ids = import_products(5)
+    ProductImage.objects.filter(id__in=ids).update(status="failed", attempts=5)
+    broker_queue.purge()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert images_retry(image_ids=ids) == 5
+    assert broker_queue.tasks() == ["recommender.tasks.drain_backlog"]
+    assert images_drain(token="d")["claimed"] == 5  # a fresh set of attempts: one batch
