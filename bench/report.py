@@ -211,6 +211,19 @@ def _headline_ingestion(i: dict) -> list[str]:
                  f"catalog: {rt['total_seconds']} s ({rt['epochs']} epochs; a first version: this run had no "
                  "older version to replace).")
     lines.append(text)
+    shop, backlog = i.get("shop_path"), i.get("backlog")
+    if shop:
+        imp, ext = shop["import_catalog"], shop["extractor"]
+        met = "met" if shop["ratio"] >= 0.8 and shop["lone_upload_worst_seconds"] <= 2 else "not met"
+        lines.append(
+            f"**The shop path** (issue 14's ingestion targets {met}): `import_catalog` of {imp['images']:,} colour "
+            f"photos until searchable at {imp['images_per_second']} images/s with {shop['workers']} workers, "
+            f"{shop['ratio']:.2f} of the batched extractor alone in the same run ({ext['images_per_second']} "
+            f"images/s; target 0.80); a lone upload searchable in {shop['lone_upload_worst_seconds']:.2f} s at worst "
+            f"(target 2 s)"
+            + (f"; a backlog of {backlog['pending_images']:,} pending images holds {backlog['queue_after_recoveries']} "
+               f"message(s) in the broker after {backlog['commits']:,} arrivals and {backlog['recoveries']} recovery "
+               f"runs ({backlog['before_drains_messages']:,} before drains)" if backlog else "") + ".")
     return lines
 
 
