@@ -9,7 +9,7 @@ KERAS_HOME ?= $(HOME)/.keras
 FASHION_MNIST_DIR ?= $(abspath ../shared/data/fashion-mnist)
 export KERAS_HOME FASHION_MNIST_DIR
 
-.PHONY: run test test-fast bench bench-backbone install browser-deps prime-keras clean
+.PHONY: run test test-fast bench bench-backbone bench-deps install browser-deps prime-keras clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,7 +58,20 @@ test: install browser-deps
 test-fast: install
 	$(PY) -m pytest -m "not worker and not slow and not browser"
 
-bench: install prime-keras
+# bench/web_load.py drives GET levels with Debian's wrk (a compiled load generator); missing, it is
+# installed here when we are root with apt-get, else the benchmark says so and uses its thread pool.
+bench-deps:
+	@if ! command -v wrk >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing Debian's wrk for bench/web_load.py..."; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null || \
+	      echo "Installing wrk failed: bench/web_load.py falls back to its thread pool." >&2; \
+	  else \
+	    echo "wrk is missing (sudo apt-get install -y wrk): bench/web_load.py falls back to its thread pool." >&2; \
+	  fi; \
+	fi
+
+bench: install prime-keras bench-deps
 	$(PY) bench/run_all.py --quick
 
 # The backbone kind with a 12-epoch schedule (the product's is 6) on 15,000 images: ~30 min on 2 cores.

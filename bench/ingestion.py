@@ -342,8 +342,69 @@ def backlog_queue(n: int = BACKLOG, commits: int = 1000, recoveries: int = 3) ->
             "before_drains_messages": commits + recoveries * -(-RECOVER_BATCH // chunk)}
 
 
+def shop_only(args) -> None:
+    """``--shop-only``: the shop path and the backlog alone at ``--input-size`` (224 by default,
+    the production size), on a small setup catalog: 300 Fashion-MNIST products processed in this
+    process and a head trained on them (2 epochs), active, so imported photos become searchable."""
+    size = args.input_size or 224
+    tmp = common.isolate("ingest-shop", RECOMMENDER_INPUT_SIZE=size, RECOMMENDER_TRAINING="head")
+    common.django_setup()
+    common.quiet_tensorflow()
+    started_all = time.perf_counter()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    from recommender import runtime
+    from recommender.services.ingestion import images_drain
+    from recommender.services.training import model_version_start, model_version_train
+
+    spec = runtime.backbone_spec()
+    print(f"Setup: 300 Fashion-MNIST products at {size} px, a head trained on them (2 epochs)...")
+    call_command("import_fashion_mnist", count=300, split="train", verbosity=0)
+    images_drain(token="setup", eager=True)
+    settings.RECOMMENDER = {**settings.RECOMMENDER, "EPOCHS": 2}
+    version = model_version_train(version_id=model_version_start(trigger="benchmark", kind="head", publish=False).pk)
+    if version.status != "active":
+        raise RuntimeError(f"the setup version did not activate: {version.error}")
+    n = args.photos or IMPORT_PHOTOS
+    print(f"import_catalog of {n:,} colour photos at {size} px with 2 workers, beside the batched extractor alone...")
+    shop = import_path(tmp, spec, 2, n)
+    print(f"  {shop}")
+    backlog = backlog_queue()
+    print(f"  {backlog}")
+    imp, ext = shop["import_catalog"], shop["extractor"]
+    table = common.table(
+        f"The shop path at {size} px: import_catalog of {imp['images']:,} colour photos until all are searchable, "
+        "beside the batched extractor alone (same run, input size, worker count)",
+        ["Path", "Worker processes", "Images", "Seconds", "Images/s", "Share of the extractor"],
+        [["Batched extractor alone", ext["workers"], ext["images"], ext["seconds"], ext["images_per_second"], "1.00"],
+         ["`manage.py import_catalog` until searchable", shop["workers"], imp["images"], imp["seconds_to_searchable"],
+          imp["images_per_second"], f"{shop['ratio']:.2f}"]],
+        [f"Backbone {spec.identity}; photos {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG; import_catalog itself took "
+         f"{imp['import_seconds']} s. Lone uploads on idle workers: "
+         f"{', '.join(f'{v:.2f}' for v in shop['lone_upload_seconds'])} s (worst {shop['lone_upload_worst_seconds']:.2f} s).",
+         f"Backlog of {backlog['pending_images']:,} pending images: {backlog['queue_after_recoveries']} message(s) in the "
+         f"broker after {backlog['commits']:,} arrivals and {backlog['recoveries']} recoveries "
+         f"({backlog['before_drains_messages']:,} before drains)."])
+    common.print_table(table)
+    previous = common.read_result("ingestion_shop") or {}
+    runs = {**previous.get("runs", {}), str(size): {"shop_path": shop, "backlog": backlog, "table": table,
+                                                   "backbone": spec.identity}}
+    common.write_result("ingestion_shop", {"mode": "shop-only", "runs": runs,
+                                           "tables": [r["table"] for _, r in sorted(runs.items(), key=lambda kv: int(kv[0]))],
+                                           "seconds": round(time.perf_counter() - started_all, 1)})
+
+
 def main():
-    args = common.parse_mode()
+    def extra(parser):
+        parser.add_argument("--shop-only", action="store_true",
+                            help="only the import_catalog path and the backlog, at --input-size (default 224)")
+        parser.add_argument("--input-size", type=int, default=None)
+        parser.add_argument("--photos", type=int, default=None, help=f"photos to import (default {IMPORT_PHOTOS:,})")
+
+    args = common.parse_mode(extra=extra)
+    if args.shop_only:
+        return shop_only(args)
     quick = args.mode == "quick"
     # 64 in the quick run: the input size of the issue's shop measurement (4,000 photos at 64 px).
     input_size = 64 if quick else int(os.environ.get("RECOMMENDER_INPUT_SIZE", 224))

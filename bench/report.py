@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import common, heldout  # noqa: E402
 
 DOC = common.ROOT / "docs" / "benchmarks.md"
-ORDER = ["quality", "backbone_training", "extraction_speed", "query_speed", "web_load", "ingestion", "soak", "heldout",
-         "demo"]
+ORDER = ["quality", "backbone_training", "extraction_speed", "query_speed", "web_load", "ingestion", "ingestion_shop",
+         "soak", "heldout", "demo"]
 
 
 def load(name: str) -> dict | None:
@@ -279,7 +279,8 @@ def section_intro(name: str, data: dict) -> list[str]:
     out = []
     if data.get("shrunk"):
         out.append(f"Shrunk in this {data.get('mode', 'quick')} run: " + "; ".join(data["shrunk"]) + ".")
-    out.append(f"Script: `bench/{name}.py`; results: `bench/results/{name}.json`; "
+    script = {"ingestion_shop": "ingestion.py --shop-only"}.get(name, f"{name}.py")
+    out.append(f"Script: `bench/{script}`; results: `bench/results/{name}.json`; "
                f"took {data.get('seconds', 'n/a')} s, finished {data.get('finished_at', 'n/a')}, "
                f"load average then {data.get('machine', {}).get('load_average')}.")
     return out
@@ -291,6 +292,7 @@ TITLES = {
     "query_speed": "3. Similar-items query speed and accuracy at scale",
     "web_load": "4. The web under load",
     "ingestion": "5. Ingestion and retraining",
+    "ingestion_shop": "5b. The shop path at each input size (`bench/ingestion.py --shop-only --input-size N`)",
     "soak": "6. Soak: reads during uploads and a retraining (the suite's slow-tier test)",
     "backbone_training": "1b. The trained backbone, Fashion-MNIST protocol, a longer schedule",
     "heldout": "7. Held-out catalogs: search by photo on catalogs the model was never tuned on",

@@ -105,7 +105,11 @@ if not env("DATABASE_URL"):
         "DATABASE_URL is not set. Entry points call config.embedded.bootstrap() to start the "
         "embedded PostgreSQL; set DATABASE_URL to use your own server."
     )
-DATABASES = {"default": dj_database_url.parse(env("DATABASE_URL"), conn_max_age=env_int("CONN_MAX_AGE", 0))}
+# The web server keeps its connections (config/gunicorn.py sets CONN_MAX_AGE=60 for its workers: a
+# new connection per request tripled the cached product page's cost); everything else closes them.
+# Health checks replace a kept connection PostgreSQL has dropped (a restart) instead of failing.
+DATABASES = {"default": dj_database_url.parse(env("DATABASE_URL"), conn_max_age=env_int("CONN_MAX_AGE", 0),
+                                              conn_health_checks=env_bool("CONN_HEALTH_CHECKS", True))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -123,7 +127,8 @@ def _redis_url(url: str, db: int) -> str:
 
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        # Django's Redis backend, reusing its redis-py client (config/cache.py: 0.3 ms less per call).
+        "BACKEND": "config.cache.RedisCache",
         "LOCATION": _redis_url(REDIS_URL, 1),
         "KEY_PREFIX": env("CACHE_PREFIX", "catalog"),
         # A cache outage must not take pages down: give up fast and fall back to computing.

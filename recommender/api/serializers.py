@@ -141,8 +141,18 @@ class ModelVersionDetailSerializer(ModelVersionSerializer):
         return {k: v for k, v in (version.metrics or {}).items() if k not in bookkeeping}
 
 
+class StrictCharField(serializers.CharField):
+    """A string, and only a string: DRF's CharField turns a JSON number into its text (a training
+    whose reason was 3.4e+278 was accepted; the schema says string)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class TrainRequestSerializer(serializers.Serializer):
-    reason = serializers.CharField(required=False, allow_blank=True, max_length=150,
+    reason = StrictCharField(required=False, allow_blank=True, max_length=150,
                                    help_text="Why (recorded as the version's trigger).")
     kind = serializers.ChoiceField(choices=ModelVersion.Kind.choices, required=False, help_text=(
         "head (frozen backbone, the original method) or backbone (trained end to end); by default "

@@ -15,6 +15,7 @@ from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models import Prefetch
 
+from catalog import selectors as catalog_selectors
 from catalog.models import Product, ProductImage
 from recommender import db, runtime
 from recommender.backbone import get_backbone
@@ -36,6 +37,9 @@ class SimilarResult:
     items: list[SimilarItem]
     version: ModelVersion | None
     source: str  # "model" (active version), "backbone" (cold start) or "none"
+    # catalog.selectors.products_fingerprint of the answer's products, read before they were (None
+    # for cold start): a page cached with it is stale as soon as one of them changes.
+    fingerprint: str | None = None
 
 
 @dataclass
@@ -211,7 +215,36 @@ def _cache_set(key, value, timeout):
 
 
 def _cache_key(*parts) -> str:
-    return "similar:" + hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()
+    # "similar2": entries are (rows, fingerprint, items) since the products themselves are cached.
+    return "similar2:" + hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def _cached_answer(key, filters) -> tuple[list, str, list[SimilarItem]] | None:
+    """A cached (rows, fingerprint, items) still true of the products now, or None.
+
+    Unchanged products (same fingerprint: one query) are served as cached, without reading them;
+    changed ones are read again and filtered (_products_in_order), and the answer is recomputed if
+    one of them was hidden, deleted or moved out of the filters."""
+    cached = _cache_get(key)
+    if not isinstance(cached, tuple) or len(cached) != 3:
+        return None
+    rows, fingerprint, items = cached
+    ids = [pid for pid, _ in rows]
+    now = catalog_selectors.products_fingerprint(ids)
+    if now == fingerprint:
+        return cached
+    items = _products_in_order(rows, **filters)
+    if len(items) != len(rows):
+        return None
+    answer = (rows, now, items)
+    _cache_set(key, answer, config().similar_cache_seconds)
+    return answer
+
+
+def _fresh_answer(rows, filters) -> tuple[list, str, list[SimilarItem]]:
+    # The fingerprint is read before the products: a change in between makes it stale, not the items.
+    fingerprint = catalog_selectors.products_fingerprint([pid for pid, _ in rows])
+    return rows, fingerprint, _products_in_order(rows, **filters)
 
 
 def similar_products(*, product: Product, k: int = 6, same_category: bool = False, category=None,
@@ -222,22 +255,21 @@ def similar_products(*, product: Product, k: int = 6, same_category: bool = Fals
     version = active_version()
     if version is not None:
         key = _cache_key("v", version.pk, product.pk, k, same_category, filters)
-        cached = _cache_get(key) if use_cache else None
-        if cached is not None:
-            items = _products_in_order(cached, **filters)
-            if len(items) == len(cached):
-                return SimilarResult(items=items, version=version, source="model")
-            # A product of the cached answer was hidden, deleted or repriced since: answer afresh.
-        query = (Embedding.objects.filter(version=version, product=product)
-                 .order_by("image__position", "image_id").values_list("vector", "predicted").first())
-        if query is None:
-            return SimilarResult(items=[], version=version, source="none")
-        vector, predicted = query
-        rows = nearest_products(version=version, vector=vector, k=k, exclude_product=product.pk,
-                                predicted=predicted if same_category else None, **filters)
-        if use_cache:
-            _cache_set(key, rows, config().similar_cache_seconds)
-        return SimilarResult(items=_products_in_order(rows, **filters), version=version, source="model")
+        answer = _cached_answer(key, filters) if use_cache else None
+        if answer is None:
+            query = (Embedding.objects.filter(version=version, product=product)
+                     .order_by("image__position", "image_id").values_list("vector", "predicted").first())
+            if query is None:
+                return SimilarResult(items=[], version=version, source="none",
+                                     fingerprint=catalog_selectors.products_fingerprint([]))
+            vector, predicted = query
+            rows = nearest_products(version=version, vector=vector, k=k, exclude_product=product.pk,
+                                    predicted=predicted if same_category else None, **filters)
+            answer = _fresh_answer(rows, filters)
+            if use_cache:
+                _cache_set(key, answer, config().similar_cache_seconds)
+        rows, fingerprint, items = answer
+        return SimilarResult(items=items, version=version, source="model", fingerprint=fingerprint)
 
     backbone = runtime.backbone_spec().identity
     feature = (BackboneFeature.objects.filter(backbone=backbone, image__product=product)

@@ -286,12 +286,153 @@ def test_product_page_queries_do_not_grow_with_similar_items(client, django_asse
         assert len(similar_titles(response)) == 6
         return [q["sql"] for q in queries.captured_queries]
 
+    count()  # the process reads the new active version's row once (then only its stamp, every request)
     before = count()
     for product in products[:8]:  # more images on every neighbour: still one prefetch
         ProductImageFactory(product=product, data=png_bytes(seed=9000 + product.pk))
     assert len(count()) == len(before)
     with django_assert_max_num_queries(12):  # including the savepoint of SET LOCAL hnsw.*
         client.get(products[0].get_absolute_url())
+
+
+# --------------------------------------------------------------------------- product page cache
+
+
+def _served_page(client, url, **params):
+    """The page and the SQL it ran."""
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url, params)
+    assert response.status_code in (200, 404)
+    return response, [q["sql"] for q in queries.captured_queries]
+
+
+@pytest.fixture
+def panel():
+    """A shoe whose panel shows the other shoes first, with an active version."""
+    products = catalog(per_category=5)
+    version = model_version()
+    add_embeddings(version, products)
+    return products[0], version
+
+
+@pytest.mark.parametrize("same", [{}, {"same": "1"}])
+def test_a_shoppers_product_page_is_served_again_from_the_cache_with_two_queries(client, panel, same):
+    shoe, _ = panel
+    first, _ = _served_page(client, shoe.get_absolute_url(), **same)
+    again, queries = _served_page(client, shoe.get_absolute_url(), **same)
+    assert again.content == first.content
+    # The active version's stamp and one hash per product shown: no search, no product read.
+    assert len(queries) == 2, queries
+    assert not any("recommender_embedding" in q or '"catalog_product"' in q for q in queries)
+    assert again["Content-Type"] == "text/html; charset=utf-8" and again["X-Frame-Options"] == "DENY"
+
+
+def _neighbour(response) -> Product:
+    return Product.objects.get(title=similar_titles(response)[0])
+
+
+@pytest.mark.parametrize("change", ["hidden", "deleted", "repriced", "renamed", "category renamed", "new image",
+                                    "product itself repriced", "product itself hidden"])
+def test_a_cached_product_page_never_shows_a_product_as_it_was(client, panel, change):
+    """Changes made the way the admin's bulk actions make them (queryset updates: no signals)."""
+    shoe, _ = panel
+    url = shoe.get_absolute_url()
+    first, _ = _served_page(client, url)
+    neighbour = _neighbour(first)
+    others = Product.objects.filter(pk=neighbour.pk)
+    if change == "hidden":
+        others.update(is_active=False)
+    elif change == "deleted":
+        neighbour.delete()
+    elif change == "repriced":
+        others.update(price=Decimal("987.65"))
+    elif change == "renamed":
+        others.update(title="Renamed shoe")
+    elif change == "category renamed":
+        neighbour.category.__class__.objects.filter(pk=neighbour.category_id).update(name="Boots")
+    elif change == "new image":
+        ProductImage.objects.filter(product=neighbour).update(thumbnails={"256": "products/new-thumb.webp"})
+    elif change == "product itself repriced":
+        Product.objects.filter(pk=shoe.pk).update(price=Decimal("123.45"))
+    else:
+        Product.objects.filter(pk=shoe.pk).update(is_active=False)
+    response, _ = _served_page(client, url)
+    html = response.content.decode()
+    if change == "product itself hidden":
+        assert response.status_code == 404
+        return
+    titles = similar_titles(response)
+    assert len(titles) == 6
+    if change in ("hidden", "deleted"):
+        assert neighbour.title not in titles
+    elif change == "repriced":
+        assert "$987.65" in html
+    elif change == "renamed":
+        assert "Renamed shoe" in titles
+    elif change == "category renamed":
+        assert "Boots" in html
+    elif change == "new image":
+        assert "products/new-thumb.webp" in html
+    else:
+        assert "$123.45" in html
+
+
+def test_a_change_to_the_active_version_shows_on_a_cached_page_at_once(client, panel):
+    shoe, version = panel
+    url = shoe.get_absolute_url()
+    assert "(random weights: demo quality)" in _served_page(client, url)[0].content.decode()
+    ModelVersion.objects.filter(pk=version.pk).update(weights="imagenet", backbone="resnet50:imagenet:224")
+    html = _served_page(client, url)[0].content.decode()
+    assert "random weights" not in html and "backbone resnet50:imagenet:224" in html
+    ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.RETIRED)
+    html = _served_page(client, url)[0].content.decode()
+    assert f"Model v{version.pk}" not in html  # no version: no trained panel either
+
+
+def test_personal_pages_are_neither_served_from_nor_put_in_the_shoppers_cache(client, panel):
+    from django.contrib.auth.models import User
+
+    shoe, _ = panel
+    url = shoe.get_absolute_url()
+    _served_page(client, url)  # cached for shoppers
+    # A search in the query string is shown in the header's search box.
+    assert 'value="boots"' in client.get(url, {"q": "boots"}).content.decode()
+    staff = User.objects.create_user("staff", password="pw", is_staff=True)
+    client.force_login(staff)
+    staff_page = client.get(url).content.decode()
+    assert 'class="distance"' in staff_page and 'href="/admin/"' in staff_page  # staff see distances
+    client.logout()
+    client.cookies.clear()
+    shopper_page = client.get(url).content.decode()
+    assert 'class="distance"' not in shopper_page and 'href="/admin/"' not in shopper_page
+
+
+def test_the_product_page_serves_when_the_cache_is_down(client, panel, monkeypatch):
+    class Down:
+        def get(self, *args, **kwargs):
+            raise ConnectionError("Redis is down")
+
+        set = get
+
+    shoe, _ = panel
+    monkeypatch.setattr("recommender.selectors.answers.cache", Down())
+    monkeypatch.setattr("recommender.selectors.similarity.cache", Down())
+    for _ in range(2):
+        response = client.get(shoe.get_absolute_url())
+        assert response.status_code == 200 and len(similar_titles(response)) == 6
+
+
+def test_a_cached_similar_answer_is_served_without_reading_its_products(panel):
+    from recommender.selectors import similar_products
+
+    shoe, _ = panel
+    first = similar_products(product=shoe, k=6)
+    with CaptureQueriesContext(connection) as queries:
+        again = similar_products(product=shoe, k=6)
+    assert [i.product.pk for i in again.items] == [i.product.pk for i in first.items]
+    assert [i.product.images.all()[0].pk for i in again.items] == [i.product.images.all()[0].pk for i in first.items]
+    assert len(queries) == 2, [q["sql"] for q in queries.captured_queries]  # version stamp, products' hashes
+    assert again.fingerprint == first.fingerprint
 
 
 # --------------------------------------------------------------------------- search by photo

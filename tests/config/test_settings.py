@@ -85,3 +85,28 @@ def test_every_periodic_task_is_a_registered_task():
     assert {"recommender.tasks.recover_lost_work", "recommender.tasks.retrain_if_needed",
             "recommender.tasks.prune_embeddings"} <= scheduled
     assert scheduled <= set(app.tasks), scheduled - set(app.tasks)
+
+
+def test_the_production_server_keeps_database_connections_and_checks_them():
+    """config/gunicorn.py (what README's Operations runs and bench/web_load.py measures) gives its
+    workers persistent connections; other processes keep closing theirs."""
+    import runpy
+
+    conf = runpy.run_path(str(ROOT / "config" / "gunicorn.py"))
+    assert conf["worker_class"] == "gthread" and conf["threads"] > 1 and conf["workers"] >= 2
+    env = dict(item.split("=", 1) for item in conf["raw_env"]) if "CONN_MAX_AGE" not in os.environ else {}
+    result = manage("shell", "-c", "from django.conf import settings; d = settings.DATABASES['default']; "
+                    "print(d['CONN_MAX_AGE'], d['CONN_HEALTH_CHECKS'])", env={**PRODUCTION, **env})
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.strip().splitlines()[-1].split()
+    assert printed == [env.get("CONN_MAX_AGE", os.environ.get("CONN_MAX_AGE")), "True"]
+    assert int(printed[0]) > 0
+
+
+def test_the_cache_reuses_its_redis_client():
+    """Django's backend built a redis-py client (and its ~170 response callbacks) for every call."""
+    from django.core.cache import cache
+
+    cache.set("reuse", {"a": 1}, 10)
+    assert cache.get("reuse") == {"a": 1}
+    assert cache._cache.get_client("reuse") is cache._cache.get_client("other", write=True)

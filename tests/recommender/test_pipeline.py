@@ -2,6 +2,7 @@
 train, activate and similar items; and beat's recovery of ingestion whose messages were lost."""
 
 import io
+import re
 from datetime import timedelta
 
 import pytest
@@ -28,7 +29,12 @@ def test_import_ingest_train_activate_and_similar_items(start_worker):
     wait_for(all_ready, timeout=240, message="every image ready")
     assert ProductImage.objects.count() == 300
     assert BackboneFeature.objects.count() == 300  # exactly one feature row each
-    assert all(len(i.thumbnails) == 3 for i in ProductImage.objects.all())  # WebP thumbnails made once
+    assert all(list(i.thumbnails) == ["128"] for i in ProductImage.objects.all())  # 28x28: one WebP, made once
+    # 300 products committed one by one, extracted in full batches (INGEST_CHUNK 64) by drains:
+    # before, each commit sent its own task of one image, padded to a batch of 32.
+    claimed = [int(n) for n in re.findall(r"drain_backlog\[[^\]]+\] succeeded in [0-9.]+s: \{'claimed': (\d+)",
+                                          worker.output())]
+    assert sum(claimed) == 300 and max(claimed) == 64 and len([n for n in claimed if n]) <= 6, claimed
     # Cold start: no model yet, similar items come from standardised backbone features.
     product = Product.objects.order_by("id").first()
     cold = similar_products(product=product, k=6, use_cache=False)

@@ -335,3 +335,12 @@ def test_model_version_list_detail_and_training_control(staff_client, trained_ca
     assert similar(staff_client, products[0]).json()["model_version"]["id"] == version.pk
     assert staff_client.get(f"{VERSIONS}999999/").status_code == 404
     assert staff_client.post(f"{VERSIONS}999999/activate/").status_code == 404
+
+
+def test_a_training_reason_that_is_not_a_string_is_refused(staff_client):
+    from recommender.models import ModelVersion
+
+    response = staff_client.post(f"{VERSIONS}train/", {"reason": 3.4e278}, format="json")
+    assert response.status_code == 400
+    assert response.json()["errors"] == [{"field": "reason", "code": "invalid", "message": "Not a valid string."}]
+    assert not ModelVersion.objects.exists()
