@@ -2,7 +2,7 @@
 
 Builds a Fashion-MNIST catalog in a temporary VAR_DIR (real image files, features extracted and a
 head trained and activated through the services), starts gunicorn exactly as production runs it
-(``-c config/gunicorn.py``: gthread workers, one per core, persistent database connections; DEBUG
+(``-c config/gunicorn.py``: gthread workers, two per core, persistent database connections; DEBUG
 off, bound to 127.0.0.1 only), and drives it with 1, 8 and 32 concurrent clients from a load
 generator in other processes (bench/loadgen.py: wrk for GETs when it is installed, else a Python
 thread pool, with a loud message) for:
@@ -251,6 +251,14 @@ def endpoints_of(product_ids, images) -> list[dict]:
     ]
 
 
+def _server_shape() -> str:
+    """Workers x threads as config/gunicorn.py sets them in this environment."""
+    import runpy
+
+    conf = runpy.run_path(str(common.ROOT / "config" / "gunicorn.py"))
+    return f"{conf['workers']} workers x {conf['threads']} threads"
+
+
 def measure_before(tmp: Path, endpoints: list[dict], *, duration: float, sync_workers: int) -> dict:
     """The previous setup (sync workers, no persistent connections) at 32 clients, cached, same code."""
     args = [a.format(sync_workers=sync_workers) for a in SYNC_BEFORE]
@@ -332,7 +340,7 @@ def report(args, tmp, server, endpoints, results, *, catalog, cores, duration, n
         "The web under load (gunicorn -c config/gunicorn.py, DEBUG off, load generator on the same machine)",
         ["Endpoint", "Cache", "Clients", "Requests/s", "p50 ms", "p99 ms", "Requests", "Errors"],
         rows_of(endpoints, results),
-        [f"Server: {' '.join(server.command[3:])} (config/gunicorn.py: gthread, workers and threads there, "
+        [f"Server: {' '.join(server.command[3:])} (config/gunicorn.py: gthread, {_server_shape()}, "
          f"persistent database connections), 127.0.0.1 only; load generator: {generator}, sharing the same "
          f"{cores} cores; each level runs {duration:.0f} s.",
          "cached: every page and answer requested once before (the steady state); cold: the cache cleared "

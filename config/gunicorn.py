@@ -1,21 +1,20 @@
 """The production web server's configuration: ``gunicorn -c config/gunicorn.py config.wsgi:application``
 (README, Operations; bench/web_load.py measures exactly this). Environment variables override it.
 
-Measured side by side on 2 cores with wrk beside the server, the product page served from its cache
-(bench/web_load.py, 1,000 products; a machine loaded by other benchmarks, so ratios, not figures):
+Measured on 2 cores with wrk beside the server (bench/web_load.py --quick, 1,000 products, cached
+product page and similar-items API at 32 clients, a quiet machine, one run each; the previous setup,
+sync workers 2 x cores + 1 with a connection per request, served 156-192 and 143-185 req/s):
 
-- gthread, 2 workers x 8 threads, persistent connections: 595-661 req/s at 32 clients;
-- gthread, 3 x 4: 449-495 req/s; sync, 5 workers (2 x cores + 1, the previous setup): 105-298 req/s
-  (no keep-alive: a new connection for every request);
-- gthread 3 x 4 without persistent connections (CONN_MAX_AGE=0): 145-160 req/s, a third: a new
-  PostgreSQL connection (a forked backend) per request costs more than the whole cached page.
+- gthread 2 workers x 8 threads: page 513 req/s (p99 210 ms), API 531 (p99 202 ms);
+- gthread 4 x 4: page 564 (p99 136 ms), API 673 (p99 122 ms);
+- gthread 6 x 2: page 586 (p99 157 ms), API 776 (p99 101 ms).
 
-In bench/web_load.py's own side-by-side (two runs): this file 868-905 req/s at 32 clients, the sync
-workers with a connection per request 178-245 req/s, with the same code.
-
-One worker process per core keeps the cores busy (the views are CPU-bound Python); threads overlap
-each request's waits on PostgreSQL and Redis. Search by photo loads TensorFlow and the model in
-each worker that answers one, so fewer, threaded workers also keep memory down.
+Two workers per core: each process's threads share one GIL, so more processes serve the tail more
+fairly (p99) at about the same throughput; four threads each overlap the waits on PostgreSQL and
+Redis. Without persistent connections (CONN_MAX_AGE=0) the same server served a third: a new
+PostgreSQL connection (a forked backend) per request costs more than the whole cached page. Search
+by photo loads TensorFlow and the model (~1 GB) in each worker that answers one: on a small host
+with much photo search, fewer workers (WEB_WORKERS) keep memory down.
 """
 
 import os
@@ -23,9 +22,9 @@ import os
 _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 bind = os.environ.get("WEB_BIND", "0.0.0.0:8000")
-workers = int(os.environ.get("WEB_WORKERS", max(2, _cores)))
+workers = int(os.environ.get("WEB_WORKERS", 2 * _cores))
 worker_class = "gthread"
-threads = int(os.environ.get("WEB_THREADS", 8))
+threads = int(os.environ.get("WEB_THREADS", 4))
 # Keep-alive connections: with gthread, a client (or a proxy) reuses its connection.
 keepalive = int(os.environ.get("WEB_KEEPALIVE", 5))
 # The first search by photo in a worker loads TensorFlow and the model (seconds on 2 cores).
