@@ -201,21 +201,25 @@ def _headline_web(w: dict) -> list[str]:
     return lines
 
 
+def _shop_line(label: str, shop: dict, backlog: dict | None) -> str:
+    """The shop path's figures (bench/ingestion.py) against issue 14's targets, in one sentence."""
+    imp, ext = shop["import_catalog"], shop["extractor"]
+    met = "met" if shop["ratio"] >= 0.8 and shop["lone_upload_worst_seconds"] <= 2 else "not met"
+    text = (f"**{label}** (issue 14's ingestion targets {met}): `import_catalog` of {imp['images']:,} colour photos "
+            f"until searchable at {imp['images_per_second']} images/s with {shop['workers']} workers, "
+            f"{shop['ratio']:.2f} of the batched extractor alone in the same run ({ext['images_per_second']} "
+            f"images/s; target 0.80); a lone upload searchable in {shop['lone_upload_worst_seconds']:.2f} s at worst "
+            "(target 2 s)")
+    if backlog:
+        text += (f"; a backlog of {backlog['pending_images']:,} pending images holds "
+                 f"{backlog['queue_after_recoveries']} broker message(s) after {backlog['commits']:,} arrivals and "
+                 f"{backlog['recoveries']} recovery runs ({backlog['before_drains_messages']:,} before drains)")
+    return text + "."
+
+
 def _headline_ingestion_shop(i: dict) -> list[str]:
-    lines = []
-    for size, run in sorted(i.get("runs", {}).items(), key=lambda kv: int(kv[0])):
-        shop, backlog = run["shop_path"], run["backlog"]
-        imp, ext = shop["import_catalog"], shop["extractor"]
-        met = "met" if shop["ratio"] >= 0.8 and shop["lone_upload_worst_seconds"] <= 2 else "not met"
-        lines.append(
-            f"**The shop path at {size} px**: `import_catalog` of {imp['images']:,} colour photos until searchable at "
-            f"{imp['images_per_second']} images/s with {shop['workers']} workers, {shop['ratio']:.2f} of the batched "
-            f"extractor alone in the same run ({ext['images_per_second']} images/s; target 0.80: {met}); a lone upload "
-            f"searchable in {shop['lone_upload_worst_seconds']:.2f} s at worst; a backlog of "
-            f"{backlog['pending_images']:,} pending images holds {backlog['queue_after_recoveries']} broker message(s) "
-            f"after {backlog['commits']:,} arrivals and {backlog['recoveries']} recoveries "
-            f"({backlog['before_drains_messages']:,} before drains).")
-    return lines
+    return [_shop_line(f"The shop path at {size} px", run["shop_path"], run["backlog"])
+            for size, run in sorted(i.get("runs", {}).items(), key=lambda kv: int(kv[0]))]
 
 
 def _headline_ingestion(i: dict) -> list[str]:
@@ -238,20 +242,9 @@ def _headline_ingestion(i: dict) -> list[str]:
                  f"catalog: {rt['total_seconds']} s ({rt['epochs']} epochs; a first version: this run had no "
                  "older version to replace).")
     lines.append(text)
-    shop, backlog = i.get("shop_path"), i.get("backlog")
-    if shop:
-        imp, ext = shop["import_catalog"], shop["extractor"]
-        met = "met" if shop["ratio"] >= 0.8 and shop["lone_upload_worst_seconds"] <= 2 else "not met"
-        lines.append(
-            f"**The shop path** in this run ({i['backbone'].rsplit(':', 1)[-1]} px; issue 14's ingestion targets "
-            f"{met}): `import_catalog` of {imp['images']:,} colour "
-            f"photos until searchable at {imp['images_per_second']} images/s with {shop['workers']} workers, "
-            f"{shop['ratio']:.2f} of the batched extractor alone in the same run ({ext['images_per_second']} "
-            f"images/s; target 0.80); a lone upload searchable in {shop['lone_upload_worst_seconds']:.2f} s at worst "
-            f"(target 2 s)"
-            + (f"; a backlog of {backlog['pending_images']:,} pending images holds {backlog['queue_after_recoveries']} "
-               f"message(s) in the broker after {backlog['commits']:,} arrivals and {backlog['recoveries']} recovery "
-               f"runs ({backlog['before_drains_messages']:,} before drains)" if backlog else "") + ".")
+    if i.get("shop_path"):
+        size = i["backbone"].rsplit(":", 1)[-1]
+        lines.append(_shop_line(f"The shop path in this run ({size} px)", i["shop_path"], i.get("backlog")))
     return lines
 
 
