@@ -2,6 +2,7 @@
 use of the recommender; a test (tests/test_layout.py) keeps it that way.
 
 - ``similarity``: similar products and search by image (pgvector, or backbone features cold)
+- ``answers``: whole product pages and API answers, cached and served again while still true
 - ``versions``: the active version, a training's progress, training readiness, retrain reasons
 - ``ingestion``: the image-processing backlog, its rate and ETA
 - ``features``: stored backbone features (training, embedding and evaluation read them)
