@@ -209,12 +209,14 @@ class Backbone:
         self._warm()
 
     def _warm(self) -> None:
-        """Trace the compiled predict function for a full and a single-image batch now. Keras traces
-        it with ``reduce_retracing``: after a second input shape it is traced once more for any batch
-        size, so no later batch pays a trace (measured at 64 px, 2 cores: ~1.3 s per trace, then a
-        lone image 26 ms where padding it to 32 cost 240 ms)."""
+        """Trace the compiled predict function now, for any batch size. Keras traces it with
+        ``reduce_retracing``: a second input shape makes it trace a graph with the batch size left
+        open, so batches of one and two images (two traces, ~1.1 s each at 64 px on 2 cores, next to
+        no compute) leave nothing to trace for later batches of any size: a full batch of 32 then
+        ran at once (163 ms), a lone image in 17-26 ms where padding it to 32 cost 240 ms. Warming
+        with a full batch instead cost a whole batch of blank images (seconds at 224 px)."""
         size = self.spec.input_size
-        for n in sorted({self.batch_size, 1}, reverse=True):
+        for n in (1, 2):
             self.model.predict_on_batch(np.zeros((n, size, size, 3), np.float32))
 
     def preprocess(self, images) -> np.ndarray:
