@@ -80,11 +80,11 @@ def _cache_page(request, response, *, key, pk, fingerprint, answers):
 def product_detail(request, pk):
     from recommender.selectors import similar_products
 
-    from recommender.selectors.answers import answer_get, answer_key
+    from recommender.selectors.answers import answer_get, cache_key
 
     same_category = request.GET.get("same") == "1"
     shared = _shared_page(request)
-    key = answer_key(PAGE_CACHE_PREFIX, int(pk), same_category) if shared else None
+    key = cache_key(PAGE_CACHE_PREFIX, int(pk), same_category) if shared else None
     if shared and (html := answer_get(key)) is not None:
         return HttpResponse(html)
     fingerprint = selectors.products_fingerprint([pk]) if shared else None  # before the product is read

@@ -30,7 +30,7 @@ from catalog.api.uploads import normalise_one
 from catalog.models import Category
 from recommender.api import serializers as s
 from recommender.models import ModelVersion
-from recommender.selectors.answers import answer_get, answer_key, answer_set
+from recommender.selectors.answers import answer_get, cache_key, answer_set
 from recommender.selectors.similarity import search_by_image, similar_products
 from recommender.selectors.versions import training_version
 from recommender.services.training import model_version_start
@@ -63,7 +63,7 @@ class SimilarProductsView(APIView):
         # while still true (recommender.selectors.answers); the absolute URLs in the answer depend on
         # the scheme and host asked for. 2.4 ms instead of 10.4 ms for one client, 550-790 instead
         # of 136-159 req/s at 32 (2 cores, bench/web_load.py).
-        key = None if staff else answer_key("similar-api", request.scheme, request.get_host(), int(pk),
+        key = None if staff else cache_key("similar-api", request.scheme, request.get_host(), int(pk),
                                             sorted(request.query_params.lists()))
         if key and (data := answer_get(key)) is not None:
             return Response(data)

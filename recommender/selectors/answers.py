@@ -27,6 +27,26 @@ from recommender.selectors.versions import active_version
 logger = logging.getLogger(__name__)
 
 
+def cache_get(key):
+    # The cache (Redis) is an optimisation: when it is down, answer from the database.
+    try:
+        return cache.get(key)
+    except Exception as exc:
+        logger.warning("cache unavailable (%s); answering without it", exc)
+        return None
+
+
+def cache_set(key, value, timeout=None) -> None:
+    try:
+        cache.set(key, value, config().similar_cache_seconds if timeout is None else timeout)
+    except Exception as exc:
+        logger.warning("cache unavailable (%s); not caching", exc)
+
+
+def cache_key(prefix: str, *parts) -> str:
+    return f"{prefix}:" + hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()
+
+
 def version_shown(version) -> list | None:
     """What an answer shows of the version that answered (or None: no version yet)."""
     if version is None:
@@ -34,17 +54,9 @@ def version_shown(version) -> list | None:
     return [version.pk, version.status, version.kind, version.backbone, version.weights, str(version.activated_at)]
 
 
-def answer_key(prefix: str, *parts) -> str:
-    return f"{prefix}:" + hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()
-
-
 def answer_get(key: str):
     """The cached payload under ``key`` if it is still true (see above), else None."""
-    try:
-        entry = cache.get(key)
-    except Exception as exc:
-        logger.warning("cache unavailable (%s); answering without it", exc)
-        return None
+    entry = cache_get(key)
     if not isinstance(entry, dict) or entry.get("version") != version_shown(active_version()):
         return None
     return entry["payload"] if catalog_selectors.fingerprints_hold(entry["ids"], entry["fingerprints"]) else None
@@ -54,8 +66,4 @@ def answer_set(key: str, payload, *, version, ids: list[list[int]], fingerprints
     """Keep ``payload``, computed with ``version`` from the products ``ids`` (groups), each group's
     fingerprint read before its products were. As long as the panel's own cache: new products show
     up in panels on the same schedule."""
-    entry = {"payload": payload, "version": version_shown(version), "ids": ids, "fingerprints": fingerprints}
-    try:
-        cache.set(key, entry, config().similar_cache_seconds)
-    except Exception as exc:
-        logger.warning("cache unavailable (%s); not caching", exc)
+    cache_set(key, {"payload": payload, "version": version_shown(version), "ids": ids, "fingerprints": fingerprints})

@@ -3,15 +3,12 @@ by standardised backbone features in numpy)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 import numpy as np
-from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models import Prefetch
 
@@ -21,6 +18,7 @@ from recommender import db, runtime
 from recommender.backbone import get_backbone
 from recommender.conf import config
 from recommender.models import FEATURE_DIM, BackboneFeature, Embedding, ModelVersion
+from recommender.selectors.answers import cache_get, cache_key, cache_set
 from recommender.selectors.versions import active_version
 
 logger = logging.getLogger(__name__)
@@ -198,25 +196,9 @@ def _products_in_order(rows, *, category=None, min_price=None, max_price=None, *
     return [SimilarItem(product=products[pid], distance=d) for pid, d in rows if pid in products]
 
 
-def _cache_get(key):
-    # The cache (Redis) is an optimisation: when it is down, answer from the database.
-    try:
-        return cache.get(key)
-    except Exception as exc:
-        logger.warning("cache unavailable (%s); answering without it", exc)
-        return None
-
-
-def _cache_set(key, value, timeout):
-    try:
-        cache.set(key, value, timeout)
-    except Exception as exc:
-        logger.warning("cache unavailable (%s); not caching", exc)
-
-
 def _cache_key(*parts) -> str:
     # "similar2": entries are (rows, fingerprint, items) since the products themselves are cached.
-    return "similar2:" + hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()
+    return cache_key("similar2", *parts)
 
 
 def _cached_answer(key, filters) -> tuple[list, str, list[SimilarItem]] | None:
@@ -225,7 +207,7 @@ def _cached_answer(key, filters) -> tuple[list, str, list[SimilarItem]] | None:
     Unchanged products (same fingerprint: one query) are served as cached, without reading them;
     changed ones are read again and filtered (_products_in_order), and the answer is recomputed if
     one of them was hidden, deleted or moved out of the filters."""
-    cached = _cache_get(key)
+    cached = cache_get(key)
     if not isinstance(cached, tuple) or len(cached) != 3:
         return None
     rows, fingerprint, items = cached
@@ -237,7 +219,7 @@ def _cached_answer(key, filters) -> tuple[list, str, list[SimilarItem]] | None:
     if len(items) != len(rows):
         return None
     answer = (rows, now, items)
-    _cache_set(key, answer, config().similar_cache_seconds)
+    cache_set(key, answer)
     return answer
 
 
@@ -267,7 +249,7 @@ def similar_products(*, product: Product, k: int = 6, same_category: bool = Fals
                                     predicted=predicted if same_category else None, **filters)
             answer = _fresh_answer(rows, filters)
             if use_cache:
-                _cache_set(key, answer, config().similar_cache_seconds)
+                cache_set(key, answer)
         rows, fingerprint, items = answer
         return SimilarResult(items=items, version=version, source="model", fingerprint=fingerprint)
 
@@ -282,14 +264,14 @@ def similar_products(*, product: Product, k: int = 6, same_category: bool = Fals
     # in the key, so the answer is recomputed as soon as new images have been processed.
     key = _cache_key("b", backbone, BackboneFeature.objects.filter(backbone=backbone).count(), product.pk, k,
                      filters)
-    cached = _cache_get(key) if use_cache else None
+    cached = cache_get(key) if use_cache else None
     if cached is not None:
         items = _products_in_order(cached, **filters)
         if len(items) == len(cached):
             return SimilarResult(items=items, version=None, source="backbone")
     rows = _cold_start_nearest(features_vector=feature, backbone=backbone, k=k, exclude_product=product.pk, **filters)
     if use_cache:
-        _cache_set(key, rows, config().similar_cache_seconds)
+        cache_set(key, rows)
     return SimilarResult(items=_products_in_order(rows, **filters), version=None, source="backbone")
 
 

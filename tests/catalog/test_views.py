@@ -415,8 +415,7 @@ def test_the_product_page_serves_when_the_cache_is_down(client, panel, monkeypat
         set = get
 
     shoe, _ = panel
-    monkeypatch.setattr("recommender.selectors.answers.cache", Down())
-    monkeypatch.setattr("recommender.selectors.similarity.cache", Down())
+    monkeypatch.setattr("recommender.selectors.answers.cache", Down())  # the pages' and the panels' cache
     for _ in range(2):
         response = client.get(shoe.get_absolute_url())
         assert response.status_code == 200 and len(similar_titles(response)) == 6
