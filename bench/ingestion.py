@@ -150,26 +150,16 @@ def ingest(tmp: Path, n_workers: int, images, labels, prefix: str, timeout: floa
             w.wait_ready(CELERY_READY, timeout=120)
         # Warm-up (not timed): each worker loads TensorFlow, the backbone and the head once.
         warm = upload(images[:2 * n_workers], labels[:2 * n_workers], f"{prefix}-WARM")
-        deadline = time.monotonic() + 300
-        while searchable(warm)[0] < len(warm):
-            if time.monotonic() > deadline:
-                raise RuntimeError("warm-up images were not ingested in 300 s")
-            time.sleep(0.25)
+        wait_warm(warm)
         batch_images, batch_labels = images[2 * n_workers:], labels[2 * n_workers:]
         started = time.perf_counter()
         ids = upload(batch_images, batch_labels, prefix)
         uploaded = time.perf_counter() - started
-        deadline = time.monotonic() + timeout
-        done, failed = 0, 0
-        while time.monotonic() < deadline:
-            done, failed = searchable(ids)
-            if done + failed >= len(ids):
-                break
-            time.sleep(0.25)
+        done, failed, timed_out = wait_searchable(ids, timeout)
         total = time.perf_counter() - started
         return {"workers": n_workers, "images": len(ids), "searchable": done, "failed": failed,
                 "upload_seconds": round(uploaded, 1), "seconds_to_searchable": round(total, 1),
-                "images_per_second": round(done / total, 1), "timed_out": done + failed < len(ids)}
+                "images_per_second": round(done / total, 1), "timed_out": timed_out}
     finally:
         stop_all(workers, timeout=60, kill_timeout=10)
 
@@ -246,6 +236,12 @@ def wait_searchable(ids, timeout: float) -> tuple[int, int, bool]:
         time.sleep(0.1)
 
 
+def wait_warm(ids, timeout: float = 300) -> None:
+    """Warm-up (not timed): every worker has loaded TensorFlow, the backbone and the head."""
+    if wait_searchable(ids, timeout)[0] < len(ids):
+        raise RuntimeError(f"warm-up images were not ingested in {timeout:.0f} s")
+
+
 def import_path(tmp: Path, spec, n_workers: int, n_photos: int, lone_uploads: int = 5) -> dict:
     """``manage.py import_catalog`` of a shop's photos (its own process, as a shop runs it) with
     ``n_workers`` warmed workers, until every image is searchable; beside it, in the same run, the
@@ -265,7 +261,7 @@ def import_path(tmp: Path, spec, n_workers: int, n_photos: int, lone_uploads: in
             w.wait_ready(CELERY_READY, timeout=120)
         images, labels = common.load_fashion_mnist()[1]
         warm = upload(images[:2 * n_workers], np.array(common.CLASS_NAMES)[labels[:2 * n_workers]], "SHOPWARM")
-        wait_searchable(warm, 300)
+        wait_warm(warm)
         before = set(ProductImage.objects.values_list("id", flat=True))
         started = time.perf_counter()
         command = ManagedProcess([sys.executable, "manage.py", "import_catalog", str(folder / "catalog.csv"),

@@ -50,19 +50,18 @@ DRAIN_FLAG = "recommender:drain-waiting"
 DRAIN_FLAG_SECONDS = 15
 
 
-def drain_publish(*, countdown: float = 0) -> bool:
+def drain_publish() -> bool:
     """Send one ``drain_backlog`` unless one is already waiting. A cache outage sends it anyway
     (one per call: what every commit sent before the flag existed)."""
     from django.core.cache import cache
 
-    if not countdown:
-        try:
-            if not cache.add(DRAIN_FLAG, 1, DRAIN_FLAG_SECONDS):
-                return True
-        except Exception as exc:
-            logger.warning("cache unavailable (%s); sending a drain without checking for a waiting one", exc)
-    sent = publish(DRAIN_BACKLOG, args=[], countdown=countdown, waiting="the ingestion backlog")
-    if not sent and not countdown:
+    try:
+        if not cache.add(DRAIN_FLAG, 1, DRAIN_FLAG_SECONDS):
+            return True
+    except Exception as exc:
+        logger.warning("cache unavailable (%s); sending a drain without checking for a waiting one", exc)
+    sent = publish(DRAIN_BACKLOG, args=[], waiting="the ingestion backlog")
+    if not sent:
         drain_taken()
     return sent
 

@@ -10,23 +10,17 @@ from django.dispatch import receiver
 
 from catalog.models import ProductImage
 
-_PENDING_ATTR = "_recommender_pending_images"
+def _wake():
+    from recommender.services.ingestion import ingestion_wake
 
-
-def _flush():
-    ids = connection.__dict__.pop(_PENDING_ATTR, None)
-    if ids:
-        from recommender.services.ingestion import ingestion_wake
-
-        ingestion_wake()
+    ingestion_wake()
 
 
 @receiver(post_save, sender=ProductImage, dispatch_uid="recommender_enqueue_image")
 def enqueue_new_image(sender, instance, created, raw=False, **kwargs):
     if raw or not created or instance.status != ProductImage.Status.PENDING:
         return
-    connection.__dict__.setdefault(_PENDING_ATTR, []).append(instance.pk)
-    # Register the flush once per transaction. A rollback drops it from run_on_commit (and the
-    # ids it would have sent name rows that no longer exist, which the task ignores).
-    if not any(entry[1] is _flush for entry in connection.run_on_commit):
-        transaction.on_commit(_flush)
+    # Register the wake-up once per transaction (the drains find the images themselves). A
+    # rollback drops it from run_on_commit.
+    if not any(entry[1] is _wake for entry in connection.run_on_commit):
+        transaction.on_commit(_wake)

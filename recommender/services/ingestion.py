@@ -247,16 +247,16 @@ def images_drain(*, token: str, eager: bool = False) -> dict:
     totals: dict = {"claimed": 0}
     for round_ in itertools.count():
         # Eagerly, each batch under a token of its own (a token names one claim).
-        claimed = _drain_claim(token=f"{token[:56]}-{round_}" if round_ else token, eager=eager)
+        batch_token = f"{token[:56]}-{round_}" if round_ else token
+        claimed = _drain_claim(token=batch_token, eager=eager)
         if not claimed:
             return totals
         if not eager and backlog_waiting():
             ingestion_wake()
-        result = _claimed_process(claimed=claimed, token=f"{token[:56]}-{round_}" if round_ else token)
+        result = _claimed_process(claimed=claimed, token=batch_token)
         totals = {key: totals.get(key, 0) + value for key, value in result.items()}
         if not eager:
             return totals
-    return totals
 
 
 def _drain_claim(*, token: str, eager: bool) -> list[int]:
