@@ -6,7 +6,10 @@ similar-items query of ``recommender.selectors.similarity`` (top 6 distinct othe
 
 - the HNSW index with pgvector's default ``ef_search`` (40), ours (100, settings) and 200;
 - an exact scan in SQL (the selectors' exact path: ORDER BY an expression the index cannot serve);
-- numpy brute force over the same vectors in memory.
+- numpy brute force over the same vectors in memory;
+- the product panel's precomputed lists (recommender/services/neighbours.py: each product's exact
+  top 32, built after the index and timed; the HNSW rows are measured with them moved aside,
+  which is how the selector answered before them).
 
 Recall@6 of every method is measured against the exact SQL scan. The same again with a category
 filter that 10% of the rows match (pgvector's iterative index scan must still return k rows).
@@ -19,7 +22,10 @@ Vectors: at 10,000, our pipeline's real embeddings of the Fashion-MNIST test ima
 bench/quality.py has run (else synthetic); at 100,000, synthetic 512-d vectors drawn per class from
 a Gaussian with the real embeddings' class means and per-dimension spreads (a 10-cluster mixture).
 
-    python bench/query_speed.py [--quick | --full]
+--full adds a 1,000,000-product point (above 300,000 only the query products' lists are built
+and the build time is extrapolated); --scales 100000,300000 picks the sizes.
+
+    python bench/query_speed.py [--quick | --full] [--scales N,N] [--rebuilds N]
 """
 
 from __future__ import annotations
@@ -112,6 +118,59 @@ def numpy_method(vectors, product_ids, category_ids):
     return (lambda: None), run
 
 
+LISTS_FULL_BUILD_MAX = 300_000  # above: exact lists for all products take hours on 2 cores (n^2)
+
+
+def lists_build(version, query_products=None) -> dict:
+    """The product panel's precomputed lists (recommender.services.neighbours), timed and sized.
+
+    Above LISTS_FULL_BUILD_MAX products only the query products get their (exact) lists, which
+    is all the timed lookups read; the build time and size are then extrapolated to every product
+    (linear: each list costs one pass over all rows) and marked so."""
+    from django.db import connection
+
+    from recommender.services import neighbours
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM recommender_embedding WHERE version_id = %s", [version.pk])
+        n = cursor.fetchone()[0]
+    if n <= LISTS_FULL_BUILD_MAX or query_products is None:
+        built = neighbours.neighbours_rebuild(version_id=version.pk)
+        scale, built["extrapolated"] = 1.0, False
+    else:
+        built = neighbours.neighbours_rebuild(version_id=version.pk, product_ids=query_products)
+        scale = n / max(built["products"], 1)
+        built = {"products": n, "seconds": round(built["seconds"] * scale, 1), "extrapolated": True}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_total_relation_size('recommender_neighbours')")
+        built["mib"] = round(cursor.fetchone()[0] * scale / 2 ** 20, 1)
+    return built
+
+
+class lists_off:
+    """The index path alone (the 'before'): the lists' state row is moved aside, so the selector
+    finds no list and answers from the HNSW index as it did before the lists existed."""
+
+    def __init__(self, version):
+        self.version = version
+
+    def __enter__(self):
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM recommender_neighbours_state WHERE version_id = %s RETURNING upto, rows",
+                           [self.version.pk])
+            self.state = cursor.fetchone()
+
+    def __exit__(self, *exc):
+        from django.db import connection
+
+        if self.state:
+            with connection.cursor() as cursor:
+                cursor.execute("INSERT INTO recommender_neighbours_state (version_id, upto, rows) VALUES (%s, %s, %s)",
+                               [self.version.pk, *self.state])
+
+
 def measure(name, prepare, run, queries, exact_results, warmup: int, budget_s: float):
     prepare()
     for vector, pid, category in queries[:warmup]:
@@ -134,18 +193,22 @@ def measure(name, prepare, run, queries, exact_results, warmup: int, budget_s: f
 
 
 def main():
-    args = common.parse_mode(extra=lambda parser: parser.add_argument(
+    args = common.parse_mode(extra=lambda parser: (parser.add_argument(
         "--rebuilds", type=int, default=None,
-        help="extra builds of the 100,000-row index to measure recall on (default: 2 quick, 4 full)"))
+        help="extra builds of the largest index to measure recall on (default: 2 quick, 4 full)"), parser.add_argument(
+        "--scales", type=str, default=None,
+        help="comma-separated catalog sizes (default: 10000,100000 quick; 10000,100000,1000000 full)")))
     quick = args.mode == "quick"
     common.isolate("query")
     common.django_setup()
     from django.db import connection
 
     # Quick: fewer queries at 100,000, where the exact scan (the recall reference) costs ~0.4 s each.
-    n_queries = {10_000: 200, 100_000: 100} if quick else {10_000: 1000, 100_000: 1000}
+    scales = ([int(x) for x in args.scales.split(",")] if args.scales else
+              [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000])
+    # The exact scan (the recall reference) costs ~0.4 s a query at 100,000, ~4 s at 1,000,000.
+    n_queries = {n: (200 if n <= 10_000 else 100) if quick else (1000 if n <= 100_000 else 200) for n in scales}
     budget = 25.0 if quick else 300.0
-    scales = [10_000, 100_000]
     efs = [40, 100, 200]
     real = real_embeddings(args.mode)
     started_all = time.perf_counter()
@@ -161,8 +224,12 @@ def main():
                       if real is not None else "synthetic: 10-class Gaussian mixture (no real embeddings found)")
         print(f"\n{n:,} products ({source.split(':')[0]}): loading...")
         version, product_ids, category_ids, build = load_catalog(vectors, labels)
-        print(f"  HNSW build {build['index_build_seconds']} s, index {build['index_mib']} MiB")
+        print(f"  HNSW build {build['index_build_seconds']} s, index {build['index_mib']} MiB", flush=True)
         picks = rng.choice(n, size=min(n_queries[n], n), replace=False)
+        build["lists"] = lists_build(version, query_products=product_ids[picks])
+        print(f"  neighbour lists built in {build['lists']['seconds']} s, {build['lists']['mib']} MiB"
+              + (" (extrapolated from the query products' lists)" if build["lists"]["extrapolated"] else ""),
+              flush=True)
         results = {"vectors": source, "build": build, "plain": [], "filtered": []}
         for filtered in (False, True):
             queries = [(vectors[i], product_ids[i], int(category_ids[i]) if filtered else None) for i in picks]
@@ -177,11 +244,16 @@ def main():
             if not filtered:
                 plain_exact = exact_ids_full
             rows = []
-            for ef in efs:
-                prepare, run = sql_method(version, ef, exact=False)
-                label = f"HNSW, ef_search={ef}" + {40: " (pgvector default)", 100: " (ours, settings)"}.get(ef, "")
-                row, _ = measure(label, prepare, run, queries, exact_ids_full, warmup=20, budget_s=budget)
-                rows.append(row)
+            with lists_off(version):  # before: the index alone
+                for ef in efs:
+                    prepare, run = sql_method(version, ef, exact=False)
+                    label = f"HNSW, ef_search={ef}" + {40: " (pgvector default)", 100: " (before: ours)"}.get(ef, "")
+                    row, _ = measure(label, prepare, run, queries, exact_ids_full, warmup=20, budget_s=budget)
+                    rows.append(row)
+            prepare, run = sql_method(version, 100, exact=False)
+            row, _ = measure("Precomputed lists, index fallback ef_search=100 (after: ours)", prepare, run, queries,
+                             exact_ids_full, warmup=20, budget_s=budget)
+            rows.append(row)
             rows.append(exact_row)
             prepare, run = numpy_method(vectors, product_ids, category_ids)
             row, _ = measure("numpy brute force (in memory)", prepare, run, queries, exact_ids_full,
@@ -195,28 +267,42 @@ def main():
             results["filter_match_share" if filtered else "rows"] = round(match, 3) if filtered else n
         scale_results[str(n)] = results
         headline[f"{n}_hnsw100_p50_ms"] = results["plain"][1]["p50_ms"]
-        headline[f"{n}_exact_sql_p50_ms"] = results["plain"][3]["p50_ms"]
+        headline[f"{n}_exact_sql_p50_ms"] = results["plain"][4]["p50_ms"]
         headline[f"{n}_hnsw100_recall"] = results["plain"][1]["recall_at_6"]
+        for key, part in (("", "plain"), ("_filtered", "filtered")):
+            lists = results[part][3]
+            headline[f"{n}_lists{key}"] = {"p50_ms": lists["p50_ms"], "p99_ms": lists["p99_ms"],
+                                           "recall": lists["recall_at_6"], "short": lists["short_results"]}
         if n == max(scales):
             # The same index built again: how much of the recall is this one graph's luck.
             plain_queries = [(vectors[i], product_ids[i], None) for i in picks]
             builds = [{"build": 1, "seconds": results["build"]["index_build_seconds"],
-                       **{f"ef{ef}": row["recall_at_6"] for ef, row in zip(efs, results["plain"])}}]
+                       **{f"ef{ef}": row["recall_at_6"] for ef, row in zip(efs, results["plain"])},
+                       "lists": results["plain"][3]["recall_at_6"], "lists_p50": results["plain"][3]["p50_ms"],
+                       "lists_p99": results["plain"][3]["p99_ms"]}]
             n_rebuilds = args.rebuilds if args.rebuilds is not None else (2 if quick else 4)
             for b in range(n_rebuilds):
                 seconds = rebuild_index(results["build"]["index_definition"])
                 entry = {"build": b + 2, "seconds": seconds}
-                for ef in efs:
-                    prepare, run = sql_method(version, ef, exact=False)
-                    row, _ = measure(f"ef{ef}", prepare, run, plain_queries, plain_exact, warmup=5, budget_s=budget)
-                    entry[f"ef{ef}"] = row["recall_at_6"]
+                with lists_off(version):
+                    for ef in efs:
+                        prepare, run = sql_method(version, ef, exact=False)
+                        row, _ = measure(f"ef{ef}", prepare, run, plain_queries, plain_exact, warmup=5, budget_s=budget)
+                        entry[f"ef{ef}"] = row["recall_at_6"]
+                prepare, run = sql_method(version, 100, exact=False)
+                row, _ = measure("lists", prepare, run, plain_queries, plain_exact, warmup=5, budget_s=budget)
+                entry.update(lists=row["recall_at_6"], lists_p50=row["p50_ms"], lists_p99=row["p99_ms"])
                 with_ef(100)
                 print(f"  rebuild {b + 2}: {seconds} s, recall@6 " +
-                      ", ".join(f"ef_search={ef} {entry[f'ef{ef}']}" for ef in efs))
+                      ", ".join(f"ef_search={ef} {entry[f'ef{ef}']}" for ef in efs) +
+                      f", lists {entry['lists']} (p50 {entry['lists_p50']} ms)", flush=True)
                 builds.append(entry)
             results["builds"] = builds
             recalls = [e["ef100"] for e in builds]
             headline[f"{n}_hnsw100_recall_builds"] = [min(recalls), max(recalls), len(recalls)]
+            headline[f"{n}_lists_worst_build"] = {"recall": min(e["lists"] for e in builds),
+                                                  "p50_ms": max(e["lists_p50"] for e in builds),
+                                                  "p99_ms": max(e["lists_p99"] for e in builds)}
 
     # Tables: one per scale, plain and filtered side by side.
     for n, res in scale_results.items():
@@ -238,27 +324,37 @@ def main():
              f"table with indexes {b['table_total_mib']} MiB.",
              "Latency is of recommender.selectors.similarity.nearest_products (a transaction, SET LOCAL ef_search and "
              "iterative scan, the top-k distinct-products query) over a local socket; numpy is the matrix "
-             "product and partial sort alone."]))
+             "product and partial sort alone.",
+             "Precomputed lists: recommender.services.neighbours' exact top-32 of each product, read in one "
+             "query by nearest_products (the HNSW rows above are measured with the lists moved aside, as "
+             "before them); the index (ef_search=100) answers only when fewer than k listed products pass."]))
     for n, res in scale_results.items():
         if res.get("builds"):
             tables.append(common.table(
                 f"HNSW recall@6 across builds of the same index, {int(n):,} products",
-                ["Build", "Build s", *[f"Recall@6, ef_search={ef}" for ef in efs]],
-                [[e["build"], e["seconds"], *[e[f"ef{ef}"] for ef in efs]] for e in res["builds"]],
+                ["Build", "Build s", *[f"Recall@6, ef_search={ef}" for ef in efs], "Recall@6, lists (after)",
+                 "Lists p50 ms", "Lists p99 ms"],
+                [[e["build"], e["seconds"], *[e[f"ef{ef}"] for ef in efs], e["lists"], e["lists_p50"], e["lists_p99"]]
+                 for e in res["builds"]] + [["worst", max(e["seconds"] for e in res["builds"]),
+                                             *[min(e[f"ef{ef}"] for e in res["builds"]) for ef in efs],
+                                             min(e["lists"] for e in res["builds"]),
+                                             max(e["lists_p50"] for e in res["builds"]),
+                                             max(e["lists_p99"] for e in res["builds"])]],
                 ["Same rows, same index definition, dropped and rebuilt (2 parallel maintenance workers); "
                  "build 1 is the one in the table above; queries are the same products, unfiltered.",
                  "The graph differs between builds, so one build's recall is one sample: quote the range. "
                  "Higher ef_search narrows it; RECOMMENDER_EF_SEARCH sets it, and every model version "
                  "records its own index recall against an exact scan (evaluation, shown in the dashboard)."]))
     build_rows = [[f"{int(n):,}", r["build"]["index_build_seconds"], r["build"]["index_mib"],
-                   r["build"]["table_total_mib"], r["build"]["copy_seconds"]] for n, r in scale_results.items()]
+                   r["build"]["table_total_mib"], r["build"]["copy_seconds"], r["build"]["lists"]["seconds"],
+                   r["build"]["lists"]["mib"]] for n, r in scale_results.items()]
     tables.append(common.table("HNSW index build", ["Products", "Build s", "Index MiB", "Table+indexes MiB",
-                                                    "COPY of the vectors s"], build_rows,
+                                                    "COPY of the vectors s", "Lists build s", "Lists MiB"], build_rows,
                                ["CREATE INDEX ... USING hnsw (vector vector_l2_ops) WITH (m=16, ef_construction=64), "
                                 "the project's own index definition, on the loaded table."]))
     for t in tables:
         common.print_table(t)
-    shrunk = [f"query products: {n_queries[10_000]} at 10,000 and {n_queries[100_000]} at 100,000 (full: 1,000 each); "
+    shrunk = [f"query products: {', '.join(f'{q} at {n:,}' for n, q in n_queries.items())} (full: 1,000 each); "
               f"each method's timed queries bounded to {budget:.0f} s"] if quick else []
     with connection.cursor() as cursor:
         cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")

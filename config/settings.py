@@ -217,6 +217,8 @@ CELERY_TASK_ROUTES = {
     "recommender.tasks.train_model_version": {"queue": "training"},
     "recommender.tasks.embed_missing": {"queue": "training"},
     "recommender.tasks.prune_embeddings": {"queue": "training"},
+    # Minutes of numpy at 100,000 rows: beside the trainings, not in the way of ingestion.
+    "recommender.tasks.refresh_neighbours": {"queue": "training"},
     "recommender.tasks.recover_lost_work": {"queue": "celery"},
     "recommender.tasks.retrain_if_needed": {"queue": "celery"},
 }
@@ -269,6 +271,11 @@ RECOMMENDER = {
     "TRAINING_STALE_SECONDS": env_int("RECOMMENDER_TRAINING_STALE_SECONDS", 900),
     # HNSW search breadth; pgvector's default is 40 (see docs/benchmarks.md for recall figures).
     "EF_SEARCH": env_int("RECOMMENDER_EF_SEARCH", 100),
+    # A version with at most this many embeddings gets each product's exact nearest neighbours
+    # precomputed (recommender.services.neighbours): its panel is then a primary-key lookup.
+    # The build is n^2: ~2 min at 100,000 rows on 2 cores, ~20 min at 300,000 (bench/query_speed.py);
+    # above, the HNSW index answers. 0 turns the lists off.
+    "NEIGHBOUR_LISTS_MAX_ROWS": env_int("RECOMMENDER_NEIGHBOUR_LISTS_MAX_ROWS", 300_000),
     # Embeddings kept for this many retired versions (the last ones served: instant rollback);
     # older retired and failed versions' embeddings are deleted by the hourly prune task.
     "KEEP_RETIRED_EMBEDDINGS": env_int("RECOMMENDER_KEEP_RETIRED_EMBEDDINGS", 1),

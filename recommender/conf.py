@@ -25,7 +25,7 @@ _KEYS = {
     "GATE_TOLERANCE": "gate_tolerance", "RETRAIN_NEW_SHARE": "retrain_new_share",
     "RETRAIN_MAX_AGE_HOURS": "retrain_max_age_hours", "MAX_ATTEMPTS": "max_attempts",
     "STALE_SECONDS": "stale_seconds", "TRAINING_STALE_SECONDS": "training_stale_seconds",
-    "EF_SEARCH": "ef_search", "KEEP_RETIRED_EMBEDDINGS": "keep_retired_embeddings",
+    "EF_SEARCH": "ef_search", "NEIGHBOUR_LISTS_MAX_ROWS": "neighbour_lists_max_rows", "KEEP_RETIRED_EMBEDDINGS": "keep_retired_embeddings",
     "SIMILAR_CACHE_SECONDS": "similar_cache_seconds", "TRAINING": "training",
     "BACKBONE_EPOCHS": "backbone_epochs", "BACKBONE_INPUT_SIZE": "backbone_input_size",
     "BACKBONE_BATCH_SIZE": "backbone_batch_size", "BACKBONE_LEARNING_RATE": "backbone_learning_rate",
@@ -61,6 +61,7 @@ class RecommenderConfig:
     stale_seconds: int
     training_stale_seconds: int
     ef_search: int
+    neighbour_lists_max_rows: int
     keep_retired_embeddings: int
     similar_cache_seconds: int
     training: str  # one of TRAINING_KINDS
@@ -114,6 +115,7 @@ class RecommenderConfig:
             ("stale_seconds", self.stale_seconds >= 0, "must be 0 or more"),
             ("training_stale_seconds", self.training_stale_seconds >= 0, "must be 0 or more"),
             ("ef_search", 1 <= self.ef_search <= 1000, "must be between 1 and 1000 (pgvector's range)"),
+            ("neighbour_lists_max_rows", self.neighbour_lists_max_rows >= 0, "must be 0 (no lists) or more"),
             ("keep_retired_embeddings", self.keep_retired_embeddings >= 0, "must be 0 or more"),
             ("similar_cache_seconds", self.similar_cache_seconds >= 0, "must be 0 or more"),
             ("training", self.training in TRAINING_KINDS, f"must be one of {', '.join(TRAINING_KINDS)}"),

@@ -13,30 +13,40 @@ from contextlib import contextmanager
 from django.db import connection
 
 TRAINING_LOCK_NAMESPACE = 0x4C4B
+NEIGHBOURS_LOCK_NAMESPACE = 0x4C4E  # a version's neighbour lists being built or folded
 
 
-def _try_lock(version_id: int) -> bool:
+def _try_lock(namespace: int, version_id: int) -> bool:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [TRAINING_LOCK_NAMESPACE, version_id])
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [namespace, version_id])
         return bool(cursor.fetchone()[0])
 
 
-def _unlock(version_id: int) -> None:
+def _unlock(namespace: int, version_id: int) -> None:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [TRAINING_LOCK_NAMESPACE, version_id])
+        cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [namespace, version_id])
 
 
 @contextmanager
-def training_lock(version_id: int):
-    """Yields True while this process holds the training lock of ``version_id``, False (and holds
-    nothing) when another process has it."""
-    if not _try_lock(version_id):
+def _lock(namespace: int, version_id: int):
+    if not _try_lock(namespace, version_id):
         yield False
         return
     try:
         yield True
     finally:
-        _unlock(version_id)
+        _unlock(namespace, version_id)
+
+
+def training_lock(version_id: int):
+    """Yields True while this process holds the training lock of ``version_id``, False (and holds
+    nothing) when another process has it."""
+    return _lock(TRAINING_LOCK_NAMESPACE, version_id)
+
+
+def neighbours_lock(version_id: int):
+    """The same for the refresh of a version's neighbour lists."""
+    return _lock(NEIGHBOURS_LOCK_NAMESPACE, version_id)
 
 
 def training_alive(version_id: int) -> bool:

@@ -18,6 +18,7 @@ DRAIN_BACKLOG = "recommender.tasks.drain_backlog"
 TRAIN_MODEL_VERSION = "recommender.tasks.train_model_version"
 EMBED_MISSING = "recommender.tasks.embed_missing"
 EXTRACT_FEATURES = "recommender.tasks.extract_features"
+REFRESH_NEIGHBOURS = "recommender.tasks.refresh_neighbours"
 
 
 def publish(task: str, *, args: list, countdown: float = 0, waiting: str) -> bool:
@@ -74,6 +75,24 @@ def drain_taken() -> None:
         cache.delete(DRAIN_FLAG)
     except Exception:  # the flag expires by itself
         pass
+
+
+NEIGHBOURS_FLAG = "recommender:neighbours-waiting:{}"
+NEIGHBOURS_FLAG_SECONDS = 60
+
+
+def neighbours_publish(*, version_id: int) -> bool:
+    """Send one ``refresh_neighbours`` of a version unless one was sent in the last minute: every
+    ingestion batch asks, and a refresh that finds little new does nothing, so one a minute is
+    enough (the periodic recovery asks too). A cache outage sends it anyway."""
+    from django.core.cache import cache
+
+    try:
+        if not cache.add(NEIGHBOURS_FLAG.format(version_id), 1, NEIGHBOURS_FLAG_SECONDS):
+            return True
+    except Exception as exc:
+        logger.warning("cache unavailable (%s); sending a neighbour-list refresh anyway", exc)
+    return publish(REFRESH_NEIGHBOURS, args=[version_id], waiting=f"the neighbour lists of v{version_id}")
 
 
 def training_publish(*, version_id: int) -> bool:

@@ -11,7 +11,7 @@ TensorFlow is not imported here: the services import it lazily, in the worker's 
 from django.db import DatabaseError, InterfaceError, OperationalError
 
 from config.celery import app
-from recommender.services import embeddings, features, ingestion, maintenance, training
+from recommender.services import embeddings, features, ingestion, maintenance, neighbours, training
 
 RETRYABLE = (OperationalError, InterfaceError, DatabaseError, ConnectionError)
 COMMON = {
@@ -48,6 +48,11 @@ def train_model_version(version_id):
 @app.task(**COMMON)
 def embed_missing(version_id):
     return embeddings.embeddings_backfill(version_id=version_id)
+
+
+@app.task(**COMMON)
+def refresh_neighbours(version_id):
+    return neighbours.neighbours_refresh(version_id=version_id)
 
 
 @app.task(**COMMON)

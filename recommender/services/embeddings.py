@@ -17,6 +17,8 @@ from recommender import runtime
 from recommender.conf import config
 from recommender.models import Embedding, ModelVersion
 from recommender.selectors.features import features_load, images_missing_embedding
+from recommender.publishing import neighbours_publish
+from recommender.services.neighbours import neighbours_delete
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,10 @@ def embeddings_create(*, version: ModelVersion, image_ids, progress=None) -> int
         created += len(ids)
         if progress:
             progress(len(ids))
+    if created:
+        # The product panel's precomputed lists take the new rows in (in the background: until
+        # then the read path scans them, or the index answers).
+        transaction.on_commit(lambda: neighbours_publish(version_id=version.pk))
     return created
 
 
@@ -79,6 +85,7 @@ def _version_embeddings_delete(version_id: int, batch_size: int) -> int:
             if not list(ModelVersion.objects.select_for_update().filter(pk=version_id, status__in=[
                     ModelVersion.Status.RETIRED, ModelVersion.Status.FAILED]).values_list("pk", flat=True)):
                 return total
+            neighbours_delete(version_id=version_id)  # lists of rows about to go (a no-op after the first batch)
             batch = Embedding.objects.filter(version_id=version_id).values("pk")[:batch_size]
             deleted, _ = Embedding.objects.filter(pk__in=batch).delete()
         total += deleted

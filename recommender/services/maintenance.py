@@ -46,6 +46,16 @@ def _missing_embeddings_publish() -> int:
     return missing
 
 
+def _neighbours_publish() -> int | None:
+    # The active version's neighbour lists: built if a refresh was lost, folded if ingestion has
+    # outgrown them (the task decides, and does nothing when they are current).
+    active = active_version()
+    if active is None or not config().neighbour_lists_max_rows:
+        return None
+    publishing.neighbours_publish(version_id=active.pk)
+    return active.pk
+
+
 def _missing_features_publish(stale) -> int:
     # Ready images without the serving backbone's features: ingested while a trained backbone was
     # being activated (extracted with the previous one). Extracted, then embedded, by a worker;
@@ -86,7 +96,7 @@ def recover_lost_work() -> dict:
     reextract = _missing_features_publish(stale)
     dead, republished = _lost_trainings_heal(now, stale)
     return {"requeued": requeued, "reembed": reembed, "reextract": reextract, "dead_trainings": dead,
-            "republished_trainings": republished}
+            "republished_trainings": republished, "neighbours": _neighbours_publish()}
 
 
 def retrain_if_needed(*, force_reason: str | None = None) -> ModelVersion | None:

@@ -34,3 +34,28 @@ def eager():
         yield
     finally:
         app.conf.task_always_eager = False
+
+
+QUEUES = ("celery", "features", "training")
+
+
+@pytest.fixture
+def broker():
+    """A channel on the real broker; the queues are emptied before and after the test, so no worker
+    of a later test receives these messages."""
+    from config.celery import app
+
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for queue in QUEUES:
+            channel.queue_purge(queue)
+        yield channel
+        for queue in QUEUES:
+            channel.queue_purge(queue)
+
+
+def messages(channel, queue) -> list:
+    found = []
+    while (message := channel.basic_get(queue, no_ack=True)) is not None:
+        found.append(message)
+    return found

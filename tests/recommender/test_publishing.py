@@ -11,37 +11,17 @@ from recommender.publishing import (
     EMBED_MISSING,
     EXTRACT_FEATURES,
     PROCESS_IMAGES,
+    REFRESH_NEIGHBOURS,
     TRAIN_MODEL_VERSION,
     drain_publish,
     drain_taken,
     embedding_publish,
     features_publish,
     images_publish,
+    neighbours_publish,
     training_publish,
 )
-
-QUEUES = ("celery", "features", "training")
-
-
-@pytest.fixture
-def broker():
-    """A channel on the real broker; the queues are emptied before and after the test, so no worker
-    of a later test receives these messages."""
-    with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        for queue in QUEUES:
-            channel.queue_purge(queue)
-        yield channel
-        for queue in QUEUES:
-            channel.queue_purge(queue)
-
-
-def messages(channel, queue) -> list:
-    found = []
-    while (message := channel.basic_get(queue, no_ack=True)) is not None:
-        found.append(message)
-    return found
-
+from tests.recommender.conftest import QUEUES, messages
 
 @pytest.mark.parametrize("publish, kwargs, queue, task, args", [
     (images_publish, {"image_ids": [3, 1]}, "features", PROCESS_IMAGES, [[3, 1]]),
@@ -66,6 +46,19 @@ def test_a_drain_is_sent_once_however_often_it_is_asked_for_until_one_starts(bro
     assert drain_publish() and drain_publish()
     [first, second] = messages(broker, "features")
     assert first.headers["task"] == second.headers["task"] == DRAIN_BACKLOG and first.payload[0] == []
+
+
+def test_a_neighbour_list_refresh_is_sent_once_a_minute_per_version(broker):
+    """Every ingestion batch asks for one; the training queue gets one per version per lifetime."""
+    from django.core.cache import cache
+
+    from recommender import publishing
+
+    cache.delete_many([publishing.NEIGHBOURS_FLAG.format(v) for v in (7, 8)])
+    assert all(neighbours_publish(version_id=7) for _ in range(50))
+    assert neighbours_publish(version_id=8)
+    found = messages(broker, "training")
+    assert [(m.headers["task"], m.payload[0]) for m in found] == [(REFRESH_NEIGHBOURS, [7]), (REFRESH_NEIGHBOURS, [8])]
 
 
 def test_a_lost_drain_message_blocks_new_ones_for_the_flag_lifetime_only(broker, monkeypatch):
@@ -118,6 +111,6 @@ def test_every_task_has_its_queue_in_the_routes(settings):
     assert beat <= set(names)
     assert {name: route["queue"] for name, route in settings.CELERY_TASK_ROUTES.items()} == {
         PROCESS_IMAGES: "features", DRAIN_BACKLOG: "features", EXTRACT_FEATURES: "features", TRAIN_MODEL_VERSION: "training",
-        EMBED_MISSING: "training",
+        EMBED_MISSING: "training", REFRESH_NEIGHBOURS: "training",
         "recommender.tasks.prune_embeddings": "training", "recommender.tasks.recover_lost_work": "celery",
         "recommender.tasks.retrain_if_needed": "celery"}
