@@ -53,11 +53,15 @@ SIZE = 224
 BATCH = 32
 THREADS = 2
 QUIET_FOREIGN_CORES = 0.25  # other processes' CPU use (in cores) above which a repeat is "loaded"
-MAX_EXTRA_REPEATS = 4
+MAX_EXTRA_REPEATS = 5  # timed repeats beyond the first 3, while fewer than 3 were quiet
+QUIET_WAIT_S = 30
+RETRIES_WHEN_LOADED = 1  # a child with fewer than 3 quiet repeats is run once more  # before each child, wait at most this long for the machine to be quiet
+SLOWER_THAN_REFERENCE = 0.8  # a runtime below this share of fp32 Keras's rate is not extracted in full
 MODES = {
-    # retrieval-set images (P@6), fp32 timed images per repeat, calibration images (int8)
+    # retrieval-set images (P@6), timed images per repeat (a multiple of 2 batches: the THROUGHPUT
+    # hint runs 2 streams of a batch each), calibration images (int8)
     "quick": {"p6_images": 512, "timed": 64, "calib": 96},
-    "default": {"p6_images": 2000, "timed": 96, "calib": 256},
+    "default": {"p6_images": 2000, "timed": 128, "calib": 300},
 }
 
 # name -> (family, precision, what, needs the whole retrieval set)
@@ -69,13 +73,13 @@ VARIANTS = {
     "tf_xla": ("tensorflow", "fp32", "Keras predict_on_batch, model.compile(jit_compile=True) (XLA)", False),
     "keras_mixed_bf16": ("tensorflow", "bf16", "Keras mixed_bfloat16 dtype policy, predict_on_batch", True),
     "tf_amp_onednn_bf16": ("tensorflow", "bf16", "TF grappler auto_mixed_precision_onednn_bfloat16", True),
-    "ov_fp32_latency": ("openvino", "fp32", "OpenVINO CPU, f32, LATENCY hint, sync batches", True),
+    "ov_fp32_latency": ("openvino", "fp32", "OpenVINO CPU, f32, LATENCY hint, sync batches", False),
     "ov_fp32_tput": ("openvino", "fp32", "OpenVINO CPU, f32, THROUGHPUT hint, AsyncInferQueue", False),
     "ov_bf16_latency": ("openvino", "bf16", "OpenVINO CPU, bf16, LATENCY hint, sync batches", True),
     "ov_bf16_tput": ("openvino", "bf16", "OpenVINO CPU, bf16, THROUGHPUT hint, AsyncInferQueue", False),
     "ov_int8_latency": ("openvino", "int8", "OpenVINO CPU, NNCF int8 PTQ (rest f32), LATENCY hint", True),
     "ov_int8_bf16_latency": ("openvino", "int8+bf16", "OpenVINO CPU, NNCF int8 PTQ (rest bf16), LATENCY hint", True),
-    "ort_fp32": ("onnxruntime", "fp32", "ONNX Runtime CPU EP, ORT_ENABLE_ALL, intra_op=2", True),
+    "ort_fp32": ("onnxruntime", "fp32", "ONNX Runtime CPU EP, ORT_ENABLE_ALL, intra_op=2", False),
 }
 ORDER = list(VARIANTS)
 
@@ -115,7 +119,7 @@ def foreign_load(seconds: float = 2.0) -> float:
     return probe.foreign_cores
 
 
-def wait_for_quiet(max_wait: float = 90.0) -> dict:
+def wait_for_quiet(max_wait: float = QUIET_WAIT_S) -> dict:
     """Before a child: wait (at most max_wait) until other processes use under the threshold."""
     started = time.perf_counter()
     while True:
@@ -239,6 +243,20 @@ def prepare(work: Path, n_p6: int, n_calib: int, spec_weights: str) -> dict:
                                    "from": "openvino.convert_model(keras.Model)", "version": ov.__version__}
     except Exception as exc:  # noqa: BLE001 - reported, the other runtimes still run
         conversions["openvino"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:600]}
+    if conversions["openvino"]["ok"]:
+        try:  # int8: NNCF post-training quantization of the fp32 IR, on training images
+            import nncf
+
+            started = time.perf_counter()
+            quantized = nncf.quantize(ov_model, nncf.Dataset([calib[i:i + 1] for i in range(len(calib))]),
+                                      subset_size=len(calib), preset=nncf.QuantizationPreset.PERFORMANCE)
+            ov.save_model(quantized, str(work / "model_int8.xml"), compress_to_fp16=False)
+            conversions["openvino_int8"] = {
+                "ok": True, "seconds": round(time.perf_counter() - started, 1), "nncf": nncf.__version__,
+                "from": "nncf.quantize(fp32 IR, preset=PERFORMANCE)",
+                "calibration": f"{len(calib)} Fashion-MNIST training images (not in the retrieval set)"}
+        except Exception as exc:  # noqa: BLE001
+            conversions["openvino_int8"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:600]}
     try:
         started = time.perf_counter()
         model.export(str(work / "model.onnx"), format="onnx", verbose=False)
@@ -274,22 +292,11 @@ def _keras_infer(model):
     return infer
 
 
-def _openvino_infer(work: Path, precision: str, hint: str, int8: bool, n_calib_used: list):
+def _openvino_infer(work: Path, precision: str, hint: str, int8: bool):
     import openvino as ov
 
     core = ov.Core()
-    model = core.read_model(str(work / "model.xml"))
-    quantize = {}
-    if int8:
-        import nncf
-
-        calib = np.load(work / "calib.npy")
-        started = time.perf_counter()
-        model = nncf.quantize(model, nncf.Dataset([calib[i:i + 1] for i in range(len(calib))]),
-                              subset_size=len(calib), preset=nncf.QuantizationPreset.PERFORMANCE)
-        quantize = {"nncf": nncf.__version__, "calibration_images": len(calib),
-                    "seconds": round(time.perf_counter() - started, 1), "source": "Fashion-MNIST train[:n]"}
-        n_calib_used.append(quantize)
+    model = core.read_model(str(work / ("model_int8.xml" if int8 else "model.xml")))
     model.reshape([BATCH, SIZE, SIZE, 3])  # static batch: a short batch is padded
     config = {"PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": THREADS,
               "INFERENCE_PRECISION_HINT": "bf16" if "bf16" in precision else "f32"}
@@ -303,7 +310,6 @@ def _openvino_infer(work: Path, precision: str, hint: str, int8: bool, n_calib_u
             props[key] = str(compiled.get_property(key))
         except Exception:  # noqa: BLE001
             pass
-    props.update(quantize)
     pad = np.zeros((BATCH, SIZE, SIZE, 3), np.float32)
 
     def padded(chunk):
@@ -400,7 +406,7 @@ def child(variant: str, work: Path, n_timed: int, spec_weights: str) -> dict:
         source = inputs
     elif family == "openvino":
         hint = "THROUGHPUT" if variant.endswith("_tput") else "LATENCY"
-        infer, props = _openvino_infer(work, precision, hint, precision.startswith("int8"), [])
+        infer, props = _openvino_infer(work, precision, hint, precision.startswith("int8"))
         source = inputs
     else:
         infer, props = _ort_infer(work)
@@ -409,10 +415,9 @@ def child(variant: str, work: Path, n_timed: int, spec_weights: str) -> dict:
     # Warm-up: one full batch (graph tracing, XLA compilation, kernel selection).
     with LoadProbe() as warm:
         infer(source[:BATCH] if variant == "keras_extract" else np.array(source[:BATCH]))
-    total = len(inputs) if whole_set else min(3 * n_timed, len(inputs))
-    edges = np.linspace(0, total, 4).astype(int)
-    slices = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
-    features = np.empty((total, 2048), np.float32)
+    n_timed = min(n_timed, len(inputs) // 3)
+    slices = [(i * n_timed, (i + 1) * n_timed) for i in range(3)]
+    features = np.empty((len(inputs), 2048), np.float32)
     repeats = []
 
     def timed(a, b, keep):
@@ -421,25 +426,37 @@ def child(variant: str, work: Path, n_timed: int, spec_weights: str) -> dict:
             f = infer(x)
         if keep:
             features[a:b] = f
-        repeats.append({"images": b - a, "seconds": round(probe.seconds, 3),
-                        "images_per_second": round((b - a) / probe.seconds, 2),
-                        "foreign_cores": round(probe.foreign_cores, 2), "own_cores": round(probe.own_cores, 2),
-                        "loadavg": probe.loadavg, "quiet": probe.foreign_cores < QUIET_FOREIGN_CORES})
+        return {"images": b - a, "seconds": round(probe.seconds, 3),
+                "images_per_second": round((b - a) / probe.seconds, 2),
+                "foreign_cores": round(probe.foreign_cores, 2), "own_cores": round(probe.own_cores, 2),
+                "loadavg": probe.loadavg, "quiet": probe.foreign_cores < QUIET_FOREIGN_CORES}
 
     for a, b in slices:
-        timed(a, b, keep=True)
+        repeats.append(timed(a, b, keep=True))
     extra = 0
     while sum(r["quiet"] for r in repeats) < 3 and extra < MAX_EXTRA_REPEATS:
         a, b = slices[extra % 3]
-        timed(a, min(b, a + n_timed), keep=False)  # a loaded repeat: time again (shorter), features kept
+        repeats.append(timed(a, b, keep=False))  # a loaded repeat: time the same images again
         extra += 1
-    np.save(work / f"features_{variant}.npy", features)
     quiet = [r for r in repeats if r["quiet"]]
-    chosen = quiet or repeats
+    chosen = quiet if len(quiet) >= 3 else repeats  # fewer than 3 quiet: the worst of all (flagged)
     worst = min(chosen, key=lambda r: r["images_per_second"])
+    rows, bulk, skipped = 3 * n_timed, None, None
+    if whole_set:
+        floor = float(os.environ.get("BENCH_RUNTIMES_FLOOR") or 0)
+        best = max(r["images_per_second"] for r in repeats)
+        if best < floor:
+            skipped = (f"not extracted in full: its best repeat ({best:.1f} images/s) is under "
+                       f"{SLOWER_THAN_REFERENCE:.0%} of fp32 Keras's rate")
+        else:  # the rest of the retrieval set (its P@6), timed as one more figure
+            bulk = timed(rows, len(inputs), keep=True)
+            rows = len(inputs)
+    np.save(work / f"features_{variant}.npy", features[:rows])
     return {"variant": variant, "family": family, "precision": precision, "images_per_second": worst["images_per_second"],
             "best_images_per_second": max(r["images_per_second"] for r in chosen),
-            "quiet_repeats": len(quiet), "all_quiet": len(quiet) >= 3, "repeats": repeats, "features_rows": total,
+            "quiet_repeats": len(quiet), "all_quiet": len(quiet) >= 3, "worst_repeat": worst, "repeats": repeats,
+            "bulk": bulk,
+            "features_rows": rows, "full_set_skipped": skipped,
             "build_seconds": round(build_seconds, 1), "warmup_seconds": round(warm.seconds, 2),
             "peak_rss_mib": _rss_peak_mib(), **props}
 
@@ -529,7 +546,7 @@ def main():
         print(f"  model: {gflop} GFLOP/image -> fp32 limit {limit:.1f} images/s; conversions: "
               + ", ".join(f"{k} {'ok' if v['ok'] else 'FAILED'}" for k, v in info["conversions"].items()), flush=True)
         labels = np.load(work / "labels.npy")
-        results, reference, ref_neighbours = {}, None, None
+        results, reference, ref_neighbours, reference_rate = {}, None, None, None
         for variant in variants:
             family, precision, what, _ = VARIANTS[variant]
             if family == "openvino" and not info["conversions"]["openvino"]["ok"]:
@@ -538,16 +555,32 @@ def main():
             if family == "onnxruntime" and not info["conversions"]["onnx"]["ok"]:
                 results[variant] = {"variant": variant, "error": "ONNX export failed"}
                 continue
+            if precision.startswith("int8") and not info["conversions"].get("openvino_int8", {}).get("ok"):
+                results[variant] = {"variant": variant, "error": "NNCF int8 quantization failed"}
+                continue
             env = dict(base_env)
+            if reference_rate:
+                env["BENCH_RUNTIMES_FLOOR"] = str(SLOWER_THAN_REFERENCE * reference_rate)
             if variant == "tf_onednn_off":
                 env["TF_ENABLE_ONEDNN_OPTS"] = "0"
-            before = wait_for_quiet()
-            r = _run_child(["--child", variant, str(work), str(sizes["timed"])], env, 900)
-            r.update(variant=variant, family=family, precision=precision, what=what, before=before)
+            attempts = []
+            for _attempt in range(1 + RETRIES_WHEN_LOADED):  # loaded (fewer than 3 quiet repeats): again
+                before = wait_for_quiet()
+                r = _run_child(["--child", variant, str(work), str(sizes["timed"])], env, 900)
+                r.update(variant=variant, family=family, precision=precision, what=what, before=before)
+                attempts.append(r)
+                if "error" in r or r["all_quiet"]:
+                    break
+                print(f"  {variant}: only {r['quiet_repeats']} quiet repeats (others used up to "
+                      f"{max(x['foreign_cores'] for x in r['repeats'])} cores); running it again", flush=True)
+            if "error" not in r:  # the attempt with the most quiet repeats (the last among equals)
+                r = max(attempts, key=lambda x: (x.get("quiet_repeats", -1), attempts.index(x)))
+                r["attempts"] = [{k: x.get(k) for k in ("images_per_second", "quiet_repeats", "all_quiet")}
+                                 for x in attempts]
             if "error" not in r:
                 features = np.load(work / f"features_{variant}.npy")
                 if variant == "keras_predict":
-                    reference = features
+                    reference, reference_rate = features, r["images_per_second"]
                     r["retrieval"], ref_neighbours = retrieval(reference, labels)
                 elif reference is not None:
                     r["agreement"] = agreement(reference, features)
@@ -562,7 +595,8 @@ def main():
                       + (f"  P@6 {p6:.4f}" if p6 is not None else "")
                       + (f"  max|d| {r['agreement']['max_abs_diff']:.2g} cos {r['agreement']['mean_cosine']:.6f}"
                          if "agreement" in r else "")
-                      + f"  quiet repeats {r['quiet_repeats']}/{len(r['repeats'])}, load {r['repeats'][0]['loadavg']}",
+                      + f"  quiet {r['quiet_repeats']}/{len(r['repeats'])}; worst repeat: others "
+                        f"{r['worst_repeat']['foreign_cores']} cores, loadavg {r['worst_repeat']['loadavg'][0]}",
                       flush=True)
             else:
                 print(f"  {variant:22} FAILED: {r['error'][:300]}", flush=True)
@@ -582,13 +616,16 @@ def main():
         rows.append([variant, r["precision"], r["images_per_second"], r["percent_of_fp32_limit"], p6,
                      None if p6 is None or ref_p6 is None else round(p6 - ref_p6, 4),
                      ag.get("max_abs_diff"), ag.get("mean_cosine"),
-                     f"{r['quiet_repeats']}/{len(r['repeats'])} quiet, loadavg {r['repeats'][0]['loadavg'][0]}"])
+                     f"{r['quiet_repeats']}/{len(r['repeats'])} quiet{'' if r['all_quiet'] else ' (LOADED)'}; "
+                     f"others {r['worst_repeat']['foreign_cores']} cores, loadavg {r['worst_repeat']['loadavg'][0]}"])
         r["p6_minus_fp32"] = rows[-1][5]
     tables = [common.table(
         f"ResNet50 backbone at {SIZE}px, batch {BATCH}, {THREADS} threads: runtimes side by side",
         ["Variant", "Precision", "Images/s", "% fp32 limit", "P@6", "dP@6", "max |d|", "mean cos", "Load"], rows,
         [f"fp32 limit: numpy sgemm {sgemm.get('best_gflops')} GFLOP/s / {gflop} GFLOP per image "
-         f"= {limit:.1f} images/s; images/s is the worst of the quiet timed repeats (after a warm-up batch).",
+         f"= {limit:.1f} images/s; images/s is the worst of the quiet timed repeats (after a warm-up batch); "
+         f"quiet: other processes used under {QUIET_FOREIGN_CORES} cores (/proc/stat less our own CPU time); with "
+         "fewer than 3 quiet repeats, the worst of all (LOADED).",
          f"P@6: leave-one-out Euclidean 6-NN on standardised features of {sizes['p6_images']} Fashion-MNIST "
          "test images, same label; computed for the runtimes with their own numerics or the whole set "
          "extracted; agreement (max |d|, mean cosine) against keras_predict's fp32 features on the same rows.",

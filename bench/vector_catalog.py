@@ -68,6 +68,12 @@ def _hnsw_index_drop() -> str:
     return row[0]
 
 
+def work_mem_gib(rows: int) -> int:
+    """Room for the whole graph in memory while building (pgvector slows down a lot once it no
+    longer fits): ~2.6 KiB a 512-d row with its m=16 neighbour lists, plus a margin."""
+    return max(1, -(-rows * 3 * 1024 // 2 ** 30))
+
+
 def _embeddings_copy_and_index(rows, version_id: int, indexdef: str) -> dict:
     """COPY (image, product, vector, label) rows in binary on a connection of our own (the vector
     type registered there only), then build the index; the timings and sizes."""
@@ -87,8 +93,8 @@ def _embeddings_copy_and_index(rows, version_id: int, indexdef: str) -> dict:
         raw.execute("ANALYZE recommender_embedding")
         raw.execute("ANALYZE catalog_product")
         timings["copy_seconds"] = round(time.perf_counter() - started, 1)
-        # Room for the whole graph in memory while building (pgvector slows down a lot otherwise).
-        raw.execute("SET maintenance_work_mem = '1GB'")
+        rows_loaded = raw.execute("SELECT count(*) FROM recommender_embedding").fetchone()[0]
+        raw.execute(f"SET maintenance_work_mem = '{work_mem_gib(rows_loaded)}GB'")
         started = time.perf_counter()
         raw.execute(indexdef)
         timings["index_build_seconds"] = round(time.perf_counter() - started, 2)
@@ -135,7 +141,8 @@ def rebuild_index(indexdef: str) -> float:
     import psycopg
 
     with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as raw:
-        raw.execute("SET maintenance_work_mem = '1GB'")
+        rows = raw.execute("SELECT count(*) FROM recommender_embedding").fetchone()[0]
+        raw.execute(f"SET maintenance_work_mem = '{work_mem_gib(rows)}GB'")
         raw.execute("DROP INDEX embedding_vector_hnsw")
         started = time.perf_counter()
         raw.execute(indexdef)

@@ -1,6 +1,7 @@
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 from pgvector.django import HnswIndex, VectorField
 
 # Not imported from recommender.head/backbone: that would pull scikit-learn into every Django
@@ -162,7 +163,7 @@ class NeighbourListState(models.Model):
     version = models.OneToOneField(ModelVersion, on_delete=models.CASCADE, primary_key=True, related_name="+")
     upto = models.BigIntegerField()
     rows = models.BigIntegerField(help_text="Embeddings of the version when the lists were last built.")
-    built_at = models.DateTimeField(auto_now=True)
+    built_at = models.DateTimeField(db_default=Now())
 
     class Meta:
         db_table = "recommender_neighbours_state"

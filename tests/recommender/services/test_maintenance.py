@@ -32,3 +32,22 @@ def test_a_retraining_starts_only_when_none_is_running(django_capture_on_commit_
     assert len(published) == 1  # its training, sent after commit
     assert retrain_if_needed(force_reason="staff asked again") is None  # one training at a time
     assert ModelVersion.objects.count() == 1
+
+
+def test_the_recovery_asks_for_the_active_versions_neighbour_lists(settings, broker):
+    """A refresh lost with the broker (or never sent) is sent again; the task itself decides
+    whether anything is to do. Nothing without an active version or with the lists turned off."""
+    from django.core.cache import cache
+
+    from recommender import publishing
+    from tests.recommender.conftest import messages
+
+    assert recover_lost_work()["neighbours"] is None  # no active version
+    version = ModelVersion.objects.create(status=ModelVersion.Status.ACTIVE, backbone="b", weights="random",
+                                          input_size=32, activated_at=timezone.now())
+    cache.delete(publishing.NEIGHBOURS_FLAG.format(version.pk))
+    assert recover_lost_work()["neighbours"] == version.pk
+    [message] = messages(broker, "training")
+    assert (message.headers["task"], message.payload[0]) == (publishing.REFRESH_NEIGHBOURS, [version.pk])
+    settings.RECOMMENDER = {**settings.RECOMMENDER, "NEIGHBOUR_LISTS_MAX_ROWS": 0}
+    assert recover_lost_work()["neighbours"] is None
