@@ -87,12 +87,15 @@ def with_ef(ef):
     settings.RECOMMENDER = {**settings.RECOMMENDER, "EF_SEARCH": int(ef)}
 
 
-def sql_method(version, ef, exact):
+def sql_method(version, ef, exact, images=None):
+    """nearest_products by the query vector (the index; before the lists), or, given ``images``
+    (product id -> its query image id), as the product panel asks: by its query image."""
     from recommender.selectors.similarity import nearest_products
 
     def run(vector, pid, category):
-        rows = nearest_products(version=version, vector=vector, k=K, exact=exact, exclude_product=int(pid),
-                                category=category)
+        query = {"image": images[int(pid)]} if images is not None else {"vector": vector}
+        rows = nearest_products(version=version, k=K, exact=exact, exclude_product=int(pid), category=category,
+                                **query)
         return [p for p, _ in rows]
 
     def prepare():
@@ -230,6 +233,10 @@ def main():
         print(f"  HNSW build {build['index_build_seconds']} s, index {build['index_mib']} MiB", flush=True)
         picks = rng.choice(n, size=min(n_queries[n], n), replace=False)
         build["lists"] = lists_build(version, query_products=product_ids[picks])
+        from catalog.models import ProductImage
+
+        images = dict(ProductImage.objects.filter(product_id__in=product_ids[picks].tolist())
+                      .values_list("product_id", "id"))
         print(f"  neighbour lists built in {build['lists']['seconds']} s, {build['lists']['mib']} MiB"
               + (" (extrapolated from the query products' lists)" if build["lists"]["extrapolated"] else ""),
               flush=True)
@@ -253,7 +260,7 @@ def main():
                     label = f"HNSW, ef_search={ef}" + {40: " (pgvector default)", 100: " (before: ours)"}.get(ef, "")
                     row, _ = measure(label, prepare, run, queries, exact_ids_full, warmup=20, budget_s=budget)
                     rows.append(row)
-            prepare, run = sql_method(version, 100, exact=False)
+            prepare, run = sql_method(version, 100, exact=False, images=images)
             row, _ = measure("Precomputed lists, index fallback ef_search=100 (after: ours)", prepare, run, queries,
                              exact_ids_full, warmup=20, budget_s=budget)
             rows.append(row)
@@ -292,7 +299,7 @@ def main():
                         prepare, run = sql_method(version, ef, exact=False)
                         row, _ = measure(f"ef{ef}", prepare, run, plain_queries, plain_exact, warmup=5, budget_s=budget)
                         entry[f"ef{ef}"] = row["recall_at_6"]
-                prepare, run = sql_method(version, 100, exact=False)
+                prepare, run = sql_method(version, 100, exact=False, images=images)
                 row, _ = measure("lists", prepare, run, plain_queries, plain_exact, warmup=5, budget_s=budget)
                 entry.update(lists=row["recall_at_6"], lists_p50=row["p50_ms"], lists_p99=row["p99_ms"])
                 with_ef(100)

@@ -113,51 +113,68 @@ def _nearest_products_sql(*, version_id, vector, k, exact, **filters) -> list[tu
         return [(row[0], float(row[1])) for row in cursor.fetchall()]
 
 
-def nearest_products(*, version, vector, k=6, exact: bool = False, **filters) -> list[tuple[int, float]]:
-    """The k nearest other products (product id, distance): for a product's own panel from its
-    precomputed list, else by the HNSW index; ``exact``: by a full scan only (the reference the
-    lists' and the index's recall are measured against)."""
-    if not exact and filters.get("exclude_product") is not None and filters.get("predicted") is None:
-        # The product panel: the product's precomputed list (recommender.services.neighbours), used
-        # only when it was computed from this very vector, merged with the version's embeddings
-        # stored since (scanned exactly). Any product missing from the list is farther than all of
-        # it, so once k listed products pass the filters the answer is exact; otherwise (no list,
-        # a selective filter, k above the list's size) the index answers below.
-        literal = _vector_literal(vector)
-        list_where, list_params = _filter_sql(**{**filters, "exclude_product": None})
-        sql = f"""
-            WITH list AS (
-                SELECT n.neighbour_ids, n.distances, s.upto FROM recommender_neighbours n
-                JOIN recommender_neighbours_state s ON s.version_id = n.version_id
-                JOIN recommender_embedding q ON q.image_id = n.image_id AND q.version_id = n.version_id
-                WHERE n.version_id = %s AND n.product_id = %s AND (q.vector <-> %s::vector) < 1e-3
-            ), fresh AS (
-                SELECT e.product_id, e.vector <-> %s::vector AS distance FROM list, recommender_embedding e
-                WHERE e.version_id = %s AND e.id > list.upto AND e.product_id <> %s LIMIT %s
-            ), candidates AS (
-                SELECT u.product_id, u.distance, true AS listed
-                FROM list, unnest(list.neighbour_ids, list.distances) AS u(product_id, distance)
-                UNION ALL SELECT product_id, distance, false FROM fresh
-            )
-            SELECT c.product_id, MIN(c.distance) AS distance,
-                   sum(CASE WHEN bool_or(c.listed) THEN 1 ELSE 0 END) OVER () AS listed,
-                   (SELECT count(*) FROM fresh) AS fresh
-            FROM candidates c
-            CROSS JOIN LATERAL (SELECT 1 FROM catalog_product p WHERE p.id = c.product_id AND {list_where}
-                                OFFSET 0) passes
-            GROUP BY c.product_id ORDER BY distance, c.product_id LIMIT %s"""
-        # LATERAL ... OFFSET 0 keeps the product lookups by primary key: joined plainly, the
-        # planner hashed all of catalog_product (57 ms at 100,000 products against 3 ms). The
-        # newer rows are capped (NEIGHBOURS_DELTA_MAX; folded in before that) so the estimate
-        # stays below jit_above_cost: JIT compilation alone cost ~10 ms a query. More than the
-        # cap means the lists are behind: the index answers.
-        pid = int(filters["exclude_product"])
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [version.pk, pid, literal, literal, version.pk, pid, NEIGHBOURS_DELTA_MAX + 1,
-                                 *list_params, k])
-            found = cursor.fetchall()
-        if found and found[0][2] >= k and found[0][3] <= NEIGHBOURS_DELTA_MAX:
-            return [(row[0], float(row[1])) for row in found]
+# The product panel from its precomputed list (recommender.services.neighbours): the list of the
+# query image's product, built from that very image (a product whose first image changed has no
+# list until the next fold), merged with the version's embeddings stored since, scanned exactly.
+# Any product missing from the list is farther than all of it, so once k listed products pass the
+# filters the answer is exact. The query vector stays in the database (no 512-float literal to
+# format and parse: 0.35 ms of Python a query).
+_LISTED_SQL = """
+    WITH list AS (
+        SELECT n.neighbour_ids, n.distances, s.upto, q.vector FROM recommender_neighbours n
+        JOIN recommender_neighbours_state s ON s.version_id = n.version_id
+        JOIN recommender_embedding q ON q.image_id = n.image_id AND q.version_id = n.version_id
+        WHERE n.version_id = %s AND n.product_id = %s AND n.image_id = %s
+    ), fresh AS (
+        SELECT e.product_id, e.vector <-> list.vector AS distance FROM list, recommender_embedding e
+        WHERE e.version_id = %s AND e.id > list.upto AND e.product_id <> %s LIMIT %s
+    ), candidates AS (
+        SELECT u.product_id, u.distance, true AS listed
+        FROM list, unnest(list.neighbour_ids, list.distances) AS u(product_id, distance)
+        UNION ALL SELECT product_id, distance, false FROM fresh
+    )
+    SELECT c.product_id, MIN(c.distance) AS distance,
+           sum(CASE WHEN bool_or(c.listed) THEN 1 ELSE 0 END) OVER () AS listed,
+           (SELECT count(*) FROM fresh) AS fresh
+    FROM candidates c
+    CROSS JOIN LATERAL (SELECT 1 FROM catalog_product p WHERE p.id = c.product_id AND {where} OFFSET 0) passes
+    GROUP BY c.product_id ORDER BY distance, c.product_id LIMIT %s"""
+# LATERAL ... OFFSET 0 keeps the product lookups by primary key: joined plainly, the planner hashed
+# all of catalog_product (57 ms at 100,000 products against 3 ms). The newer rows are capped
+# (NEIGHBOURS_DELTA_MAX; folded in well before that) so the estimate stays below jit_above_cost:
+# JIT compilation alone cost ~10 ms a query.
+
+
+def _listed_products(*, version_id, image, k, exclude_product, **filters) -> list[tuple[int, float]] | None:
+    """The k nearest from the product's list, or None when the list cannot answer exactly (none
+    built, more newer rows than the cap, fewer than k listed products passing the filters)."""
+    where, params = _filter_sql(**filters)
+    pid = int(exclude_product)
+    with connection.cursor() as cursor:
+        cursor.execute(_LISTED_SQL.format(where=where),
+                       [version_id, pid, int(image), version_id, pid, NEIGHBOURS_DELTA_MAX + 1, *params, k])
+        found = cursor.fetchall()
+    if found and found[0][2] >= k and found[0][3] <= NEIGHBOURS_DELTA_MAX:
+        return [(row[0], float(row[1])) for row in found]
+    return None
+
+
+def nearest_products(*, version, vector=None, image=None, k=6, exact: bool = False,
+                     **filters) -> list[tuple[int, float]]:
+    """The k nearest other products (product id, distance) of ``vector``, or of the embedding of
+    ``image`` under ``version``: a product's panel (``image`` is its query image and
+    ``exclude_product`` the product) from its precomputed list, else by the HNSW index;
+    ``exact``: by a full scan only (the reference the lists' and the index's recall are measured
+    against)."""
+    if image is not None and not exact and filters.get("exclude_product") is not None \
+            and filters.get("predicted") is None:
+        rows = _listed_products(version_id=version.pk, image=image, k=k, **filters)
+        if rows is not None:
+            return rows
+    if vector is None:
+        vector = Embedding.objects.filter(version=version, image_id=image).values_list("vector", flat=True).first()
+        if vector is None:
+            return []
     rows = _nearest_products_sql(version_id=version.pk, vector=vector, k=k, exact=exact, **filters)
     if len(rows) < k and not exact:
         # The approximate scan came back short (a very selective filter, or many images per
@@ -281,13 +298,14 @@ def similar_products(*, product: Product, k: int = 6, same_category: bool = Fals
         key = _cache_key("v", version.pk, product.pk, k, same_category, filters)
         answer = _cached_answer(key, filters) if use_cache else None
         if answer is None:
+            # The query image's id, not its vector: the list answers without it (the index reads it).
             query = (Embedding.objects.filter(version=version, product=product)
-                     .order_by("image__position", "image_id").values_list("vector", "predicted").first())
+                     .order_by("image__position", "image_id").values_list("image_id", "predicted").first())
             if query is None:
                 return SimilarResult(items=[], version=version, source="none",
                                      fingerprint=catalog_selectors.products_fingerprint([]))
-            vector, predicted = query
-            rows = nearest_products(version=version, vector=vector, k=k, exclude_product=product.pk,
+            image, predicted = query
+            rows = nearest_products(version=version, image=image, k=k, exclude_product=product.pk,
                                     predicted=predicted if same_category else None, **filters)
             answer = _fresh_answer(rows, filters)
             if use_cache:

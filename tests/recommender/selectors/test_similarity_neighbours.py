@@ -18,10 +18,10 @@ pytestmark = pytest.mark.django_db
 
 
 def _panel(version, product, k=6, **filters):
-    """What similar_products asks for: the product's first image's vector, the product excluded."""
-    vector = (Embedding.objects.filter(version=version, product=product)
-              .order_by("image__position", "image_id").values_list("vector", flat=True).first())
-    return vector, nearest_products(version=version, vector=vector, k=k, exclude_product=product.pk, **filters)
+    """What similar_products asks for: the product's first image, the product excluded."""
+    image, vector = (Embedding.objects.filter(version=version, product=product)
+                     .order_by("image__position", "image_id").values_list("image_id", "vector").first())
+    return vector, nearest_products(version=version, image=image, k=k, exclude_product=product.pk, **filters)
 
 
 def _exact(version, vector, k, **filters):
@@ -43,10 +43,10 @@ def test_an_embedded_version_gets_lists_and_the_panel_is_one_exact_query(setting
     version = _listed_catalog(settings, 60)
     assert _lists(version.pk) == Product.objects.count()
     for product in Product.objects.order_by("id")[:10]:
-        vector = (Embedding.objects.filter(version=version, product=product)
-                  .order_by("image__position", "image_id").values_list("vector", flat=True).first())
+        image, vector = (Embedding.objects.filter(version=version, product=product)
+                         .order_by("image__position", "image_id").values_list("image_id", "vector").first())
         with django_assert_num_queries(1):  # the list: no transaction, no SET LOCAL, no index scan
-            rows = nearest_products(version=version, vector=vector, k=6, exclude_product=product.pk)
+            rows = nearest_products(version=version, image=image, k=6, exclude_product=product.pk)
         exact = _exact(version, vector, 6, exclude_product=product.pk)
         assert [p for p, _ in rows] == [p for p, _ in exact]
         assert [d for _, d in rows] == pytest.approx([d for _, d in exact], abs=1e-4)
