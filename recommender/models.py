@@ -34,6 +34,7 @@ class ModelVersion(models.Model):
         SAVING = "saving", "Saving the model"
         EXTRACTING = "extracting", "Re-extracting the catalog's features with the trained backbone"
         EMBEDDING = "embedding", "Embedding the catalog"
+        NEIGHBOURS = "neighbours", "Precomputing each product's similar items"
         EVALUATING = "evaluating", "Evaluating"
         ACTIVATING = "activating", "Activating"
         DONE = "done", "Done"

@@ -25,13 +25,14 @@ PHASE_SPAN = {
     Phase.TRAINING: (3, 78),
     Phase.SAVING: (78, 80),
     Phase.EXTRACTING: (80, 88),  # the backbone kind only
-    Phase.EMBEDDING: (88, 94),
-    Phase.EVALUATING: (94, 98),
+    Phase.EMBEDDING: (88, 92),
+    Phase.NEIGHBOURS: (92, 95),
+    Phase.EVALUATING: (95, 98),
     Phase.ACTIVATING: (98, 99),
     Phase.DONE: (100, 100),
 }
 PROGRESS_FIELDS = ("epoch", "epochs", "accuracy", "val_accuracy", "loss", "images_embedded", "images_extracted",
-                   "images_total")
+                   "images_total", "products_listed", "products_total")
 # "auto" trains the backbone when a frozen-backbone version's P@6 on its validation split is not
 # at least this much above raw pixels' on the same images (services.evaluation measures both).
 RAW_PIXELS_MARGIN = 0.02
@@ -96,6 +97,8 @@ def _percent(version: ModelVersion, phase: str, progress: dict) -> float | None:
         fraction = min(1.0, (progress.get("images_embedded") or 0) / progress["images_total"])
     elif phase == Phase.EXTRACTING and progress.get("images_total"):
         fraction = min(1.0, (progress.get("images_extracted") or 0) / progress["images_total"])
+    elif phase == Phase.NEIGHBOURS and progress.get("products_total"):
+        fraction = min(1.0, (progress.get("products_listed") or 0) / progress["products_total"])
     return round(low + (high - low) * fraction, 1)
 
 

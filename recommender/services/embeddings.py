@@ -25,9 +25,10 @@ logger = logging.getLogger(__name__)
 EMBED_CHUNK = 2048  # images per head pass: 2048 x 2048 float32 features = 16 MB read at a time
 
 
-def embeddings_create(*, version: ModelVersion, image_ids, progress=None) -> int:
+def embeddings_create(*, version: ModelVersion, image_ids, progress=None, refresh_lists: bool = True) -> int:
     """Embed images with a version's head (batched) and store them; existing rows are kept.
-    ``progress(n)`` is called after each chunk of ``n`` images."""
+    ``progress(n)`` is called after each chunk of ``n`` images. ``refresh_lists``: ask for the
+    version's neighbour lists to take the new rows in, after commit (a training builds its own)."""
     image_ids = list(image_ids)
     if not image_ids:
         return 0  # and no Keras import
@@ -48,7 +49,7 @@ def embeddings_create(*, version: ModelVersion, image_ids, progress=None) -> int
         created += len(ids)
         if progress:
             progress(len(ids))
-    if created:
+    if created and refresh_lists:
         # The product panel's precomputed lists take the new rows in (in the background: until
         # then the read path scans them, or the index answers).
         transaction.on_commit(lambda: neighbours_publish(version_id=version.pk))

@@ -82,7 +82,7 @@ def _nearest_rows(d: np.ndarray, take: int) -> list[np.ndarray]:
 
 
 def _top_lists(queries: np.ndarray, query_products: np.ndarray, matrix: np.ndarray, products: np.ndarray,
-               size: int = LIST_SIZE):
+               size: int = LIST_SIZE, progress=None):
     """For each query row: the ``size`` nearest other products (each at its nearest row), exact.
 
     Candidates are picked by the expanded squared distance (one matrix product per block), then
@@ -107,6 +107,8 @@ def _top_lists(queries: np.ndarray, query_products: np.ndarray, matrix: np.ndarr
             first = np.sort(first)
             first = first[np.isfinite(distances[first])][:size]
             out.append((ranked[first].tolist(), distances[first].tolist()))
+        if progress:
+            progress(len(block))
     return out
 
 
@@ -139,15 +141,22 @@ def _state_write(version_id: int, upto: int, rows: int) -> None:
                    built_at = EXCLUDED.built_at""", [version_id, upto, rows])
 
 
-def neighbours_rebuild(*, version_id: int, product_ids=None) -> dict:
+def neighbours_rebuild(*, version_id: int, product_ids=None, progress=None) -> dict:
     """Every product's list of a version, exact; ``product_ids``: only theirs (the benchmark's
-    1,000,000-row point). The rows are read in one statement (one snapshot) and the lists computed
+    1,000,000-row point); ``progress(done, total)`` after each block of products. The rows are read in one statement (one snapshot) and the lists computed
     outside any transaction; only the write is one."""
     started = time.perf_counter()
     ids, products, images, matrix, first = _version_rows(version_id)
     if product_ids is not None:
         first = first[np.isin(products[first], np.asarray(product_ids))]
-    lists = _top_lists(matrix[first], products[first], matrix, products)
+    done = 0
+
+    def listed(n):
+        nonlocal done
+        done += n
+        progress(done, len(first))
+
+    lists = _top_lists(matrix[first], products[first], matrix, products, progress=listed if progress else None)
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("DELETE FROM recommender_neighbours WHERE version_id = %s", [version_id])
@@ -227,7 +236,7 @@ def neighbours_fold(*, version_id: int) -> dict:
     return {"products": len(mine) + len(updates_p), "seconds": seconds}
 
 
-def neighbours_refresh(*, version_id: int) -> dict | None:
+def neighbours_refresh(*, version_id: int, progress=None) -> dict | None:
     """After embeddings were stored for a version: build its lists when it has none, fold the new
     rows in once they are FOLD_SHARE of the version (else the read path scans them), else
     nothing. A version above ``NEIGHBOUR_LISTS_MAX_ROWS`` has no lists (the index answers).
@@ -243,7 +252,7 @@ def neighbours_refresh(*, version_id: int) -> dict | None:
             return None
         state = NeighbourListState.objects.filter(version_id=version_id).values_list("upto", "rows").first()
         if state is None:
-            return neighbours_rebuild(version_id=version_id)
+            return neighbours_rebuild(version_id=version_id, progress=progress)
         if Embedding.objects.filter(version_id=version_id, id__gt=state[0]).count() < _fold_rows(state[1]):
             return None
         return neighbours_fold(version_id=version_id)

@@ -27,6 +27,7 @@ from recommender.selectors.features import features_load, images_missing_embeddi
 from recommender.selectors.versions import serving_backbone, training_blocker, training_kind
 from recommender.services.backbone_training import backbone_version_build
 from recommender.services.embeddings import embeddings_create
+from recommender.services.neighbours import neighbours_refresh
 from recommender.services.features import features_extract
 from recommender.services.evaluation import model_version_evaluate
 from recommender.services.phases import PhaseRun, epoch_callback, progress_update
@@ -229,7 +230,30 @@ def _catalog_embed(version: ModelVersion, image_ids: list[int]) -> None:
         progress_update(version=version, phase=Phase.EMBEDDING.value, images_embedded=done, images_total=total,
                         eta_seconds=round((total - done) / rate, 1))
 
-    embeddings_create(version=version, image_ids=image_ids, progress=embedded)
+    embeddings_create(version=version, image_ids=image_ids, progress=embedded, refresh_lists=False)
+    _catalog_neighbours(version)
+
+
+def _catalog_neighbours(version: ModelVersion) -> None:
+    """The version's neighbour lists, before it can be activated: its product panels are exact
+    lookups from the first request. A failure here does not fail the training: the index answers
+    meanwhile and the periodic recovery asks for the lists again."""
+    started, last = time.monotonic(), 0.0
+
+    def listed(done, total):
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= 2 or done == total:  # a heartbeat, not a write per block
+            last = now
+            rate = done / max(now - started, 1e-6)
+            progress_update(version=version, phase=Phase.NEIGHBOURS.value, products_listed=done,
+                            products_total=total, eta_seconds=round((total - done) / rate, 1))
+
+    try:
+        neighbours_refresh(version_id=version.pk, progress=listed)
+    except Exception:
+        logger.exception("neighbour lists of v%s not built; the index answers until a refresh builds them",
+                         version.pk)
 
 
 def _mark_ready(version: ModelVersion) -> bool:

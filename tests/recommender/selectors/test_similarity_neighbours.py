@@ -33,9 +33,9 @@ def _lists(version_id):
 
 
 def _listed_catalog(settings, count):
-    """A trained catalog whose lists were built (what the refresh task does after training)."""
+    """A trained catalog: the training built every product's list before activating the version."""
     version = trained_catalog(settings, count=count)
-    assert neighbours.neighbours_refresh(version_id=version.pk)["products"] == Product.objects.count()
+    assert _lists(version.pk) == Product.objects.count()
     return version
 
 

@@ -67,10 +67,13 @@ def test_stored_embeddings_send_one_refresh_after_commit(settings, broker, djang
 
 
 @pytest.mark.django_db
-def test_a_refresh_builds_once_then_folds_only_past_the_threshold(settings):
+def test_a_training_builds_the_lists_and_a_refresh_then_does_nothing_until_the_threshold(settings):
     version = trained_catalog(settings, count=30)
-    assert neighbours.neighbours_refresh(version_id=version.pk)["products"] == Product.objects.count()
+    assert NeighbourList.objects.filter(version=version).count() == Product.objects.count()
+    assert version.progress["products_listed"] == version.progress["products_total"] == Product.objects.count()
     assert neighbours.neighbours_refresh(version_id=version.pk) is None  # nothing new: nothing done
+    neighbours.neighbours_delete(version_id=version.pk)  # lost (say): the next refresh builds them
+    assert neighbours.neighbours_refresh(version_id=version.pk)["products"] == Product.objects.count()
     state = NeighbourListState.objects.get(version=version)
     assert state.rows == Embedding.objects.filter(version=version).count()
 
@@ -83,6 +86,7 @@ def test_a_second_refresh_of_the_same_version_does_nothing(settings):
     from tests.conftest import database_url_for_tests
 
     version = trained_catalog(settings, count=20)
+    neighbours.neighbours_delete(version_id=version.pk)
     other = psycopg.connect(database_url_for_tests(), autocommit=True)
     try:
         other.execute("SELECT pg_advisory_lock(%s, %s)", [NEIGHBOURS_LOCK_NAMESPACE, version.pk])
@@ -97,7 +101,6 @@ def test_a_second_refresh_of_the_same_version_does_nothing(settings):
 @pytest.mark.django_db
 def test_a_version_above_the_limit_has_no_lists_and_the_index_answers(settings):
     version = trained_catalog(settings, count=20)
-    neighbours.neighbours_refresh(version_id=version.pk)
     assert NeighbourList.objects.filter(version=version).exists()
     settings.RECOMMENDER = {**settings.RECOMMENDER, "NEIGHBOUR_LISTS_MAX_ROWS": 10}
     assert neighbours.neighbours_refresh(version_id=version.pk) is None
