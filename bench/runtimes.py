@@ -53,9 +53,9 @@ SIZE = 224
 BATCH = 32
 THREADS = 2
 QUIET_FOREIGN_CORES = 0.25  # other processes' CPU use (in cores) above which a repeat is "loaded"
-MAX_EXTRA_REPEATS = 5  # timed repeats beyond the first 3, while fewer than 3 were quiet
+MAX_EXTRA_REPEATS = 3  # timed repeats beyond the first 3, while fewer than 3 were quiet
 QUIET_WAIT_S = 30
-RETRIES_WHEN_LOADED = 1  # a child with fewer than 3 quiet repeats is run once more  # before each child, wait at most this long for the machine to be quiet
+RETRIES_WHEN_LOADED = 1  # a child with fewer than 3 quiet repeats is run once more (--retries)  # before each child, wait at most this long for the machine to be quiet
 SLOWER_THAN_REFERENCE = 0.8  # a runtime below this share of fp32 Keras's rate is not extracted in full
 MODES = {
     # retrieval-set images (P@6), timed images per repeat (a multiple of 2 batches: the THROUGHPUT
@@ -502,6 +502,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer images (~5 min)")
     parser.add_argument("--only", default=None, help="comma-separated variants (keras_predict is always run)")
     parser.add_argument("--name", default="runtimes", help="result file name under bench/results")
+    parser.add_argument("--retries", type=int, default=RETRIES_WHEN_LOADED,
+                        help="runs again of a child with fewer than 3 quiet repeats (0 on a busy machine)")
     parser.add_argument("--child", nargs=3, metavar=("VARIANT", "WORKDIR", "N_TIMED"))
     parser.add_argument("--prepare", nargs=3, metavar=("WORKDIR", "N_P6", "N_CALIB"))
     parser.add_argument("--sgemm", action="store_true")
@@ -564,12 +566,12 @@ def main():
             if variant == "tf_onednn_off":
                 env["TF_ENABLE_ONEDNN_OPTS"] = "0"
             attempts = []
-            for _attempt in range(1 + RETRIES_WHEN_LOADED):  # loaded (fewer than 3 quiet repeats): again
+            for _attempt in range(1 + args.retries):  # loaded (fewer than 3 quiet repeats): again
                 before = wait_for_quiet()
                 r = _run_child(["--child", variant, str(work), str(sizes["timed"])], env, 900)
                 r.update(variant=variant, family=family, precision=precision, what=what, before=before)
                 attempts.append(r)
-                if "error" in r or r["all_quiet"]:
+                if "error" in r or r["all_quiet"] or _attempt == args.retries:
                     break
                 print(f"  {variant}: only {r['quiet_repeats']} quiet repeats (others used up to "
                       f"{max(x['foreign_cores'] for x in r['repeats'])} cores); running it again", flush=True)
@@ -641,7 +643,7 @@ def main():
         except Exception:  # noqa: BLE001
             versions[package] = None
     common.write_result(args.name, {
-        "command": "python bench/runtimes.py " + " ".join(sys.argv[1:]), "mode": mode, "size": SIZE, "batch": BATCH,
+        "command": "python bench/runtimes.py " + " ".join(sys.argv[1:]), "mode": mode, "retries": args.retries, "size": SIZE, "batch": BATCH,
         "threads": THREADS, "counts": sizes, "quiet_threshold_foreign_cores": QUIET_FOREIGN_CORES,
         "versions": versions, "sgemm": sgemm, "model": info, "fp32_limit_images_per_second": round(limit, 2),
         "reference_precision_at_6": ref_p6, "variants": results, "tables": tables,

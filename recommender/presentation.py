@@ -171,6 +171,8 @@ def _training_detail(t: dict) -> str:
         parts.append(f"{t['images_extracted'] or 0:,} of {t['images_total']:,} images re-extracted")
     elif t["phase"] == ModelVersion.Phase.EMBEDDING and t["images_total"]:
         parts.append(f"{t['images_embedded'] or 0:,} of {t['images_total']:,} images embedded")
+    elif t["phase"] == ModelVersion.Phase.NEIGHBOURS and t.get("products_total"):
+        parts.append(f"{t['products_listed'] or 0:,} of {t['products_total']:,} products")
     if t["running"] and t["eta_seconds"] is not None:
         parts.append(f"about {duration_text(t['eta_seconds'])} left")
     return " · ".join(parts)

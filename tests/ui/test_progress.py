@@ -46,7 +46,15 @@ def test_training_progress_reports_epoch_accuracy_and_eta(admin_client):
     ModelVersion.objects.filter(pk=running.pk).update(progress={
         "phase": "embedding", "images_embedded": 30, "images_total": 120, "eta_seconds": 90})
     t = admin_client.get(TRAINING).json()["training"]
-    assert t["phase_label"] == "Embedding the catalog" and t["percent"] == pytest.approx(88 + 6 * 0.25)  # embedding: 88-94%
+    assert t["phase_label"] == "Embedding the catalog" and t["percent"] == pytest.approx(88 + 4 * 0.25)  # embedding: 88-92%
+
+    ModelVersion.objects.filter(pk=running.pk).update(progress={
+        "phase": "neighbours", "products_listed": 512, "products_total": 1024, "eta_seconds": 20})
+    data = admin_client.get(TRAINING).json()
+    t = data["training"]
+    assert t["phase_label"] == "Precomputing each product's similar items"
+    assert t["percent"] == pytest.approx(92 + 3 * 0.5)  # the lists: 92-95%
+    assert data["display"]["detail"] == "512 of 1,024 products · about 20 s left"
 
     ModelVersion.objects.filter(pk=running.pk).update(status="failed", error="Quality gate: worse",
                                                       progress={"phase": "failed"})
