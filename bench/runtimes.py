@@ -160,7 +160,9 @@ def sgemm_gflops(n: int = 4096, repeats: int = 5) -> dict:
             a @ b
         rates.append({"gflops": round(2 * n ** 3 / probe.seconds / 1e9, 1), "seconds": round(probe.seconds, 3),
                       "foreign_cores": round(probe.foreign_cores, 2), "loadavg": probe.loadavg})
-    quiet = [r for r in rates if r["foreign_cores"] < QUIET_FOREIGN_CORES] or rates
+    quiet = [r for r in rates if r["foreign_cores"] < QUIET_FOREIGN_CORES]
+    any_quiet = bool(quiet)
+    quiet = quiet or rates
     try:
         from threadpoolctl import threadpool_info
 
@@ -168,7 +170,7 @@ def sgemm_gflops(n: int = 4096, repeats: int = 5) -> dict:
                 for i in threadpool_info() if i.get("user_api") == "blas"]
     except ImportError:
         blas = None
-    return {"n": n, "best_gflops": max(r["gflops"] for r in quiet),
+    return {"n": n, "quiet": any_quiet, "best_gflops": max(r["gflops"] for r in quiet),
             "median_gflops": float(np.median([r["gflops"] for r in quiet])), "repeats": rates, "blas": blas}
 
 
@@ -477,6 +479,16 @@ def _run_child(argv: list[str], env: dict, timeout: float) -> dict:
     return json.loads(lines[-1])
 
 
+def measure_sgemm(env: dict, attempts: int = 3) -> dict:
+    """numpy sgemm in a child; again (after waiting for quiet) while its repeats were all loaded."""
+    for _ in range(attempts):
+        wait_for_quiet()
+        sgemm = _run_child(["--sgemm"], env, 300)
+        if sgemm.get("quiet"):
+            break
+    return sgemm
+
+
 def agreement(reference: np.ndarray, features: np.ndarray) -> dict:
     ref = reference[:len(features)]
     dots = (ref * features).sum(axis=1)
@@ -538,7 +550,7 @@ def main():
     try:
         print(f"runtimes ({mode}): {SIZE}px, batch {BATCH}, {THREADS} threads; weights {common.weights()}; "
               f"retrieval set {sizes['p6_images']} images; work dir {work}", flush=True)
-        sgemm = _run_child(["--sgemm"], base_env, 300)
+        sgemm = measure_sgemm(base_env)
         print(f"  numpy sgemm (2 threads): {sgemm.get('best_gflops')} GFLOP/s", flush=True)
         info = _run_child(["--prepare", str(work), str(sizes["p6_images"]), str(sizes["calib"])], base_env, 900)
         if "error" in info:
@@ -606,6 +618,15 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    # The limit again at the end (the machine is shared): the best quiet figure of both.
+    again = measure_sgemm(base_env, attempts=1)
+    if again.get("quiet") and (not sgemm.get("quiet") or again["best_gflops"] > sgemm["best_gflops"]):
+        again["start_of_run"] = {k: sgemm.get(k) for k in ("best_gflops", "quiet")}
+        sgemm = again
+        limit = sgemm["best_gflops"] / gflop
+        for r in results.values():
+            if "images_per_second" in r:
+                r["percent_of_fp32_limit"] = round(100 * r["images_per_second"] / limit, 1)
     ref_p6 = results.get("keras_predict", {}).get("retrieval", {}).get("precision_at_6")
     rows = []
     for variant in variants:

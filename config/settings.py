@@ -243,6 +243,10 @@ CELERY_BEAT_SCHEDULE = {
 RECOMMENDER = {
     # "imagenet" (Keras downloads and caches the file), a path to a weights file, or "random".
     "BACKBONE_WEIGHTS": env("RECOMMENDER_BACKBONE_WEIGHTS", "imagenet"),
+    # Inference on: "openvino" (fp32 conversion of the Keras model, checked against it at load:
+    # 1.4x Keras' images/s at 224 px on 2 cores, bench/runtimes.py), "keras", or "auto" (OpenVINO
+    # on a CPU when it is installed, Keras where the backend has a GPU).
+    "BACKBONE_RUNTIME": env("RECOMMENDER_BACKBONE_RUNTIME", "auto"),
     # 224 is ResNet50's native size; 28x28 sources lose nothing at 64 (and it is ~12x faster).
     "INPUT_SIZE": env_int("RECOMMENDER_INPUT_SIZE", 224),
     "EXTRACT_BATCH_SIZE": env_int("RECOMMENDER_EXTRACT_BATCH_SIZE", 32),

@@ -5,6 +5,12 @@ converted to RGB, resized to the configured input size and passed through
 ``keras.applications.resnet50.preprocess_input``, in batches (the original notebook sent them
 one at a time: see bench/extraction_speed.py for the measured difference).
 
+The Keras model is the source of truth (built, trained and saved as Keras). On a CPU, inference
+runs on an OpenVINO conversion of it (``runtime``: ``auto``, ``openvino`` or ``keras``): at
+224 px, batch 32, on 2 cores, 29.7 images/s against Keras/TensorFlow's 20.8, features equal to
+Keras' within 1e-5 (bench/runtimes.py, docs/benchmarks.md). The conversion is checked against
+Keras on a probe batch at load; a mismatch or any error falls back to Keras, with a warning.
+
 :func:`imagenet_weights_probe` tells ``manage.py rundemo`` and the benchmarks, without loading
 TensorFlow in their own process, whether the ImageNet weights can be had on this machine.
 """
@@ -198,15 +204,67 @@ def to_rgb_array(image, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.float32)
 
 
+RUNTIMES = ("auto", "openvino", "keras")
+# A conversion whose features differ from Keras' by more than this share of the largest feature
+# is not used (fp32 OpenVINO measured 8.6e-6 absolute, features up to ~10).
+RUNTIME_TOLERANCE = 1e-3
+
+
+def default_runtime() -> str:
+    return os.environ.get("RECOMMENDER_BACKBONE_RUNTIME", "auto")
+
+
+def _openvino_infer(model, input_size: int, threads: int | None):
+    """An fp32 OpenVINO compilation of the Keras ``model`` (batch size left open) -> a callable
+    batch -> features. The precision is set explicitly: on a CPU with bf16 support OpenVINO would
+    otherwise run in bf16, whose features differ (and would need an identity of their own)."""
+    import openvino as ov
+
+    converted = ov.convert_model(model)
+    converted.reshape([-1, input_size, input_size, 3])
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = ov.Core().compile_model(converted, "CPU", config)
+    request = compiled.create_infer_request()
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        return np.array(request.infer({0: batch})[compiled.output(0)], dtype=np.float32)
+
+    return infer, f"openvino {ov.__version__.split('-')[0]} fp32"
+
+
 class Backbone:
     """A loaded feature extractor. Build once per process (loading costs seconds)."""
 
-    def __init__(self, spec: BackboneSpec, batch_size: int = 32):
+    def __init__(self, spec: BackboneSpec, batch_size: int = 32, runtime: str | None = None):
         self.spec = spec
         self.batch_size = batch_size
         self.model = build_resnet50(spec)
         self._lock = threading.Lock()  # Keras models are not safe to call from several threads
+        self._infer, self.runtime = self.model.predict_on_batch, "keras"
+        self._runtime_choose(runtime or default_runtime())
         self._warm()
+
+    def _runtime_choose(self, wanted: str) -> None:
+        if wanted not in RUNTIMES:
+            raise ValueError(f"backbone runtime must be one of {', '.join(RUNTIMES)}, not {wanted!r}")
+        if wanted == "keras" or (wanted == "auto" and accelerator_present()):
+            return  # a GPU runs Keras (its backend) itself
+        try:
+            infer, name = _openvino_infer(self.model, self.spec.input_size, len(os.sched_getaffinity(0)))
+            probe = np.random.default_rng(0).uniform(-120, 150, (2, self.spec.input_size, self.spec.input_size, 3))
+            probe = probe.astype(np.float32)
+            reference = np.asarray(self.model.predict_on_batch(probe))
+            drift = float(np.abs(infer(probe) - reference).max())
+            if drift > RUNTIME_TOLERANCE * max(float(np.abs(reference).max()), 1e-6):
+                raise RuntimeError(f"its features differ from Keras' by {drift:.3g}")
+        except Exception as exc:  # not installed, a conversion error, a mismatch
+            level = logging.WARNING if wanted == "openvino" or not isinstance(exc, ImportError) else logging.INFO
+            logger.log(level, "backbone runtime: Keras, not OpenVINO (%s: %s)", type(exc).__name__, exc)
+            return
+        self._infer, self.runtime = infer, name
+        logger.info("backbone runtime: %s (max difference from Keras on a probe batch: %.2g)", name, drift)
 
     def _warm(self) -> None:
         """Trace the compiled predict function now, for any batch size. Keras traces it with
@@ -217,7 +275,7 @@ class Backbone:
         with a full batch instead cost a whole batch of blank images (seconds at 224 px)."""
         size = self.spec.input_size
         for n in (1, 2):
-            self.model.predict_on_batch(np.zeros((n, size, size, 3), np.float32))
+            self._infer(np.zeros((n, size, size, 3), np.float32))
 
     def preprocess(self, images) -> np.ndarray:
         from keras.applications.resnet50 import preprocess_input
@@ -236,7 +294,7 @@ class Backbone:
                 # predict_on_batch runs the compiled graph: 2.4x the img/s of an eager call
                 # (34 -> 83 img/s at 64 px, batch 32, 2-core CPU). A short batch is not padded:
                 # the graph traced in _warm takes any batch size.
-                out[start:start + n] = np.asarray(self.model.predict_on_batch(chunk))
+                out[start:start + n] = np.asarray(self._infer(chunk))
                 if progress:
                     progress(n)
         return out
@@ -254,13 +312,14 @@ _cache: OrderedDict[tuple, Backbone] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def get_backbone(spec: BackboneSpec, batch_size: int = 32) -> Backbone:
+def get_backbone(spec: BackboneSpec, batch_size: int = 32, runtime: str | None = None) -> Backbone:
     """A process-wide backbone per spec (workers keep it loaded between tasks), least recently used
     dropped past CACHE_SIZE."""
+    runtime = runtime or default_runtime()
     with _cache_lock:
-        key = (spec, batch_size)
+        key = (spec, batch_size, runtime)
         if key not in _cache:
-            _cache[key] = Backbone(spec, batch_size)
+            _cache[key] = Backbone(spec, batch_size, runtime)
             while len(_cache) > CACHE_SIZE:
                 _cache.popitem(last=False)
         _cache.move_to_end(key)

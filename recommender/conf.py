@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core import checks
 
 _KEYS = {
-    "BACKBONE_WEIGHTS": "backbone_weights", "INPUT_SIZE": "input_size",
+    "BACKBONE_WEIGHTS": "backbone_weights", "BACKBONE_RUNTIME": "backbone_runtime", "INPUT_SIZE": "input_size",
     "EXTRACT_BATCH_SIZE": "extract_batch_size", "INGEST_CHUNK": "ingest_chunk", "INGEST_LINGER_MS": "ingest_linger_ms", "SEED": "seed",
     "EPOCHS": "epochs", "BATCH_SIZE": "batch_size", "LEARNING_RATE": "learning_rate",
     "VALIDATION_SPLIT": "validation_split", "DROPOUT": "dropout", "MIN_IMAGES_TO_TRAIN": "min_images_to_train",
@@ -32,6 +32,7 @@ _KEYS = {
     "BACKBONE_MIN_STEPS": "backbone_min_steps",
 }
 TRAINING_KINDS = ("head", "backbone", "auto")
+BACKBONE_RUNTIMES = ("auto", "openvino", "keras")  # recommender.backbone.RUNTIMES (not imported: numpy)
 
 
 _KINDS = {int: "a whole number", float: "a number", str: "a string"}
@@ -43,6 +44,7 @@ class RecommenderConfig:
     config/settings.py only: every key is required here."""
 
     backbone_weights: str  # "imagenet", a path to a weights file, or "random"
+    backbone_runtime: str  # one of BACKBONE_RUNTIMES
     input_size: int
     extract_batch_size: int
     ingest_chunk: int
@@ -98,6 +100,8 @@ class RecommenderConfig:
             return found
         rules = [
             ("backbone_weights", bool(self.backbone_weights.strip()), "must name 'imagenet', 'random' or a file"),
+            ("backbone_runtime", self.backbone_runtime in BACKBONE_RUNTIMES,
+             f"must be one of {', '.join(BACKBONE_RUNTIMES)}"),
             ("input_size", self.input_size >= 32, "must be at least 32 pixels (ResNet50's minimum)"),
             ("extract_batch_size", self.extract_batch_size >= 1, "must be at least 1"),
             ("ingest_chunk", self.ingest_chunk >= 1, "must be at least 1"),

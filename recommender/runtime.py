@@ -21,7 +21,7 @@ def backbone_spec() -> BackboneSpec:
 
 
 def backbone():
-    return get_backbone(backbone_spec(), batch_size=config().extract_batch_size)
+    return backbone_of(backbone_spec())
 
 
 def version_spec(version) -> BackboneSpec:
@@ -40,7 +40,7 @@ def built_on_trained_backbone(version) -> bool:
 
 def backbone_of(spec: BackboneSpec):
     """The process-wide extractor of ``spec`` (workers keep it loaded between tasks)."""
-    return get_backbone(spec, batch_size=config().extract_batch_size)
+    return get_backbone(spec, batch_size=config().extract_batch_size, runtime=config().backbone_runtime)
 
 
 def trained_weights_path(version_id: int) -> Path:

@@ -348,7 +348,8 @@ def search_by_image(*, picture, k: int = 6, same_category: bool = False, categor
     with _search_lock:
         if version is not None:
             # The active version's own backbone: a trained one, or the weights its head was trained on.
-            features = get_backbone(runtime.version_spec(version), batch_size=1).extract([picture])
+            features = get_backbone(runtime.version_spec(version), batch_size=1,
+                                    runtime=config().backbone_runtime).extract([picture])
             head = runtime.load_head(version)
             proba = head.predict_proba(features)[0]
             vector = head.embed(features)[0]

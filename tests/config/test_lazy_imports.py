@@ -28,7 +28,8 @@ for path in sys.argv[1:]:
     assert response.status_code == 200, (path, response.status_code)
     if path.startswith("/p/"):
         assert b'id="similar"' in response.content, "the similar-items panel"
-heavy = sorted(name for name in ("tensorflow", "keras", "sklearn", "joblib", "jax", "torch") if name in sys.modules)
+heavy = sorted(name for name in ("tensorflow", "keras", "sklearn", "joblib", "jax", "torch", "openvino")
+               if name in sys.modules)
 print("HEAVY=" + ",".join(heavy))
 """
 

@@ -48,17 +48,46 @@ def test_batched_equals_one_at_a_time():
 def test_a_short_batch_is_not_padded_and_traces_nothing_new():
     """A lone upload used to be padded to the full batch of 32 (31 blank images extracted for
     nothing); the graph traced at load time takes any batch size."""
-    backbone = Backbone(BackboneSpec(weights="random", input_size=32), batch_size=8)
+    backbone = Backbone(BackboneSpec(weights="random", input_size=32), batch_size=8, runtime="keras")
     function = backbone.model.predict_function
     shapes = []
-    original = backbone.model.predict_on_batch
-    backbone.model.predict_on_batch = lambda x: shapes.append(x.shape[0]) or original(x)
+    original = backbone._infer
+    backbone._infer = lambda x: shapes.append(x.shape[0]) or original(x)
     full = backbone.extract(pictures(11, seed=5))
     assert shapes == [8, 3]
     assert backbone.model.predict_function is function  # the same compiled function, no new one
     one = backbone.extract(pictures(11, seed=5)[-1:])
     np.testing.assert_allclose(one[0], full[-1], rtol=1e-4, atol=1e-5)
     assert shapes[-1] == 1
+
+
+def test_on_a_cpu_inference_runs_on_openvino_with_the_features_of_keras():
+    """The Keras model stays the source of truth: OpenVINO runs a conversion of it, in fp32, and
+    gives the same features (any batch size, a lone image too)."""
+    spec = BackboneSpec(weights="random", input_size=32, seed=3)
+    openvino = Backbone(spec, batch_size=4, runtime="auto")
+    keras = Backbone(spec, batch_size=4, runtime="keras")
+    assert openvino.runtime.startswith("openvino ") and openvino.runtime.endswith(" fp32")
+    assert keras.runtime == "keras"
+    images = pictures(6, seed=4, mode="RGB")
+    np.testing.assert_allclose(openvino.extract(images), keras.extract(images), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(openvino.extract(images[:1]), keras.extract(images[:1]), rtol=1e-4, atol=1e-4)
+
+
+def test_a_conversion_that_disagrees_with_keras_is_not_used(monkeypatch, caplog):
+    import recommender.backbone as backbone_module
+
+    monkeypatch.setattr(backbone_module, "RUNTIME_TOLERANCE", -1.0)  # any difference is too much
+    backbone = Backbone(BackboneSpec(weights="random", input_size=32), batch_size=4, runtime="openvino")
+    assert backbone.runtime == "keras"
+    assert any("Keras, not OpenVINO (RuntimeError: its features differ from Keras' by" in r.getMessage()
+               and r.levelname == "WARNING" for r in caplog.records)
+    assert backbone.extract(pictures(2)).shape == (2, 2048)
+
+
+def test_an_unknown_runtime_is_refused():
+    with pytest.raises(ValueError, match="backbone runtime must be one of auto, openvino, keras, not 'onnx'"):
+        Backbone(BackboneSpec(weights="random", input_size=32), runtime="onnx")
 
 
 def test_identity_records_architecture_weights_and_size(tmp_path):

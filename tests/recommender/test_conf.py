@@ -32,6 +32,8 @@ def test_replacing_the_settings_dict_is_seen_at_once(settings):
     ("MAX_ATTEMPTS", 2.5, "MAX_ATTEMPTS'] must be a whole number, not 2.5"),
     ("INPUT_SIZE", 16, "INPUT_SIZE'] must be at least 32 pixels"),
     ("EF_SEARCH", 1001, "EF_SEARCH'] must be between 1 and 1000"),
+    ("BACKBONE_RUNTIME", "onnx", "BACKBONE_RUNTIME'] must be one of auto, openvino, keras (it is 'onnx')"),
+    ("NEIGHBOUR_LISTS_MAX_ROWS", -1, "NEIGHBOUR_LISTS_MAX_ROWS'] must be 0 (no lists) or more"),
 ])
 def test_bad_values_are_named(settings, key, value, words):
     settings.RECOMMENDER = {**settings.RECOMMENDER, key: value}
