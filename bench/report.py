@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import common, heldout  # noqa: E402
 
 DOC = common.ROOT / "docs" / "benchmarks.md"
-ORDER = ["quality", "backbone_training", "extraction_speed", "query_speed", "web_load", "ingestion", "ingestion_shop",
+ORDER = ["quality", "backbone_training", "extraction_speed", "runtimes", "query_speed", "web_load", "ingestion", "ingestion_shop",
          "soak", "heldout", "demo"]
 
 
@@ -287,6 +287,24 @@ def _headline_backbone_training(b: dict) -> list[str]:
             + ("**met**." if met else "**not met**.")]
 
 
+def _headline_runtimes(r: dict) -> list[str]:
+    v = r["variants"]
+    keras, ov, bf16, int8 = (v.get(k) for k in ("keras_predict", "ov_fp32_latency", "ov_bf16_latency",
+                                                "ov_int8_latency"))
+    if not (keras and ov):
+        return []
+    line = (f"**The backbone's runtime at 224 px** (batch 32, 2 cores; fp32 limit {r['fp32_limit_images_per_second']} "
+            f"images/s from a measured sgemm): OpenVINO fp32 (what a CPU worker runs) {ov['images_per_second']} "
+            f"images/s, {ov['percent_of_fp32_limit']}% of the limit, against Keras/TensorFlow's "
+            f"{keras['images_per_second']} ({keras['percent_of_fp32_limit']}%), {ratio(ov['images_per_second'], keras['images_per_second'])}x, "
+            "same features")
+    for name, x in (("bf16", bf16), ("int8", int8)):
+        if x:
+            line += (f"; OpenVINO {name} {x['images_per_second']} images/s with P@6 {x['p6_minus_fp32']:+.4f} "
+                     "against fp32")
+    return [line + " (bf16 and int8 measured, not yet served: their features need identities of their own)."]
+
+
 def _headline_demo(d: dict) -> list[str]:
     events = d.get("events", {})
     served = [v for v in d.get("versions", []) if v["kind"] == "backbone" and v["status"] == "active"]
@@ -299,7 +317,8 @@ def _headline_demo(d: dict) -> list[str]:
 
 # One function per benchmark's results, in the order the headline lists them.
 HEADLINES = [("quality", _headline_quality), ("backbone_training", _headline_backbone_training), ("extraction_speed", _headline_extraction),
-             ("extraction_speed_gpu", _headline_gpu), ("query_speed", _headline_query_speed),
+             ("extraction_speed_gpu", _headline_gpu), ("runtimes", _headline_runtimes),
+             ("query_speed", _headline_query_speed),
              ("web_load", _headline_web), ("ingestion", _headline_ingestion),
              ("ingestion_shop", _headline_ingestion_shop), ("soak", _headline_soak),
              ("heldout", heldout.headline), ("demo", _headline_demo)]
@@ -325,6 +344,7 @@ def section_intro(name: str, data: dict) -> list[str]:
 TITLES = {
     "quality": "1. Retrieval quality (Fashion-MNIST, the original post's protocol)",
     "extraction_speed": "2. Feature extraction speed",
+    "runtimes": "2b. The backbone's inference runtimes side by side (`bench/runtimes.py`)",
     "query_speed": "3. Similar-items query speed and accuracy at scale",
     "web_load": "4. The web under load",
     "ingestion": "5. Ingestion and retraining",
