@@ -9,7 +9,7 @@ KERAS_HOME ?= $(HOME)/.keras
 FASHION_MNIST_DIR ?= $(abspath ../shared/data/fashion-mnist)
 export KERAS_HOME FASHION_MNIST_DIR
 
-.PHONY: run test test-fast bench bench-backbone bench-deps install browser-deps prime-keras clean
+.PHONY: run test test-fast bench bench-backbone bench-runtimes bench-deps install browser-deps prime-keras clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -77,6 +77,13 @@ bench: install prime-keras bench-deps
 # The backbone kind with a 12-epoch schedule (the product's is 6) on 15,000 images: ~30 min on 2 cores.
 bench-backbone: install prime-keras
 	$(PY) bench/run_all.py --quick --only backbone_training
+
+# The backbone's inference runtimes side by side at 224 px (Keras, TF settings, OpenVINO fp32/bf16/int8,
+# ONNX Runtime): ~10 min on 2 quiet cores; it waits for the machine to be quiet before each one.
+bench-runtimes: install prime-keras
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	$(PY) -m pip install --quiet --no-deps nncf==3.4.0
+	$(PY) bench/runtimes.py
 
 clean:
 	rm -rf var .pytest_cache

@@ -512,6 +512,7 @@ def retrieval(features: np.ndarray, labels: np.ndarray) -> tuple[dict, np.ndarra
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer images (~5 min)")
+    parser.add_argument("--full", action="store_true", help="the default run (bench/run_all.py --full)")
     parser.add_argument("--only", default=None, help="comma-separated variants (keras_predict is always run)")
     parser.add_argument("--name", default="runtimes", help="result file name under bench/results")
     parser.add_argument("--retries", type=int, default=RETRIES_WHEN_LOADED,
