@@ -283,8 +283,35 @@ def rows_of(endpoints, results) -> list[list]:
     return rows
 
 
+# Server shapes (workers x threads) measured side by side in the same run, cached, at 32 clients:
+# what config/gunicorn.py's default is chosen by.
+SHAPES = [(4, 4), (6, 2), (8, 1)]
+SHAPE_ROUNDS = 2  # each shape measured this many times, interleaved; the worst round is reported
+
+
+def measure_shapes(tmp: Path, endpoints: list[dict], *, duration: float) -> list[dict]:
+    """Cached GETs at 32 clients on each server shape, in interleaved rounds (a slow spell of the
+    machine hits every shape alike); per shape and endpoint the worst round."""
+    gets = [ep for ep in endpoints if ep["method"] == "GET" and ep["available"]]
+    worst: dict[tuple, dict] = {}
+    for round_ in range(SHAPE_ROUNDS):
+        for workers, threads in SHAPES:
+            server = Server(tmp, name=f"gunicorn-{workers}x{threads}",
+                            env={"WEB_WORKERS": str(workers), "WEB_THREADS": str(threads)})
+            try:
+                for ep in gets:
+                    r = run_levels(server, ep, duration=duration, modes=("cached",), levels=[32])["cached"][0]
+                    key = (workers, threads, ep["key"])
+                    if key not in worst or r["p99_ms"] > worst[key]["p99_ms"]:
+                        worst[key] = {**r, "round": round_ + 1}
+            finally:
+                server.stop()
+    return [{"workers": w, "threads": t, "endpoint": k, **r} for (w, t, k), r in worst.items()]
+
+
 def main():
-    args = common.parse_mode()
+    args = common.parse_mode(extra=lambda parser: parser.add_argument(
+        "--shapes-only", action="store_true", help="only the server shapes side by side (SHAPES)"))
     quick = args.mode == "quick"
     tmp = common.isolate("web", RECOMMENDER_INPUT_SIZE=32 if quick else os.environ.get("RECOMMENDER_INPUT_SIZE", 64))
     common.django_setup()
@@ -301,6 +328,19 @@ def main():
     gets = [ep for ep in endpoints if ep["method"] == "GET" and ep["available"]]
     generator = "wrk" if loadgen.wrk_path() else "a Python thread pool (wrk is not installed)"
     print("Starting gunicorn -c config/gunicorn.py on 127.0.0.1...")
+    if args.shapes_only:
+        shapes = measure_shapes(tmp, endpoints, duration=duration)
+        t = common.table(
+            "Server shapes side by side (gunicorn gthread, workers x threads; cached, 32 clients, wrk beside it)",
+            ["Workers x threads", "Endpoint", "Requests/s", "p50 ms", "p99 ms", "Errors", "Worst of rounds"],
+            [[f"{s['workers']} x {s['threads']}", s["endpoint"], s["rps"], s["p50_ms"], s["p99_ms"], s["errors"],
+              f"round {s['round']} of {SHAPE_ROUNDS}"] for s in shapes],
+            [f"Each shape measured {SHAPE_ROUNDS} times, the shapes interleaved; the round with the worst p99 "
+             f"is shown. {duration:.0f} s per measurement; catalog of {n_products:,} products."])
+        common.print_table(t)
+        common.write_result("web_shapes", {"mode": args.mode, "shapes": shapes, "tables": [t],
+                                           "seconds": round(time.perf_counter() - started_all, 1)})
+        return
     server = Server(tmp)
     results = {}
     try:
