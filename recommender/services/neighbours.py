@@ -147,6 +147,7 @@ def neighbours_rebuild(*, version_id: int, product_ids=None, progress=None) -> d
     outside any transaction; only the write is one."""
     started = time.perf_counter()
     ids, products, images, matrix, first = _version_rows(version_id)
+    read = time.perf_counter() - started
     if product_ids is not None:
         first = first[np.isin(products[first], np.asarray(product_ids))]
     done = 0
@@ -164,7 +165,7 @@ def neighbours_rebuild(*, version_id: int, product_ids=None, progress=None) -> d
         _state_write(version_id, int(ids.max()) if len(ids) else 0, len(ids))
     seconds = round(time.perf_counter() - started, 2)
     logger.info("neighbour lists of v%s: %s products in %s s", version_id, len(first), seconds)
-    return {"products": len(first), "seconds": seconds}
+    return {"products": len(first), "seconds": seconds, "read_seconds": round(read, 2)}
 
 
 def _merge(ids, distances, extra: dict[int, float], size: int = LIST_SIZE):
