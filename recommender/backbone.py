@@ -220,7 +220,11 @@ def _openvino_infer(model, input_size: int, threads: int | None):
     otherwise run in bf16, whose features differ (and would need an identity of their own)."""
     import openvino as ov
 
-    converted = ov.convert_model(model)
+    with warnings.catch_warnings():
+        # Keras warns that the converter's traced inputs are a tuple, not its one input tensor:
+        # harmless (the probe in _runtime_choose checks the result), and once per worker.
+        warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
+        converted = ov.convert_model(model)
     converted.reshape([-1, input_size, input_size, 3])
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     if threads:
