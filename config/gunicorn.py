@@ -9,6 +9,11 @@ sync workers 2 x cores + 1 with a connection per request, served 156-192 and 143
 - gthread 4 x 4: page 564 (p99 136 ms), API 673 (p99 122 ms);
 - gthread 6 x 2: page 586 (p99 157 ms), API 776 (p99 101 ms).
 
+Re-measured side by side in one run (bench/web_load.py --quick --shapes-only: interleaved rounds,
+a 2 s warm-up per level, the worst round; page / API): 4 x 4 620 req/s p99 125 ms / 571 req/s p99
+146 ms; 6 x 2 824 / 725 req/s but p99 141 / 402 ms; 8 x 1 731 / 649 req/s, p99 234 / 187 ms. 4 x 4
+keeps the best worst-case tail.
+
 Two workers per core: each process's threads share one GIL, so more processes serve the tail more
 fairly (p99) at about the same throughput; four threads each overlap the waits on PostgreSQL and
 Redis. Without persistent connections (CONN_MAX_AGE=0) the same server served a third: a new
