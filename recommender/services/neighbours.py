@@ -212,12 +212,15 @@ def neighbours_fold(*, version_id: int) -> dict:
     if not fresh.any():
         return {"products": 0, "seconds": 0.0}
     fresh |= ids > state - FOLD_OVERLAP
-    changed = np.isin(products[first], np.unique(products[ids > state]))
+    stored = {pid: (n, d) for pid, n, d in NeighbourList.objects.filter(version_id=version_id).values_list(
+        "product_id", "neighbour_ids", "distances")}
+    # Listed afresh: products with new rows, and products of the overlap that have no list (their
+    # rows were committed after the build's snapshot).
+    unlisted = [p for p in np.unique(products[fresh]).tolist() if p not in stored]
+    changed = np.isin(products[first], np.union1d(products[ids > state], unlisted))
     mine = first[changed]
     lists = _top_lists(matrix[mine], products[mine], matrix, products)
     others = first[~changed]
-    stored = {pid: (n, d) for pid, n, d in NeighbourList.objects.filter(version_id=version_id).values_list(
-        "product_id", "neighbour_ids", "distances")}
     new_rows = np.flatnonzero(fresh)
     updates_p, updates_i, updates_l = [], [], []
     for start in range(0, len(others), BLOCK * 4):

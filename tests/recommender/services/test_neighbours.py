@@ -137,3 +137,4 @@ def test_a_row_committed_after_the_lists_snapshot_is_folded_in(settings):
                              predicted="x", vector=vector + 50)
     neighbours.neighbours_fold(version_id=version.pk)
     assert NeighbourList.objects.get(version=version, product=product).neighbour_ids[0] == late.pk
+    assert NeighbourList.objects.get(version=version, product=late).neighbour_ids[0] == product.pk  # its own list
