@@ -223,7 +223,7 @@ def _shop_line(label: str, shop: dict, backlog: dict | None) -> str:
     met = "met" if shop["ratio"] >= 0.8 and shop["lone_upload_worst_seconds"] <= 2 else "not met"
     text = (f"**{label}** (issue 14's ingestion targets {met}): `import_catalog` of {imp['images']:,} colour photos "
             f"until searchable at {imp['images_per_second']} images/s with {shop['workers']} workers, "
-            f"{shop['ratio']:.2f} of the batched extractor alone in the same run ({ext['images_per_second']} "
+            f"{shop['ratio']:.3f} of the batched extractor alone in the same run ({ext['images_per_second']} "
             f"images/s; target 0.80); a lone upload searchable in {shop['lone_upload_worst_seconds']:.2f} s at worst "
             "(target 2 s)")
     if backlog:
