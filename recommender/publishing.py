@@ -51,30 +51,41 @@ DRAIN_FLAG = "recommender:drain-waiting"
 DRAIN_FLAG_SECONDS = 15
 
 
-def drain_publish() -> bool:
-    """Send one ``drain_backlog`` unless one is already waiting. A cache outage sends it anyway
-    (one per call: what every commit sent before the flag existed)."""
+def _publish_once(*, flag: str, seconds: int, task: str, args: list, waiting: str) -> bool:
+    """Send ``task`` unless ``flag`` (a cache key, SET NX for ``seconds``) says one is on its way.
+    A send that fails clears the flag, so the next ask tries again; a cache outage sends anyway
+    (one per call)."""
     from django.core.cache import cache
 
     try:
-        if not cache.add(DRAIN_FLAG, 1, DRAIN_FLAG_SECONDS):
+        if not cache.add(flag, 1, seconds):
             return True
     except Exception as exc:
-        logger.warning("cache unavailable (%s); sending a drain without checking for a waiting one", exc)
-    sent = publish(DRAIN_BACKLOG, args=[], waiting="the ingestion backlog")
+        logger.warning("cache unavailable (%s); sending the task for %s without checking for a waiting one", exc, waiting)
+    sent = publish(task, args=args, waiting=waiting)
     if not sent:
-        drain_taken()
+        _flag_clear(flag)
     return sent
+
+
+def _flag_clear(flag: str) -> None:
+    from django.core.cache import cache
+
+    try:
+        cache.delete(flag)
+    except Exception:  # the flag expires by itself
+        pass
+
+
+def drain_publish() -> bool:
+    """Send one ``drain_backlog`` unless one is already waiting."""
+    return _publish_once(flag=DRAIN_FLAG, seconds=DRAIN_FLAG_SECONDS, task=DRAIN_BACKLOG, args=[],
+                         waiting="the ingestion backlog")
 
 
 def drain_taken() -> None:
     """A drain started: the next arrival may send another."""
-    from django.core.cache import cache
-
-    try:
-        cache.delete(DRAIN_FLAG)
-    except Exception:  # the flag expires by itself
-        pass
+    _flag_clear(DRAIN_FLAG)
 
 
 NEIGHBOURS_FLAG = "recommender:neighbours-waiting:{}"
@@ -84,15 +95,9 @@ NEIGHBOURS_FLAG_SECONDS = 60
 def neighbours_publish(*, version_id: int) -> bool:
     """Send one ``refresh_neighbours`` of a version unless one was sent in the last minute: every
     ingestion batch asks, and a refresh that finds little new does nothing, so one a minute is
-    enough (the periodic recovery asks too). A cache outage sends it anyway."""
-    from django.core.cache import cache
-
-    try:
-        if not cache.add(NEIGHBOURS_FLAG.format(version_id), 1, NEIGHBOURS_FLAG_SECONDS):
-            return True
-    except Exception as exc:
-        logger.warning("cache unavailable (%s); sending a neighbour-list refresh anyway", exc)
-    return publish(REFRESH_NEIGHBOURS, args=[version_id], waiting=f"the neighbour lists of v{version_id}")
+    enough (the periodic recovery asks too)."""
+    return _publish_once(flag=NEIGHBOURS_FLAG.format(version_id), seconds=NEIGHBOURS_FLAG_SECONDS,
+                         task=REFRESH_NEIGHBOURS, args=[version_id], waiting=f"the neighbour lists of v{version_id}")
 
 
 def training_publish(*, version_id: int) -> bool:
