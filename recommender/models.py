@@ -63,6 +63,9 @@ class ModelVersion(models.Model):
     classes = models.JSONField(default=list, blank=True)
     hyperparameters = models.JSONField(default=dict, blank=True)
     artifacts = models.CharField(max_length=500, blank=True, help_text="Folder of the persisted head.")
+    checksums = models.JSONField(default=dict, blank=True, help_text=(
+        "SHA-256 of each file in the artifacts folder, recorded when it was saved and verified before "
+        "any of them is loaded (the joblib files are pickles: a changed file must never be unpickled)."))
     trigger = models.CharField(max_length=200, blank=True, help_text="Why this version was trained.")
     n_train = models.PositiveIntegerField(default=0)
     n_val = models.PositiveIntegerField(default=0)
@@ -82,6 +85,12 @@ class ModelVersion(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        # Beyond add/change/delete/view: starting a training, and changing which version serves,
+        # are granted separately (the API and the admin check them for every staff user).
+        permissions = [
+            ("train_modelversion", "Can start a training"),
+            ("activate_modelversion", "Can activate or retire a model version"),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["status"], condition=Q(status="active"), name="one_active_version"),
             models.UniqueConstraint(fields=["status"], condition=Q(status="training"), name="one_training_at_a_time"),
