@@ -26,6 +26,7 @@ prime-keras:
 	  [ -e "$$f" ] && [ ! -e $(KERAS_HOME)/datasets/fashion-mnist/$$(basename $$f) ] && cp "$$f" $(KERAS_HOME)/datasets/fashion-mnist/ || true; \
 	done
 
+# DEBUG is off unless asked for; rundemo asks for it (DEBUG=1) for its web server, unless DEBUG is set.
 run: install prime-keras
 	$(PY) manage.py rundemo
 

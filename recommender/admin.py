@@ -1,5 +1,9 @@
 """The recommender dashboard: model versions, their metrics and curves, and the buttons that
-train, activate and retire them (each button calls one service; drawing is recommender.presentation)."""
+train, activate and retire them (each button calls one service; drawing is recommender.presentation).
+
+The buttons need ModelVersion's own permissions, as the API (recommender/api/views.py):
+``recommender.train_modelversion`` to train, ``recommender.activate_modelversion`` to activate or
+retire; a user without them does not see the buttons and is refused (403) if they post anyway."""
 
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ from recommender.selectors.versions import (active_version, training_kind, train
 from recommender.services.training import model_version_start
 from recommender.services.versions import model_version_activate, model_version_retire
 
+TRAIN = "recommender.train_modelversion"
+ACTIVATE = "recommender.activate_modelversion"  # also retire: both change which version serves
+
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
@@ -39,6 +46,10 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def get_list_display(self, request):
+        shown = super().get_list_display(request)
+        return shown if request.user.has_perm(ACTIVATE) else [name for name in shown if name != "buttons"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).defer("history", "hyperparameters")
@@ -121,7 +132,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         active = active_version()
         context = {**self._progress_context(), "active": active,
                    "active_accuracy": f"{100 * active.val_accuracy:.1f}%" if active and active.val_accuracy is not None
-                   else "", "can_train": self.has_change_permission(request), **(extra_context or {})}
+                   else "", "can_train": request.user.has_perm(TRAIN), **(extra_context or {})}
         context["title"] = "Recommender dashboard"
         return super().changelist_view(request, context)
 
@@ -139,7 +150,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
             "title": f"Model version v{version.pk}",
             "version": version,
             "badge": presentation.status_badge_html(version),
-            "can_change": self.has_change_permission(request, version),
+            "can_change": request.user.has_perm(ACTIVATE),  # the template's activate/retire tools
             "can_activate": version.status in (ModelVersion.Status.READY, ModelVersion.Status.RETIRED)
             and bool(version.artifacts),
             "can_retire": version.status in (ModelVersion.Status.ACTIVE, ModelVersion.Status.READY),
@@ -157,10 +168,10 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/recommender/modelversion/detail.html", context)
 
     # ------------------------------------------------------------------ buttons
-    def _post_only(self, request):
+    def _post_only(self, request, permission):
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        if not self.has_change_permission(request):
+        if not request.user.has_perm(permission):
             raise PermissionDenied
         return None
 
@@ -172,7 +183,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(target)
 
     def train_view(self, request):
-        refused = self._post_only(request)
+        refused = self._post_only(request, TRAIN)
         if refused:
             return refused
         changelist = reverse("admin:recommender_modelversion_changelist")
@@ -199,7 +210,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     def _transition(self, request, object_id, service, success):
         """POST-only button: call ``service(version=...)``, say ``success(version)`` or why not, go back."""
-        refused = self._post_only(request)
+        refused = self._post_only(request, ACTIVATE)
         if refused:
             return refused
         version = self._version_or_404(request, object_id)

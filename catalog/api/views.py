@@ -3,6 +3,7 @@ answer. The recommender's endpoints (similar items, search by photo, model versi
 recommender/api/, the health check in config/health.py.
 
 Permissions are chosen per view; the project default (IsAdminUser) closes anything that forgets.
+Writes need the model permissions the admin asks for the same change (catalog/api/permissions.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rest_framework.response import Response
 from catalog import selectors as catalog_selectors
 from catalog.api import serializers as s
 from catalog.api.filters import Ordering, ProductFilter, TextSearch
-from catalog.api.permissions import IsStaff, IsStaffOrReadOnly
+from catalog.api.permissions import StaffWithPermissionsOrReadOnly, permissions_require, staff_holds
 from catalog.api.selectors import product_for_api, products_for_api
 from catalog.api.throttling import AuthTokenThrottle
 from catalog.api.uploads import images_attach, normalise_uploads, product_create_with_images
@@ -32,8 +33,9 @@ from catalog.services import product_delete, product_image_delete, product_updat
 ID = r"[0-9]+"
 
 
-def _is_staff(request) -> bool:
-    return IsStaff().has_permission(request, None)
+def _sees_hidden(request) -> bool:
+    """Inactive products are shown to staff who may view products (as in the admin)."""
+    return staff_holds(request, "catalog.view_product")
 
 
 # --------------------------------------------------------------------------- categories
@@ -93,7 +95,18 @@ _product_id = OpenApiParameter("id", OpenApiTypes.INT, OpenApiParameter.PATH, de
     destroy=extend_schema(summary="Delete a product and its images (staff)", parameters=[_product_id]),
 )
 class ProductViewSet(viewsets.ModelViewSet):
-    permission_classes = [IsStaffOrReadOnly]
+    permission_classes = [StaffWithPermissionsOrReadOnly]
+    # What the admin asks for the same change: images are added and removed on the product's change
+    # page (its inline). Data-dependent extras are checked in the action: images sent with a new
+    # product need add_productimage; deleting a product with images needs delete_productimage.
+    required_permissions = {
+        "create": ["catalog.add_product"],
+        "update": ["catalog.change_product"],
+        "partial_update": ["catalog.change_product"],
+        "destroy": ["catalog.delete_product"],
+        "add_images": ["catalog.change_product", "catalog.add_productimage"],
+        "remove_image": ["catalog.change_product", "catalog.delete_productimage"],
+    }
     serializer_class = s.ProductSerializer
     parser_classes = [JSONParser, FormParser, MultiPartParser]
     filter_backends = [DjangoFilterBackend, TextSearch, Ordering]
@@ -105,7 +118,7 @@ class ProductViewSet(viewsets.ModelViewSet):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Product.objects.none()
-        return products_for_api(include_inactive=_is_staff(self.request))
+        return products_for_api(include_inactive=_sees_hidden(self.request))
 
     def initialize_request(self, request, *args, **kwargs):
         drf_request = super().initialize_request(request, *args, **kwargs)
@@ -119,7 +132,7 @@ class ProductViewSet(viewsets.ModelViewSet):
         return super().filter_queryset(queryset) if self.action == "list" else queryset
 
     def get_object(self):
-        product = product_for_api(pk=self.kwargs["pk"], include_inactive=_is_staff(self.request))
+        product = product_for_api(pk=self.kwargs["pk"], include_inactive=_sees_hidden(self.request))
         self.check_object_permissions(self.request, product)
         return product
 
@@ -132,6 +145,8 @@ class ProductViewSet(viewsets.ModelViewSet):
         serializer = s.ProductCreateSerializer(data=request.data, context=self.get_serializer_context())
         serializer.is_valid(raise_exception=True)
         fields = dict(serializer.validated_data)
+        if fields.get("images"):
+            permissions_require(request, "catalog.add_productimage")
         accepted = normalise_uploads(fields.pop("images", []))
         product = product_create_with_images(accepted=accepted, **fields)
         return self._answer(product, status.HTTP_201_CREATED)
@@ -144,7 +159,10 @@ class ProductViewSet(viewsets.ModelViewSet):
         return self._answer(product)
 
     def destroy(self, request, *args, **kwargs):
-        product_delete(product=self.get_object())
+        product = self.get_object()
+        if product.images.exists():
+            permissions_require(request, "catalog.delete_productimage")
+        product_delete(product=product)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(

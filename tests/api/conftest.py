@@ -20,6 +20,25 @@ CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 PASSWORD = "correct horse battery staple"
 
 
+def grant(user, *names):
+    """Give ``user`` the permissions named "app_label.codename" (and nothing else) and return it."""
+    from django.contrib.auth.models import Permission
+
+    for name in names:
+        app_label, codename = name.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return get_user_model().objects.get(pk=user.pk)  # a fresh object: has_perm caches per instance
+
+
+def app_permissions(*, prefix=""):
+    """Every permission of the catalog and the recommender (those of one action with ``prefix="view_"``)."""
+    from django.contrib.auth.models import Permission
+
+    found = Permission.objects.filter(content_type__app_label__in=["catalog", "recommender"],
+                                      codename__startswith=prefix).select_related("content_type")
+    return [f"{p.content_type.app_label}.{p.codename}" for p in found]
+
+
 def _client_for(user):
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
@@ -34,7 +53,17 @@ def user(db):
 
 @pytest.fixture
 def staff(db):
-    return get_user_model().objects.create_user("sam", "sam@example.com", PASSWORD, is_staff=True)
+    """A staff user holding every permission of both apps (an editor of the shop): the API checks
+    the model permissions, as the admin does, not only is_staff."""
+    user = get_user_model().objects.create_user("sam", "sam@example.com", PASSWORD, is_staff=True)
+    return grant(user, *app_permissions())
+
+
+@pytest.fixture
+def viewer(db):
+    """A staff user who may only look: the view permission of every model of both apps."""
+    user = get_user_model().objects.create_user("vera", "vera@example.com", PASSWORD, is_staff=True)
+    return grant(user, *app_permissions(prefix="view_"))
 
 
 @pytest.fixture

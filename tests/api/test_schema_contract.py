@@ -67,7 +67,9 @@ def real_ids(operation, data) -> dict:
 def staff_token(transactional_db, django_user_model):
     from rest_framework.authtoken.models import Token
 
-    staff = django_user_model.objects.create_user("contract", password="not used", is_staff=True)
+    # A superuser: every operation is reachable past its permission check (the API checks model
+    # permissions, tests/api/test_permissions.py).
+    staff = django_user_model.objects.create_user("contract", password="not used", is_staff=True, is_superuser=True)
     return Token.objects.create(user=staff).key
 
 

@@ -1,5 +1,6 @@
 """Production settings and security behaviour."""
 
+import io
 import os
 import subprocess
 import sys
@@ -110,3 +111,72 @@ def test_the_cache_reuses_its_redis_client():
     cache.set("reuse", {"a": 1}, 10)
     assert cache.get("reuse") == {"a": 1}
     assert cache._cache.get_client("reuse") is cache._cache.get_client("other", write=True)
+
+
+def _settings_printed(expression, env, *, drop=()):
+    """``expression`` evaluated on the settings of a fresh process with ``env`` (and without ``drop``)."""
+    environ = {k: v for k, v in {**os.environ, **env}.items() if k not in drop}
+    result = subprocess.run([sys.executable, "manage.py", "shell", "-c",
+                             f"from django.conf import settings as s; print(repr({expression}))"],
+                            cwd=ROOT, capture_output=True, text=True, env=environ, timeout=120)
+    return result
+
+
+@pytest.mark.parametrize("django_env", ["local", "test"])
+def test_debug_is_off_unless_asked_for(django_env):
+    result = _settings_printed("(s.DEBUG, s.SERVE_MEDIA)", {"DJANGO_ENV": django_env}, drop=("DEBUG", "SERVE_MEDIA"))
+    assert result.returncode == 0, result.stderr
+    # Off by default; uploaded images are still served by Django outside production (safe headers).
+    assert result.stdout.strip().splitlines()[-1] == "(False, True)"
+    asked = _settings_printed("s.DEBUG", {"DJANGO_ENV": django_env, "DEBUG": "1"})
+    assert asked.stdout.strip().splitlines()[-1] == "True", asked.stderr
+
+
+def test_production_serves_no_media_by_default():
+    result = _settings_printed("s.SERVE_MEDIA", PRODUCTION, drop=("SERVE_MEDIA",))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize("value,expected", [(None, 0), ("0", 0), ("2", 2)])
+def test_trusted_proxies_come_from_the_environment(value, expected):
+    env = {} if value is None else {"NUM_PROXIES": value}
+    result = _settings_printed("s.REST_FRAMEWORK['NUM_PROXIES']", env, drop=() if value else ("NUM_PROXIES",))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(expected)
+
+
+@pytest.mark.parametrize("value", ["-1", "one", "1.5"])
+def test_a_bad_proxy_count_is_refused_with_a_clear_message(value):
+    result = _settings_printed("s.REST_FRAMEWORK['NUM_PROXIES']", {"NUM_PROXIES": value})
+    assert result.returncode != 0
+    assert "NUM_PROXIES must be a whole number of 0 or more" in result.stderr and repr(value) in result.stderr
+
+
+def test_the_demo_asks_for_debug_for_its_web_server_only(monkeypatch):
+    """``make run`` (rundemo) serves with runserver, which needs DEBUG for static files and tracebacks;
+    its worker does not get it (DEBUG keeps every query in memory). An explicit DEBUG is kept."""
+    from catalog.management.commands import rundemo
+
+    for key in ("RECOMMENDER_INPUT_SIZE", "RECOMMENDER_BACKBONE_WEIGHTS"):  # _run writes them
+        monkeypatch.setenv(key, os.environ.get(key, "32" if key == "RECOMMENDER_INPUT_SIZE" else "random"))
+    monkeypatch.setattr(rundemo, "call_command", lambda *a, **k: None)
+    monkeypatch.setattr(rundemo.Command, "_admin", lambda self: None)
+    monkeypatch.setattr(rundemo, "Product", type("Product", (), {"objects": type("Manager", (), {
+        "exists": staticmethod(lambda: True)})}))
+    monkeypatch.setattr(rundemo.Command, "_stop", lambda self, children: None)
+
+    def wait(self, children):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rundemo.Command, "_wait", wait)
+    for debug, expected in ((None, "1"), ("0", "0")):
+        spawned = {}
+        monkeypatch.setattr(rundemo.Command, "_spawn", lambda self, name, cmd, env: spawned.setdefault(name, env))
+        if debug is None:
+            monkeypatch.delenv("DEBUG", raising=False)
+        else:
+            monkeypatch.setenv("DEBUG", debug)
+        rundemo.Command(stdout=io.StringIO(), stderr=io.StringIO())._run("127.0.0.1:0", 10, 1)
+        assert spawned["web"]["DEBUG"] == expected
+        assert spawned["worker"].get("DEBUG") == debug

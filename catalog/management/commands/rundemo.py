@@ -82,7 +82,11 @@ class Command(BaseCommand):
                 # should not keep in memory.
                 subprocess.run([sys.executable, "manage.py", "import_fashion_mnist", f"--count={products}",
                                 "--split=train"], cwd=ROOT, env=env, check=True)
-            children.append(self._spawn("web", [sys.executable, "manage.py", "runserver", addr, "--noreload"], env))
+            # DEBUG is off unless asked for (config/settings.py); the demo's runserver asks for it (static
+            # files, tracebacks on a laptop), its worker does not (DEBUG keeps every query in memory).
+            web_env = {**env, "DEBUG": env.get("DEBUG", "1")}
+            children.append(self._spawn("web", [sys.executable, "manage.py", "runserver", addr, "--noreload"],
+                                        web_env))
             self.stdout.write(self.style.SUCCESS(banner([
                 f"Shop:   http://{addr}/",
                 f"Admin:  http://{addr}/admin/  (user: admin, password: admin)",

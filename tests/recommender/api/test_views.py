@@ -255,8 +255,9 @@ def test_search_by_image_is_throttled_per_anonymous_client_in_redis(anon_client,
     assert 0 < int(throttled["Retry-After"]) <= 60
     body = throttled.json()
     assert body["status"] == 429 and body["code"] == "throttled" and "seconds" in body["detail"]
-    # The history lives in the shared cache (Redis), keyed by client address.
-    assert len(cache.get("throttle_image_search_anon_127.0.0.1")) == 2
+    # The history lives in the shared cache's Redis (a sorted set per window), keyed by client address.
+    key = cache.make_key("throttle_image_search_anon_127.0.0.1")
+    assert cache._cache.get_client(key).zcard(key) == 2
     # Another client address, and a signed-in user, have their own budgets.
     other = anon_client.post(SEARCH, bad(), format="multipart", REMOTE_ADDR="10.1.2.3")
     assert other.status_code == 400
