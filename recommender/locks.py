@@ -4,6 +4,9 @@ A training holds a session-level advisory lock (namespace, version id) for as lo
 PostgreSQL releases it when that process's connection dies. So "is a training of v<id> alive?"
 has an exact answer, unlike a heartbeat, and a second delivery of the same training finds the
 lock taken and does nothing.
+
+Changing which version serves takes a *transaction-level* advisory lock (:func:`serving_lock`):
+activations queue behind each other instead of racing for the one active row.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from django.db import connection
 
 TRAINING_LOCK_NAMESPACE = 0x4C4B
 NEIGHBOURS_LOCK_NAMESPACE = 0x4C4E  # a version's neighbour lists being built or folded
+SERVING_LOCK_NAMESPACE = 0x4C53  # which version serves (one key: there is one active version)
 
 
 def _try_lock(namespace: int, version_id: int) -> bool:
@@ -53,3 +57,14 @@ def training_alive(version_id: int) -> bool:
     """Whether some process is training this version right now."""
     with training_lock(version_id) as acquired:
         return not acquired
+
+
+def serving_lock() -> None:
+    """Wait for, and hold until the end of the current transaction, the lock of "which version
+    serves". Two activations started together then run one after the other: the second sees the
+    first one's result (committed) instead of both retiring the same old version and the second
+    hitting the one_active_version constraint. Must be called inside ``transaction.atomic``."""
+    if not connection.in_atomic_block:
+        raise RuntimeError("serving_lock() outside a transaction would be released at once")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, 0)", [SERVING_LOCK_NAMESPACE])

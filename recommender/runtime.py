@@ -1,5 +1,19 @@
-"""Bridges the configuration to the pure ML modules, and keeps loaded models per process."""
+"""Bridges the configuration to the pure ML modules, and keeps loaded models per process.
 
+Model files are verified before they are loaded: the head's joblib file is a pickle, so a file in
+MODELS_ROOT changed by anyone but the training that wrote it could run code in every worker and
+web process. A training records the SHA-256 of every file of its version's folder on the version
+(:func:`artifacts_checksums`, ``ModelVersion.checksums``); :func:`load_head` and
+:func:`backbone_of` (trained backbone weights) check the files they are about to read against it
+and raise :class:`ModelFilesError`, naming the file and the version, on a mismatch or a missing
+file: nothing is unpickled. A version saved before checksums existed (none recorded) is loaded as
+before, with a warning (refusing it would stop the version that serves at the upgrade); train a
+new version to have one that is verified. MODELS_ROOT must be writable by the application only.
+"""
+
+import hashlib
+import logging
+import re
 import threading
 from pathlib import Path
 
@@ -7,10 +21,14 @@ from django.conf import settings
 
 from recommender.backbone import TRAINED_WEIGHTS_FILE, BackboneSpec, get_backbone
 from recommender.conf import config
+from recommender.models import ModelVersion
+
+logger = logging.getLogger(__name__)
 
 # recommender.head (scikit-learn, joblib) and Keras are imported where they are used, so that a web
 # process that only reads pages never loads them.
 
+HEAD_MODEL_FILE = "head.keras"  # what TrainedHead.save writes beside PREPROCESSING_FILE
 _heads: dict[int, object] = {}
 _heads_lock = threading.Lock()
 
@@ -38,9 +56,12 @@ def built_on_trained_backbone(version) -> bool:
     return version.trains_backbone or Path(version.weights).name == TRAINED_WEIGHTS_FILE
 
 
-def backbone_of(spec: BackboneSpec):
-    """The process-wide extractor of ``spec`` (workers keep it loaded between tasks)."""
-    return get_backbone(spec, batch_size=config().extract_batch_size, runtime=config().backbone_runtime)
+def backbone_of(spec: BackboneSpec, *, batch_size: int | None = None):
+    """The process-wide extractor of ``spec`` (workers keep it loaded between tasks); trained
+    weights are verified first (:func:`weights_verify`)."""
+    weights_verify(spec.weights)
+    return get_backbone(spec, batch_size=batch_size or config().extract_batch_size,
+                        runtime=config().backbone_runtime)
 
 
 def trained_weights_path(version_id: int) -> Path:
@@ -70,11 +91,12 @@ def artifacts_dir(version_id: int) -> Path:
 
 
 def load_head(version):
-    """The persisted head of a version, loaded once per process."""
-    from recommender.head import TrainedHead
+    """The persisted head of a version, loaded once per process, its files verified first."""
+    from recommender.head import PREPROCESSING_FILE, TrainedHead
 
     with _heads_lock:
         if version.pk not in _heads:
+            artifacts_verify(version, names=(HEAD_MODEL_FILE, PREPROCESSING_FILE))
             _heads[version.pk] = TrainedHead.load(Path(version.artifacts))
         return _heads[version.pk]
 
@@ -82,3 +104,87 @@ def load_head(version):
 def forget_head(version_id: int) -> None:
     with _heads_lock:
         _heads.pop(version_id, None)
+
+
+# --------------------------------------------------------------------------- model files' checksums
+
+
+class ModelFilesError(RuntimeError):
+    """A version's model file is missing or is not the one its training wrote: it is not loaded."""
+
+
+_VERIFIED_WEIGHTS: set[tuple] = set()  # (path, size, mtime_ns) of weights files verified in this process
+_UNVERIFIED_WARNED: set[int] = set()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def artifacts_checksums(version_id: int) -> dict[str, str]:
+    """SHA-256 of every file of a version's folder, by name (what a training records once its files
+    are written; temporary dot-files of an unfinished write are left out)."""
+    folder = artifacts_dir(version_id)
+    return {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+
+
+def artifacts_verify(version, *, names) -> None:
+    """Raise ModelFilesError unless each of ``names`` in the version's folder has the checksum
+    recorded on the version. A version without recorded checksums (saved before they existed) is
+    let through with a warning, once per process."""
+    recorded = version.checksums or {}
+    if not recorded:
+        if version.pk not in _UNVERIFIED_WARNED:
+            _UNVERIFIED_WARNED.add(version.pk)
+            logger.warning("v%s has no recorded checksums (saved before they existed): its model files are "
+                           "loaded unverified; train a new version to serve verified files", version.pk)
+        return
+    folder = Path(version.artifacts) if version.artifacts else artifacts_dir(version.pk)
+    for name in names:
+        path = folder / name
+        if name not in recorded:
+            raise ModelFilesError(f"v{version.pk}: no checksum was recorded for {path}; it is not loaded.")
+        if not path.is_file():
+            raise ModelFilesError(f"v{version.pk}: model file {path} is missing; the version cannot be loaded.")
+        if _sha256(path) != recorded[name]:
+            raise ModelFilesError(
+                f"v{version.pk}: model file {path} does not match the SHA-256 recorded when it was saved "
+                "(changed or replaced since); it is not loaded. Restore the version's files or train a new one.")
+
+
+def _weights_owner(weights: str) -> int | None:
+    """The version whose trained backbone ``weights`` is (MODELS_ROOT/v<N>/backbone.weights.h5), or None
+    (imagenet, random, or a file of the operator's own: RECOMMENDER_BACKBONE_WEIGHTS)."""
+    path = Path(weights)
+    if path.name != TRAINED_WEIGHTS_FILE or not re.fullmatch(r"v\d+", path.parent.name):
+        return None
+    if path.parent.parent.resolve() != Path(settings.MODELS_ROOT).resolve():
+        return None
+    return int(path.parent.name[1:])
+
+
+def weights_verify(weights: str) -> None:
+    """Raise ModelFilesError unless a trained backbone's weights file is the one its version
+    recorded. Verified once per process per file state (path, size, modification time): the
+    extractors ask on every batch, and hashing 95 MB takes ~0.1 s."""
+    owner = _weights_owner(weights)
+    if owner is None:
+        return
+    path = Path(weights)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise ModelFilesError(
+            f"v{owner}: model file {path} is missing; the trained backbone cannot be loaded.") from None
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED_WEIGHTS:
+        return
+    version = ModelVersion.objects.filter(pk=owner).only("pk", "artifacts", "checksums").first()
+    if version is None:
+        raise ModelFilesError(f"v{owner} no longer exists: its trained backbone {path} is not loaded.")
+    artifacts_verify(version, names=[TRAINED_WEIGHTS_FILE])
+    _VERIFIED_WEIGHTS.add(key)

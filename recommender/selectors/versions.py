@@ -246,6 +246,25 @@ def training_readiness() -> dict:
             "minimum": config().min_images_to_train, "backbone": identity}
 
 
+# A reason's list of names: at most this many characters, so that "automatic: new categories: "
+# and the list fit a version's trigger (200 characters) with whole names.
+REASON_LIST_CHARS = 170
+
+
+def names_listed(names: list[str], *, budget: int) -> str:
+    """``names`` comma-separated, as many whole ones as fit in ``budget`` characters, then how many
+    were left out: "a, b and 37 more" (a long first name is kept whole; the caller bounds it)."""
+    shown: list[str] = []
+    for name in names:
+        rest = len(names) - len(shown) - 1
+        text = ", ".join([*shown, name]) + (f" and {rest} more" if rest else "")
+        if shown and len(text) > budget:
+            break
+        shown.append(name)
+    left = len(names) - len(shown)
+    return ", ".join(shown) + (f" and {left} more" if left else "")
+
+
 def retrain_reason() -> str | None:
     """Why the catalog needs a new version, or None."""
     readiness = training_readiness()
@@ -262,7 +281,7 @@ def retrain_reason() -> str | None:
         return f"backbone changed from {active.backbone} to {identity}"
     new_categories = _categories(identity) - set(active.classes)
     if new_categories:
-        return f"new categories: {', '.join(sorted(new_categories))}"
+        return f"new categories: {names_listed(sorted(new_categories), budget=REASON_LIST_CHARS)}"
     share = (total - active.n_images) / total  # images newer than the version (see settings)
     if share >= config().retrain_new_share:
         return f"{share:.0%} of the images are newer than v{active.pk}"

@@ -4,9 +4,10 @@ the trained backbone on the ``features`` queue (GPU workers), before it is embed
 gated like any version (services.training runs those phases).
 
 Files: the head's folder first (written aside, then renamed into place), then the backbone's
-weights inside it (temporary name, then rename); the version's ``backbone`` becomes the trained
-backbone's identity (``resnet50:ft-v<N>-<hash>:<size>``) only once that file is complete, and it
-serves nobody until activated. A failure or a kill leaves the active version serving:
+weights inside it (temporary name, then rename), their checksums recorded on the version once both
+are in place (and again when the embedding scaler rewrites the preprocessing file); the version's
+``backbone`` becomes the trained backbone's identity (``resnet50:ft-v<N>-<hash>:<size>``) only
+once that file is complete, and it serves nobody until activated. A failure or a kill leaves the active version serving:
 model_version_fail removes the folder, and features_prune the features of the failed backbone.
 """
 
@@ -115,8 +116,9 @@ def _training_config(version: ModelVersion, n_images: int):
 def _fit(version: ModelVersion, pixels: _Pixels, training):
     from recommender.finetune import train_backbone
 
-    # A model of its own, built from the starting weights: the process's cached extractors are
-    # never trained in place.
+    # A model of its own, built from the starting weights (a trained backbone's file verified
+    # first): the process's cached extractors are never trained in place.
+    runtime.weights_verify(version.weights)
     start = build_resnet50(_starting_spec(version))
     return train_backbone(pixels.images, pixels.labels, start, training,
                           callbacks=[epoch_callback(version=version, epochs=training.epochs)])
@@ -131,6 +133,7 @@ def _save(version: ModelVersion, pixels: _Pixels, result) -> None:
     weights = backbone_save(result.backbone, path)
     version.backbone = BackboneSpec(weights=str(weights), input_size=version.input_size, seed=config().seed).identity
     version.artifacts = str(path)
+    version.checksums = runtime.artifacts_checksums(version.pk)  # committed before any worker loads the weights
     version.classes = result.head.classes
     version.n_images, version.n_train, version.n_val = len(pixels.ids), len(result.train_index), len(result.val_index)
     version.history = result.history
@@ -139,8 +142,8 @@ def _save(version: ModelVersion, pixels: _Pixels, result) -> None:
                        "trained_image_ids": np.asarray(pixels.ids)[result.train_index].tolist(),
                        "training_seconds": round(result.seconds, 2), "epochs_run": result.epochs_run,
                        "best_epoch": result.best_epoch, "mixed_precision": result.mixed_precision}
-    version.save(update_fields=["backbone", "artifacts", "classes", "n_images", "n_train", "n_val", "history",
-                                "metrics"])
+    version.save(update_fields=["backbone", "artifacts", "checksums", "classes", "n_images", "n_train", "n_val",
+                                "history", "metrics"])
     runtime.forget_head(version.pk)
 
 
@@ -189,4 +192,6 @@ def _embedding_scaler_fit(version: ModelVersion, train_ids: list[int], head) -> 
     _, _, _, features = features_load(backbone=version.backbone, image_ids=train_ids, active_only=False)
     head.embedding_scaler_fit(features)
     head.preprocessing_save(runtime.artifacts_dir(version.pk))
+    version.checksums = runtime.artifacts_checksums(version.pk)  # the rewritten file's
+    ModelVersion.objects.filter(pk=version.pk).update(checksums=version.checksums)
     runtime.forget_head(version.pk)

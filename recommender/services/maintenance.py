@@ -1,12 +1,16 @@
-"""The periodic healers (Celery beat): publish work that a crash or a broker outage lost, and
-start a retraining when the catalog has moved on. Both are safe to run at any time, any number
-of times: they only publish idempotent tasks or start a version under the one-training constraint.
+"""The periodic healers (Celery beat): publish work that a crash or a broker outage lost, finish
+trainings a lost worker left behind, and start a retraining when the catalog has moved on. Both
+are safe to run at any time, any number of times: they publish idempotent tasks (the ingestion
+drain at most once per STALE_SECONDS), change only versions no live process holds (under the
+transitions' own locks), or start a version under the one-training constraint.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
+from django.core.cache import cache
 from django.utils import timezone
 
 from catalog.models import ProductImage
@@ -18,22 +22,39 @@ from recommender.selectors.features import images_missing_embedding, images_miss
 from recommender.selectors.versions import active_version, retrain_reason, serving_backbone, training_version
 from recommender.services.features import features_enqueue
 from recommender.services.ingestion import ingestion_wake
-from recommender.services.training import model_version_fail, model_version_start
+from recommender.services.training import model_version_fail, model_version_finish, model_version_start
 
+logger = logging.getLogger(__name__)
 Status = ProductImage.Status
 RECOVER_BATCH = 5000  # rows looked at per run: a long outage is healed over several runs
+
+
+# The recovery's own record that it sent a drain for the stale backlog (SET NX, STALE_SECONDS):
+# the drain's flag (publishing.DRAIN_FLAG_SECONDS, 15 s) has expired by the next run (every 60 s,
+# 30 s in the demo), so without this record every run sent one more drain while the first still
+# waited in a busy queue: one per run for as long as the backlog lasted.
+RECOVERY_DRAIN_FLAG = "recommender:recovery-drain-sent"
 
 
 def _lost_images_requeue(stale) -> int:
     # Images untouched for STALE_SECONDS (pending, or processing under a lost claim): their wake-up
     # may have been lost with the broker. One drain is sent, never one message per image: it
-    # claims them itself (and wakes more drains while work is left), so a backlog of any size
-    # costs the queue one message per run, however long it stays.
+    # claims them itself (and wakes more drains while work is left), and at most one per stale
+    # period (RECOVERY_DRAIN_FLAG), so a backlog of any size, waiting however long, costs the
+    # queue one message per STALE_SECONDS.
     lost = ProductImage.objects.filter(status__in=[Status.PENDING, Status.PROCESSING],
                                        status_changed_at__lt=stale)[:RECOVER_BATCH].count()
-    if lost:
+    if lost and _first_republish_this_period():
         ingestion_wake()
     return lost
+
+
+def _first_republish_this_period() -> bool:
+    try:
+        return cache.add(RECOVERY_DRAIN_FLAG, 1, max(config().stale_seconds, 1))
+    except Exception as exc:  # the cache is the broker's Redis: a drain sent now is lost or harmless
+        logger.warning("cache unavailable (%s); sending the recovery's drain unrecorded", exc)
+        return True
 
 
 def _missing_embeddings_publish() -> int:
@@ -87,16 +108,31 @@ def _lost_trainings_heal(now, stale) -> tuple[list[int], list[int]]:
     return dead, republished
 
 
+def _ready_versions_finish() -> dict[str, list[int]]:
+    # Ready (passed the gate) and no process holds its training lock: the worker died between the
+    # ready commit and the activation (the lock is held until the training returns, and a
+    # returning training leaves it active, failed or retired). Newest first, so that an older one
+    # finds itself superseded (model_version_finish).
+    outcomes: dict[str, list[int]] = {"activated": [], "retired": [], "failed": []}
+    for version in ModelVersion.objects.filter(status=ModelVersion.Status.READY).order_by("-pk"):
+        if training_alive(version.pk):
+            continue  # its worker is activating it right now
+        outcomes.setdefault(model_version_finish(version=version), []).append(version.pk)
+    return outcomes
+
+
 def recover_lost_work() -> dict:
-    """Re-publish lost ingestion, missing embeddings and lost trainings; fail dead trainings."""
+    """Re-publish lost ingestion, missing embeddings and lost trainings; fail dead trainings;
+    finish versions a lost worker left ready."""
     now = timezone.now()
     stale = now - timedelta(seconds=config().stale_seconds)
     requeued = _lost_images_requeue(stale)
+    dead, republished = _lost_trainings_heal(now, stale)
+    ready = _ready_versions_finish()  # before the healers below, which follow the active version
     reembed = _missing_embeddings_publish()
     reextract = _missing_features_publish(stale)
-    dead, republished = _lost_trainings_heal(now, stale)
     return {"requeued": requeued, "reembed": reembed, "reextract": reextract, "dead_trainings": dead,
-            "republished_trainings": republished, "neighbours": _neighbours_publish()}
+            "republished_trainings": republished, "ready_versions": ready, "neighbours": _neighbours_publish()}
 
 
 def retrain_if_needed(*, force_reason: str | None = None) -> ModelVersion | None:

@@ -1,4 +1,5 @@
-"""Training a model version: start, train (a short list of named phases), fail.
+"""Training a model version: start, train (a short list of named phases), fail, and finish one
+left ready by a lost worker.
 
 ``ModelVersion.status``/``progress`` are the truth. A training runs under its advisory lock
 (:mod:`recommender.locks`), so a second delivery of the task does nothing, and a redelivery after
@@ -15,8 +16,9 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from recommender import publishing, runtime
@@ -31,7 +33,7 @@ from recommender.services.neighbours import neighbours_refresh
 from recommender.services.features import features_extract
 from recommender.services.evaluation import model_version_evaluate
 from recommender.services.phases import PhaseRun, epoch_callback, progress_update
-from recommender.services.versions import model_version_activate, model_version_gate
+from recommender.services.versions import model_version_activate, model_version_gate, model_version_retire
 
 logger = logging.getLogger(__name__)
 Phase = ModelVersion.Phase
@@ -53,16 +55,25 @@ def _version_fields(kind: str) -> dict:
             "hyperparameters": asdict(runtime.head_config())}
 
 
+def _bounded(text: str, field: str) -> str:
+    """``text`` cut to the column's length, marked as cut ("…") when it was: a trigger is built
+    from a username, a staff reason or a list of new categories, and an overflow would raise
+    DataError (and the hourly retraining would fail on it for ever)."""
+    limit = ModelVersion._meta.get_field(field).max_length
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def model_version_start(*, trigger: str = "manual", kind: str | None = None, publish: bool = True) -> ModelVersion:
     """Create a version in 'training' and enqueue its training after commit (``publish=False``:
     the caller trains it itself). ``kind`` (head or backbone) defaults to RECOMMENDER_TRAINING's
     choice, recorded with its reason. One at a time: when a training is already running, that
-    version is returned."""
+    version is returned. ``trigger`` of any length is stored cut to the column (marked "…")."""
     kind, why = (kind, "chosen by whoever started it") if kind else training_kind()
     try:
         with transaction.atomic():
             version = ModelVersion.objects.create(
-                status=ModelVersion.Status.TRAINING, kind=kind, kind_reason=why[:300], trigger=trigger[:200],
+                status=ModelVersion.Status.TRAINING, kind=kind, kind_reason=_bounded(why, "kind_reason"),
+                trigger=_bounded(trigger, "trigger"),
                 progress={"phase": Phase.QUEUED.value}, heartbeat_at=timezone.now(), **_version_fields(kind))
             if publish:
                 transaction.on_commit(lambda: publishing.training_publish(version_id=version.pk))
@@ -109,13 +120,56 @@ def model_version_fail(*, version: ModelVersion, reason: str) -> None:
         locked = ModelVersion.objects.select_for_update().filter(pk=version.pk).first()
         if locked is None or locked.status not in failable:
             if locked is not None and locked.status == ModelVersion.Status.FAILED:
-                _files_remove(version.pk)  # failed meanwhile, while its training still wrote files
+                # Failed meanwhile, while its training still wrote files (or embeddings).
+                Embedding.objects.filter(version_id=version.pk).delete()
+                _files_remove(version.pk)
             return
         ModelVersion.objects.filter(pk=version.pk).update(
             status=ModelVersion.Status.FAILED, error=reason[:5000], finished_at=timezone.now(),
             progress={**(locked.progress or {}), "phase": Phase.FAILED.value})
     Embedding.objects.filter(version_id=version.pk).delete()
     _files_remove(version.pk)
+
+
+def model_version_finish(*, version: ModelVersion) -> str:
+    """Finish a version left ready by a worker lost between the ready commit and its activation
+    (the caller checked that no process holds its training lock), as its training would have:
+
+    - activated, if it passed the gate and no version has been activated since it became ready
+      (a newer one, or any after its ready time): its missing embeddings and features follow from
+      the activation's backfill and the recovery's re-extraction, within moments;
+    - retired (files kept, staff may activate it) when the serving choice moved on since: it is
+      never activated over a version that serves now;
+    - failed, when the gate (run again for a version left ready before its verdict was recorded)
+      refuses it, or its files are gone.
+
+    Returns "activated", "retired", "failed", or "unchanged" when another process changed it
+    meanwhile; only a ready version changes, so running it twice changes nothing."""
+    if not (version.progress or {}).get("gate_passed"):
+        passed, reason = model_version_gate(version=version)
+        if not passed:
+            model_version_fail(version=version, reason=f"Quality gate: {reason}")
+            return "failed"
+        progress_update(version=version, gate=reason, gate_passed=True)
+    since = Q(pk__gt=version.pk, activated_at__isnull=False)
+    if version.finished_at:
+        since |= Q(activated_at__gt=version.finished_at)
+    newer = ModelVersion.objects.filter(since).exclude(pk=version.pk).order_by("-activated_at").first()
+    try:
+        if newer is not None:
+            model_version_retire(version=version)
+            logger.warning("v%s was left ready by a lost worker; v%s was activated since, so it is retired",
+                           version.pk, newer.pk)
+            return "retired"
+        model_version_activate(version=version)
+    except ValidationError as exc:
+        version.refresh_from_db()
+        if version.status != ModelVersion.Status.READY:
+            return "unchanged"  # retired, activated or failed by someone else meanwhile
+        model_version_fail(version=version, reason=" ".join(exc.messages))  # its files are gone
+        return "failed"
+    progress_update(version=version, phase=Phase.DONE.value)
+    return "activated"
 
 
 def _files_remove(version_id: int) -> None:
@@ -154,11 +208,11 @@ def _train(version: ModelVersion) -> None:
         version.refresh_from_db()
         with run.timed("quality gate"):  # part of the evaluating phase, timed on its own
             passed, reason = model_version_gate(version=version)
-    if not _mark_ready(version):
-        return  # failed meanwhile (by staff or the recovery): leave it as it is
-    if not passed:
+    if not passed:  # failed straight from training: "ready" always means it passed the gate
         model_version_fail(version=version, reason=f"Quality gate: {reason}")
         return
+    if not _mark_ready(version, gate=reason):
+        return  # failed meanwhile (by staff or the recovery): leave it as it is
     with run.phase(Phase.ACTIVATING, gate=reason):
         # Images ingested while it trained were embedded by the old version only: embed them here,
         # on the worker, so that the new version serves the whole catalog from its first request
@@ -166,8 +220,24 @@ def _train(version: ModelVersion) -> None:
         if version.trains_backbone:
             features_extract(version_id=version.pk, image_ids=images_missing_features(backbone=version.backbone))
         embeddings_create(version=version, image_ids=images_missing_embedding(version=version))
-        model_version_activate(version=version)
+        if not _activate_unless_retired(version):
+            return
     run.done()
+
+
+def _activate_unless_retired(version: ModelVersion) -> bool:
+    """Activate the version this training made ready; False when staff retired it meanwhile (their
+    choice stands: it stays retired, files kept). Failed meanwhile: raises, and the training's
+    failure path removes what this phase added."""
+    try:
+        model_version_activate(version=version)
+    except ValidationError:
+        version.refresh_from_db()
+        if version.status != ModelVersion.Status.RETIRED:
+            raise
+        logger.warning("v%s was retired while it was being activated; it stays retired", version.pk)
+        return False
+    return True
 
 
 def _head_version_build(*, version: ModelVersion, run: PhaseRun) -> list[int]:
@@ -208,6 +278,7 @@ def _head_save(version: ModelVersion, catalog: _Catalog, result) -> None:
                           "input_size": version.input_size, "classes": head.classes,
                           "hyperparameters": version.hyperparameters})
     version.artifacts = str(path)
+    version.checksums = runtime.artifacts_checksums(version.pk)  # verified before any load (runtime)
     version.classes = head.classes
     version.n_images = len(catalog.ids)
     version.n_train = len(result.train_index)
@@ -215,7 +286,8 @@ def _head_save(version: ModelVersion, catalog: _Catalog, result) -> None:
     version.history = result.history
     version.metrics = {"holdout_image_ids": np.asarray(catalog.ids)[result.val_index].tolist(),
                        "training_seconds": round(result.seconds, 2)}
-    version.save(update_fields=["artifacts", "classes", "n_images", "n_train", "n_val", "history", "metrics"])
+    version.save(update_fields=["artifacts", "checksums", "classes", "n_images", "n_train", "n_val", "history",
+                                "metrics"])
     runtime.forget_head(version.pk)
 
 
@@ -256,9 +328,12 @@ def _catalog_neighbours(version: ModelVersion) -> None:
                          version.pk)
 
 
-def _mark_ready(version: ModelVersion) -> bool:
-    """training -> ready; False when it is no longer training (failed by staff or the recovery)."""
+def _mark_ready(version: ModelVersion, *, gate: str) -> bool:
+    """training -> ready, with the gate's verdict in the same write (the recovery finishes a ready
+    version whose worker was lost on it: model_version_finish); False when it is no longer
+    training (failed by staff or the recovery)."""
+    progress = {**(version.progress or {}), "gate": gate, "gate_passed": True}
     updated = ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.TRAINING).update(
-        status=ModelVersion.Status.READY, finished_at=timezone.now())
+        status=ModelVersion.Status.READY, finished_at=timezone.now(), progress=progress)
     version.refresh_from_db()
     return bool(updated)

@@ -1,8 +1,9 @@
 """Model versions' lifecycle after training: the quality gate, activation and retirement.
 
 At most one version is active (a partial unique constraint); activation swaps it atomically
-under the row lock, so shoppers are answered by the old version until the commit and by the new
-one after it.
+under the serving lock and the rows' locks, so shoppers are answered by the old version until the
+commit and by the new one after it. Every transition is re-checked under the lock against the
+status its caller saw, and refused with the current status when another process changed it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from django.utils import timezone
 
 from recommender import publishing
 from recommender.conf import config
+from recommender.locks import serving_lock
 from recommender.models import ModelVersion
 from recommender.selectors.features import images_missing_embedding, images_trained_on
 from recommender.selectors.versions import active_version
@@ -62,17 +64,37 @@ def model_version_gate(*, version: ModelVersion) -> tuple[bool, str]:
     return True, f"passed against v{active.pk}: {summary}"
 
 
+def _changed(version: ModelVersion, seen: str, now: str, undone: str) -> ValidationError:
+    return ValidationError(f"v{version.pk} is {now} now (it was {seen} when this was asked for); {undone}. "
+                           "Look at it again before retrying.")
+
+
 def model_version_activate(*, version: ModelVersion) -> ModelVersion:
-    """Atomically make ``version`` the served one; the previous active version is retired."""
-    if version.status not in (ModelVersion.Status.READY, ModelVersion.Status.RETIRED, ModelVersion.Status.ACTIVE):
-        raise ValidationError(f"Only a ready or retired version can be activated (v{version.pk} is {version.status}).")
-    if not version.artifacts or not Path(version.artifacts).is_dir():
-        raise ValidationError(f"v{version.pk} has no model files; it cannot be activated.")
+    """Atomically make ``version`` the served one; the previous active version is retired.
+
+    Decided on the caller's copy, applied only if the row still has that status under the locks
+    (the serving lock, then the row): a version retired by staff or failed by the recovery since
+    the caller looked is refused, not activated with its files gone. Activations run one at a
+    time (:func:`recommender.locks.serving_lock`), so a second one retires the first one's version
+    instead of hitting the one_active_version constraint. Activating the active version is a no-op."""
+    seen = version.status
+    if seen not in (ModelVersion.Status.READY, ModelVersion.Status.RETIRED, ModelVersion.Status.ACTIVE):
+        raise ValidationError(f"Only a ready or retired version can be activated (v{version.pk} is {seen}).")
     with transaction.atomic():
-        locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        serving_lock()
+        locked = ModelVersion.objects.select_for_update().filter(pk=version.pk).first()
+        if locked is None:
+            raise ValidationError(f"v{version.pk} no longer exists.")
         if locked.status == ModelVersion.Status.ACTIVE:
             return locked
-        ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).update(status=ModelVersion.Status.RETIRED)
+        if locked.status != seen:
+            raise _changed(locked, seen, locked.status, "it was not activated")
+        # Under the row lock: a failure marks the row failed (and commits) before it removes files.
+        if not locked.artifacts or not Path(locked.artifacts).is_dir():
+            raise ValidationError(f"v{version.pk} has no model files; it cannot be activated.")
+        previous = list(ModelVersion.objects.select_for_update().filter(status=ModelVersion.Status.ACTIVE)
+                        .values_list("pk", flat=True))
+        ModelVersion.objects.filter(pk__in=previous).update(status=ModelVersion.Status.RETIRED)
         locked.status = ModelVersion.Status.ACTIVE
         locked.activated_at = timezone.now()
         locked.save(update_fields=["status", "activated_at"])
@@ -86,9 +108,17 @@ def model_version_activate(*, version: ModelVersion) -> ModelVersion:
 
 def model_version_retire(*, version: ModelVersion) -> ModelVersion:
     """Stop serving an active (or ready) version; with none active, similar items fall back to
-    backbone features."""
-    if version.status not in (ModelVersion.Status.ACTIVE, ModelVersion.Status.READY):
-        raise ValidationError(f"Only an active or ready version can be retired (v{version.pk} is {version.status}).")
-    ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.RETIRED)
+    backbone features.
+
+    Conditional on the status the caller saw (one UPDATE ... WHERE status = it, which waits for a
+    concurrent activation's row lock and then re-reads the row): a ready version activated
+    meanwhile is not retired behind the caller's back, which would leave no version serving.
+    Retiring a version already retired is a no-op."""
+    seen = version.status
+    if seen not in (ModelVersion.Status.ACTIVE, ModelVersion.Status.READY):
+        raise ValidationError(f"Only an active or ready version can be retired (v{version.pk} is {seen}).")
+    updated = ModelVersion.objects.filter(pk=version.pk, status=seen).update(status=ModelVersion.Status.RETIRED)
     version.refresh_from_db()
+    if not updated and version.status != ModelVersion.Status.RETIRED:
+        raise _changed(version, seen, version.status, "nothing was retired")
     return version

@@ -161,6 +161,11 @@ def test_a_backbone_version_is_trained_reextracted_gated_and_served(settings, ea
     assert {"training", "saving", "extracting", "embedding", "evaluating"} <= set(version.progress["phase_seconds"])
     assert sorted(p.name for p in Path(version.artifacts).iterdir()) == [
         "backbone.weights.h5", "head.keras", "meta.json", "preprocessing.joblib"]
+    # Each file's checksum, recorded after the last write (the embedding scaler's rewrite of the
+    # preprocessing file): the loads of this test were verified against them.
+    from recommender.runtime import artifacts_checksums
+
+    assert version.checksums == artifacts_checksums(version.pk) and len(version.checksums) == 4
     images = ProductImage.objects.count()
     assert BackboneFeature.objects.filter(backbone=version.backbone).count() == images
     assert Embedding.objects.filter(version=version).count() == images

@@ -51,3 +51,125 @@ def test_the_recovery_asks_for_the_active_versions_neighbour_lists(settings, bro
     assert (message.headers["task"], message.payload[0]) == (publishing.REFRESH_NEIGHBOURS, [version.pk])
     settings.RECOMMENDER = {**settings.RECOMMENDER, "NEIGHBOUR_LISTS_MAX_ROWS": 0}
     assert recover_lost_work()["neighbours"] is None
+
+
+# --------------------------------------------------------------------------- versions left ready
+
+
+class WorkerKilled(BaseException):
+    """The worker's process dies here (as by SIGKILL): not an Exception, so no handler of the
+    training runs; its advisory lock goes as its connection would."""
+
+
+def ready_row(settings, **fields):
+    """A version left ready (it passed the gate) with its model folder."""
+    from pathlib import Path
+
+    version = ModelVersion.objects.create(
+        status=ModelVersion.Status.READY, backbone="resnet50:random-seed1234:32", weights="random", input_size=32,
+        classes=["a", "b"], finished_at=timezone.now(), **{
+            "progress": {"phase": "activating", "gate": "passed against v1: ...", "gate_passed": True}, **fields})
+    folder = Path(settings.MODELS_ROOT, f"v{version.pk}")
+    folder.mkdir(parents=True)
+    ModelVersion.objects.filter(pk=version.pk).update(artifacts=str(folder))
+    return ModelVersion.objects.get(pk=version.pk)
+
+
+def test_a_version_left_ready_by_a_worker_lost_before_its_activation_is_activated_once(settings, monkeypatch):
+    from recommender.locks import training_alive
+    from recommender.services import training
+    from recommender.services.training import model_version_train
+    from tests.recommender.helpers import import_products, process_all, train_inline
+
+    import_products(40)
+    process_all()
+    first = train_inline(settings, epochs=2)
+    assert first.status == "active"
+    settings.RECOMMENDER = {**settings.RECOMMENDER, "GATE_TOLERANCE": 1.0}
+
+    def killed(**kwargs):
+        raise WorkerKilled
+
+    monkeypatch.setattr(training, "model_version_activate", killed)  # dies after the READY commit
+    version = model_version_start(trigger="test", publish=False)
+    with pytest.raises(WorkerKilled):
+        model_version_train(version_id=version.pk)
+    monkeypatch.undo()
+    version.refresh_from_db()
+    assert version.status == "ready" and not training_alive(version.pk)  # stranded
+    report = recover_lost_work()
+    assert [ModelVersion.objects.get(pk=v.pk).status for v in (first, version)] == ["retired", "active"]
+    assert report["ready_versions"] == {"activated": [version.pk], "retired": [], "failed": []}
+    assert ModelVersion.objects.get(pk=version.pk).progress["phase"] == "done"
+    # Idempotent: the next runs find nothing left ready.
+    assert recover_lost_work()["ready_versions"] == {"activated": [], "retired": [], "failed": []}
+    assert ModelVersion.objects.get(status="active").pk == version.pk
+
+
+def test_the_recovery_retires_a_ready_version_superseded_since_and_leaves_one_whose_worker_lives(settings):
+    from tests.recommender.helpers import lock_from_another_session
+
+    superseded = ready_row(settings)
+    served = ModelVersion.objects.create(status="active", backbone="b", weights="random", input_size=32,
+                                         activated_at=timezone.now())  # newer, activated after it
+    activating = ready_row(settings)
+    other = lock_from_another_session(activating.pk)  # its worker is activating it right now
+    try:
+        report = recover_lost_work()
+    finally:
+        other.close()
+    # Never activated over the version that serves now; kept (files too) for staff to activate.
+    assert [ModelVersion.objects.get(pk=v.pk).status for v in (superseded, served, activating)] == [
+        "retired", "active", "ready"]
+    assert report["ready_versions"] == {"activated": [], "retired": [superseded.pk], "failed": []}
+
+
+def test_a_version_left_ready_before_its_gate_was_recorded_is_gated_again(settings):
+    active = ModelVersion.objects.create(status="active", backbone="b", weights="random", input_size=32,
+                                         classes=["a", "b", "c"], activated_at=timezone.now() - timedelta(hours=1))
+    legacy = ready_row(settings, progress={"phase": "evaluating"})  # no recorded gate outcome
+    report = recover_lost_work()
+    assert [ModelVersion.objects.get(pk=v.pk).status for v in (active, legacy)] == ["retired", "active"]
+    assert report["ready_versions"]["activated"] == [legacy.pk]  # categories changed: the gate lets it through
+    assert ModelVersion.objects.get(pk=legacy.pk).progress["gate"] == (
+        "catalog categories changed; versions are not comparable")
+
+
+# --------------------------------------------------------------------------- a long stale backlog
+
+
+def test_a_stale_backlog_costs_the_features_queue_one_drain_per_stale_period(broker):
+    """5,000 images pending for an hour (no worker takes them) and 20 recovery runs: the features
+    queue holds one drain. Back to back, the drain's own flag (15 s) stops the repeats; runs further
+    apart than that (every 30 s in the demo, every 60 s by default) found the flag expired and
+    sent one more drain each time, so the queue grew by one per run for as long as the backlog
+    waited: the recovery now records its republish for a stale period (STALE_SECONDS)."""
+    from django.core.cache import cache
+
+    from catalog.models import Category, Product, ProductImage
+    from recommender import publishing
+    from recommender.services import maintenance
+
+    product = Product.objects.create(sku="BULK", title="bulk", category=Category.objects.create(name="Bulk", slug="b"))
+    ProductImage.objects.bulk_create([ProductImage(product=product, image=f"x/{i}.png", content_hash=f"{i:064d}")
+                                      for i in range(5000)], batch_size=2000)
+    ProductImage.objects.update(status_changed_at=timezone.now() - timedelta(hours=1))
+    cache.delete_many([publishing.DRAIN_FLAG, maintenance.RECOVERY_DRAIN_FLAG])
+    for _ in range(20):  # back to back
+        assert recover_lost_work()["requeued"] == 5000
+    assert broker.client.llen("features") == 1
+    for _ in range(20):  # each run after the drain flag's lifetime: no worker has taken the drain
+        cache.delete(publishing.DRAIN_FLAG)
+        assert recover_lost_work()["requeued"] == 5000
+        assert broker.client.llen("features") == 1
+    cache.delete_many([publishing.DRAIN_FLAG, maintenance.RECOVERY_DRAIN_FLAG])  # a whole stale period later
+    recover_lost_work()
+    assert broker.client.llen("features") == 2  # one more, in case the first was lost
+    [first, second] = [m.headers["task"] for m in messages(broker, "features")]
+    assert first == second == publishing.DRAIN_BACKLOG
+
+
+def messages(channel, queue):
+    from tests.recommender.conftest import messages as read
+
+    return read(channel, queue)

@@ -85,3 +85,31 @@ def test_train_model_inline_does_not_also_queue_the_training(settings, django_ca
         call_command("train_model", inline=True, stdout=io.StringIO())
     assert published == []
     assert ModelVersion.objects.get().status == "active"
+
+
+def test_a_version_retired_by_staff_during_its_activating_phase_stays_retired(settings, monkeypatch, caplog):
+    """Staff retire the new version while its training embeds the last images before activating
+    it: the activation, re-checked under the lock, is refused; the old version serves on and the
+    training ends without failing (the retired version keeps its files for a later activation)."""
+    from recommender.services import training
+    from recommender.services.versions import model_version_retire
+
+    import_products(40)
+    process_all()
+    old = train_inline(settings, epochs=2)
+    assert old.status == "active"
+    settings.RECOMMENDER = {**settings.RECOMMENDER, "GATE_TOLERANCE": 1.0}
+    real = training.embeddings_create
+
+    def then_staff_retire(**kwargs):
+        created = real(**kwargs)
+        if "progress" not in kwargs:  # the activating phase's call, not the catalog's embedding
+            model_version_retire(version=ModelVersion.objects.get(pk=kwargs["version"].pk))
+        return created
+
+    monkeypatch.setattr(training, "embeddings_create", then_staff_retire)
+    new = train_inline(settings, epochs=2)
+    assert (new.status, new.error) == ("retired", "")
+    assert ModelVersion.objects.get(pk=old.pk).status == "active"
+    assert Path(new.artifacts, "head.keras").exists()
+    assert f"v{new.pk} was retired while it was being activated" in caplog.text
