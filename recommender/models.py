@@ -23,6 +23,24 @@ class BackboneFeature(models.Model):
         indexes = [models.Index(fields=["backbone"])]
 
 
+class FeatureScale(models.Model):
+    """The cold start's scaler of one backbone (similar items before any version is trained): the
+    inverse standard deviation of each feature over the features of active products, fitted in
+    PostgreSQL by recommender.services.features and read there by selectors.features (a weighted
+    L2: the mean cancels out of a distance between two standardised vectors, so none is kept)."""
+
+    backbone = models.CharField(max_length=120, primary_key=True, help_text="architecture:weights:input size")
+    features = models.PositiveIntegerField(help_text=(
+        "Features of the backbone (every image) when fitted: it is refitted once the count has moved "
+        "by more than services.features.SCALE_REFIT_SHARE."))
+    rows = models.PositiveIntegerField(help_text="Features of active products it was fitted on.")
+    inverse_std = VectorField(dimensions=FEATURE_DIM)
+    fitted_at = models.DateTimeField()
+
+    def __str__(self):
+        return f"scaler of {self.backbone} ({self.rows} rows)"
+
+
 class ModelVersion(models.Model):
     class Phase(models.TextChoices):
         """Where a training is (``progress["phase"]``): written by services.training, read by the

@@ -1,12 +1,24 @@
-"""Reads of stored backbone features: what training, embedding and evaluation run on."""
+"""Reads of stored backbone features: what training, embedding and evaluation run on, and the cold
+start's exact nearest products (similar items before any version is trained).
+
+Cold start runs in PostgreSQL: standardised features compared by L2 are the raw features compared
+by a weighted L2, ``||x*w - q*w||`` with ``w = 1/std`` (the mean cancels out), so each answer is
+one scan of the backbone's features with the stored scaler (``FeatureScale``, fitted by
+recommender.services.features with :data:`SCALE_SQL`) and no row is left out. Memory per answer:
+k rows in Python; in PostgreSQL one row's two 8 KB temporaries at a time and the per-product
+minimum (a hash aggregate, bounded by ``work_mem``, spilled past it), per parallel worker.
+"""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import numpy as np
+from django.db import connection
 
 from catalog.models import ProductImage
 from recommender import db
-from recommender.models import FEATURE_DIM, BackboneFeature, ModelVersion
+from recommender.models import FEATURE_DIM, BackboneFeature, FeatureScale, ModelVersion
 
 _FEATURES_SQL = """SELECT f.image_id, i.product_id, c.name, f.vector
                    FROM recommender_backbonefeature f
@@ -70,3 +82,65 @@ def images_with_categories() -> list[tuple[int, str]]:
     qs = ProductImage.objects.filter(status=ProductImage.Status.READY, product__category__isnull=False,
                                      product__is_active=True)
     return list(qs.order_by("id").values_list("id", "product__category__name"))
+
+
+# (n, w): the number of active products' features of backbone %s and the inverse of their standard
+# deviation per dimension (numpy's population std + 1e-6, as the former scaler), in two passes
+# (mean, then squared deviations: E[x^2] - E[x]^2 in float4 loses the small variances), pgvector
+# accumulating in double precision. NOT MATERIALIZED: referenced twice, the rows would otherwise be
+# copied into a 400 MB tuplestore at 50,000 features.
+SCALE_SQL = """
+    WITH active AS NOT MATERIALIZED (
+        SELECT f.vector FROM recommender_backbonefeature f
+        JOIN catalog_productimage i ON i.id = f.image_id JOIN catalog_product p ON p.id = i.product_id
+        WHERE f.backbone = %s AND p.is_active),
+    mean AS (SELECT avg(vector) AS m, count(*) AS n FROM active),
+    var AS (SELECT avg((a.vector - mean.m) * (a.vector - mean.m)) AS v FROM active a, mean)
+    SELECT mean.n AS n, (SELECT array_agg(1 / (sqrt(greatest(x, 0)) + 1e-6) ORDER BY o)
+                         FROM unnest(var.v::real[]) WITH ORDINALITY AS u(x, o))::vector AS w
+    FROM mean, var"""
+
+_NEAREST_SQL = """
+    WITH s AS ({scale}), q AS ({query})
+    SELECT i.product_id, MIN((f.vector * s.w) <-> q.v) AS distance
+    FROM s, q, recommender_backbonefeature f
+    JOIN catalog_productimage i ON i.id = f.image_id JOIN catalog_product p ON p.id = i.product_id
+    WHERE f.backbone = %s AND {where}
+    GROUP BY i.product_id ORDER BY distance, i.product_id LIMIT %s"""
+_STORED_SCALE = "SELECT inverse_std AS w FROM recommender_featurescale WHERE backbone = %s"
+_FITTED_SCALE = "SELECT w FROM (" + SCALE_SQL + ") fit"  # no scaler stored yet: fitted in the query
+_QUERY_IMAGE = ("SELECT f.vector * s.w AS v FROM recommender_backbonefeature f, s "
+                "WHERE f.image_id = %s AND f.backbone = %s")
+_QUERY_VECTOR = "SELECT %s::vector * s.w AS v FROM s"
+
+
+def feature_scale_state(*, backbone: str) -> tuple[int, str] | None:
+    """What the stored scaler of ``backbone`` was fitted on (features, time), or None: an answer
+    computed with it holds until it is refitted (not its 8 KB vector: it stays in the database)."""
+    row = FeatureScale.objects.filter(backbone=backbone).values_list("features", "fitted_at").first()
+    return None if row is None else (row[0], row[1].isoformat())
+
+
+def features_nearest_products(*, backbone: str, k: int, image=None, vector=None, stored_scale: bool = True,
+                              exclude_product=None, category=None, min_price=None,
+                              max_price=None) -> list[tuple[int, float]]:
+    """The k nearest active products (product id, standardised distance of its nearest image) of
+    ``image``'s features or of ``vector``, over every feature of ``backbone``; filters apply to the
+    candidates, never to the scaler. ``stored_scale``: False when none is stored (fitted here)."""
+    where, params = ["p.is_active"], []
+    for clause, value in (("i.product_id <> %s", exclude_product), ("p.price >= %s", min_price),
+                          ("p.price <= %s", max_price), ("p.category_id = %s", getattr(category, "pk", category))):
+        if value is not None:
+            where.append(clause)
+            params.append(int(value) if "price" not in clause else Decimal(value))
+    if image is not None:
+        query, query_params = _QUERY_IMAGE, [int(image), backbone]
+    else:
+        from pgvector import Vector
+
+        query, query_params = _QUERY_VECTOR, [Vector(np.asarray(vector, dtype=np.float32).ravel()).to_text()]
+    sql = _NEAREST_SQL.format(scale=_STORED_SCALE if stored_scale else _FITTED_SCALE, query=query,
+                              where=" AND ".join(where))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [backbone, *query_params, backbone, *params, k])
+        return [(row[0], float(row[1])) for row in cursor.fetchall()]

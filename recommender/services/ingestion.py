@@ -11,6 +11,12 @@ workers extract full batches however the images arrived, and a backlog of any si
 messages in the broker, not one per image. A drain that leaves work behind wakes another worker.
 Retries (an image that failed, or whose worker was lost) are processed one image per task: an
 image that kills its worker uses up only its own attempts.
+
+A claim is (token, attempt): every claim counts an attempt, so a redelivered task (same token)
+that re-claims an image while its first run still works holds the next attempt, and the first
+run's writes (thumbnails, outcome) no longer apply. Thumbnails are written under the claim's own
+names and recorded only while the claim holds; otherwise the claim deletes them. An error writing
+them (a full disk) is the image's error like any other: retried with backoff, then failed.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from recommender.models import BackboneFeature
 from recommender.backbone import BackboneSpec
 from recommender.selectors.versions import active_version, serving_backbone
 from recommender.services.embeddings import embeddings_create
+from recommender.services.features import feature_scale_refresh, picture_open  # also imported from here
 
 logger = logging.getLogger(__name__)
 Status = ProductImage.Status
@@ -113,19 +120,25 @@ class _Batch:
             self.errors[image_id] = message
             self.pictures.pop(image_id, None)
 
+    def drop(self, image_id) -> None:
+        """The image is no longer this claim's (re-claimed, or deleted): nothing more is written."""
+        self.images.pop(image_id)
+        self.pictures.pop(image_id, None)
+        self.errors.pop(image_id, None)
+
+    def own(self, image_ids, token: str):
+        """The rows of ``image_ids`` still held by this claim: the token and the attempt it counted."""
+        by_attempt: dict[int, list[int]] = {}
+        for image_id in image_ids:
+            by_attempt.setdefault(self.images[image_id].attempts, []).append(image_id)
+        held = Q(pk__in=[])
+        for attempts, ids in by_attempt.items():
+            held |= Q(id__in=ids, attempts=attempts)
+        return ProductImage.objects.filter(held, status=Status.PROCESSING, processing_token=token)
+
     @property
     def ok(self) -> list[int]:
         return [i for i in self.images if i not in self.errors]
-
-
-def picture_open(image: ProductImage):
-    """The decoded picture of an image row (raises on a missing or damaged file)."""
-    from PIL import Image
-
-    with image.image.open("rb") as handle:
-        picture = Image.open(handle)
-        picture.load()
-    return picture
 
 
 def _pictures_open(batch: _Batch) -> None:
@@ -154,16 +167,34 @@ def _features_extract(batch: _Batch) -> None:
     BackboneFeature.objects.bulk_create(
         [BackboneFeature(image_id=i, backbone=batch.identity, vector=f) for i, f in zip(need, features)],
         ignore_conflicts=True)
+    feature_scale_refresh(backbone=batch.identity)  # the cold start's scaler, when these moved it
 
 
-def _thumbnails_make(batch: _Batch) -> None:
-    from catalog.thumbnails import thumbnails_create
+def _thumbnails_make(batch: _Batch, token: str) -> None:
+    from catalog.thumbnails import thumbnail_names, thumbnails_create, thumbnails_delete
 
-    for image_id, picture in batch.pictures.items():
+    for image_id, picture in list(batch.pictures.items()):
         image = batch.images[image_id]
-        if not image.thumbnails:
-            thumbs = thumbnails_create(image_field=image.image, picture=picture, sizes=settings.THUMBNAIL_SIZES)
-            ProductImage.objects.filter(id=image_id).update(thumbnails=thumbs)
+        if image.thumbnails:
+            continue
+        storage, sizes = image.image.storage, settings.THUMBNAIL_SIZES
+        # Earlier claims' files were never recorded (a recorded set is skipped above): a worker
+        # that died after writing them left them behind.
+        thumbnails_delete(storage=storage, names=[
+            name for claim in range(1, image.attempts)
+            for name in thumbnail_names(image_field=image.image, source=picture.size, sizes=sizes, claim=claim)])
+        try:
+            thumbs = thumbnails_create(image_field=image.image, picture=picture, sizes=sizes, claim=image.attempts)
+        except DatabaseError:
+            raise  # a storage backed by the database: the task retries with backoff
+        except Exception as exc:  # disk full, permissions, storage unreachable: nothing was kept
+            logger.warning("thumbnails of image %s could not be written: %s", image_id, exc)
+            batch.fail([image_id], f"Could not write the thumbnails: {type(exc).__name__}: {exc}")
+            continue
+        if not batch.own([image_id], token).update(thumbnails=thumbs):
+            logger.info("image %s was claimed again while its thumbnails were written; its files removed", image_id)
+            thumbnails_delete(storage=storage, names=thumbs.values())
+            batch.drop(image_id)
 
 
 def _embed_with_active(batch: _Batch) -> None:
@@ -187,15 +218,14 @@ def _embed_with_active(batch: _Batch) -> None:
 def _outcome_record(batch: _Batch, token: str) -> None:
     """Ready, or pending again with exponential backoff, or failed after the last attempt."""
     now = timezone.now()
-    ProductImage.objects.filter(id__in=batch.ok, processing_token=token).update(
-        status=Status.READY, last_error="", processing_token="", status_changed_at=now)
+    batch.own(batch.ok, token).update(status=Status.READY, last_error="", processing_token="", status_changed_at=now)
     for image_id, message in batch.errors.items():
         attempts = batch.images[image_id].attempts  # loaded after the claim counted this attempt
         final = attempts >= config().max_attempts
-        ProductImage.objects.filter(id=image_id, processing_token=token).update(
+        updated = batch.own([image_id], token).update(
             status=Status.FAILED if final else Status.PENDING, last_error=message,
             processing_token="", status_changed_at=now)
-        if not final:
+        if updated and not final:
             transaction.on_commit(lambda i=image_id, a=attempts: images_enqueue(image_ids=[i], countdown=2 ** a))
 
 
@@ -290,7 +320,7 @@ def _claimed_process(*, claimed: list[int], token: str) -> dict:
                             .values_list("image_id", flat=True)))
     _pictures_open(batch)
     _features_extract(batch)
-    _thumbnails_make(batch)
+    _thumbnails_make(batch, token)
     _embed_with_active(batch)
     _outcome_record(batch, token)
     return {"claimed": len(claimed), "ready": len(batch.ok), "errors": len(batch.errors),

@@ -89,7 +89,8 @@ def test_cold_start_is_filtered_after_standardising_and_is_cached(settings, djan
     with django_assert_max_num_queries(5):  # cached: no feature matrix read
         again = similar_products(product=product, k=6, same_category=True)
     assert [i.product.pk for i in again.items] == [i.product.pk for i in result.items]
-    # New features change the cache key: the answer is recomputed with them.
+    # 8% more features refit the scaler (services.features.SCALE_REFIT_SHARE), which changes the
+    # cache key: the answer is recomputed with them.
     import_products(130)
     new = list(ProductImage.objects.filter(status="pending").values_list("id", flat=True))
     images_process(image_ids=new, token="t2")

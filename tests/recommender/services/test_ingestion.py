@@ -1,16 +1,19 @@
 """Ingestion (recommender.services.ingestion): claims under a task's token, redeliveries, workers
 lost mid-batch, images that always fail, and a broker outage while enqueueing."""
 
+import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.core.files.storage import FileSystemStorage
 from django.utils import timezone
 
 from catalog.models import ProductImage
 from recommender.conf import config
 from recommender.models import BackboneFeature
 from recommender.services.ingestion import images_claim, images_drain, images_enqueue, images_process
+from tests.factories import ProductImageFactory, png_bytes
 from tests.recommender.helpers import import_products
 
 pytestmark = pytest.mark.django_db
@@ -208,3 +211,93 @@ def test_staff_retry_sends_a_drain_not_one_task_per_image(django_capture_on_comm
         assert images_retry(image_ids=ids) == 5
     assert broker_queue.tasks() == ["recommender.tasks.drain_backlog"]
     assert images_drain(token="d")["claimed"] == 5  # a fresh set of attempts: one batch
+
+
+# --------------------------------------------------------------------------- thumbnails
+
+
+def with_features(image):
+    """The serving backbone's features of ``image`` (so no backbone runs: only thumbnails are made)."""
+    import numpy as np
+
+    from recommender.selectors.versions import serving_backbone
+
+    BackboneFeature.objects.create(image=image, backbone=serving_backbone()[1],
+                                   vector=np.random.default_rng(image.pk).random(2048, dtype=np.float32))
+    return image
+
+
+def test_a_full_disk_is_recorded_on_the_image_and_retried_until_the_attempt_limit(settings):
+    from tests.catalog.test_thumbnails import FullDiskStorage, thumbnail_files
+
+    settings.STORAGES = {**settings.STORAGES, "default": {"BACKEND": "tests.catalog.test_thumbnails.FullDiskStorage"}}
+    settings.RECOMMENDER = {**settings.RECOMMENDER, "MAX_ATTEMPTS": 2}
+    FullDiskStorage.room = 1  # a 900 px source wants three sizes: the second one fills the disk
+    image = with_features(ProductImageFactory(data=png_bytes(size=(900, 700), seed=1)))
+    assert images_process(image_ids=[image.pk], token="t1") == {"claimed": 1, "ready": 0, "errors": 1, "extracted": 0}
+    image.refresh_from_db()
+    assert (image.status, image.attempts, image.processing_token, image.thumbnails) == ("pending", 1, "", {})
+    assert "Could not write the thumbnails" in image.last_error and "No space left on device" in image.last_error
+    assert thumbnail_files(settings) == []  # the 128 px file it did write is gone
+    FullDiskStorage.room = 0
+    images_process(image_ids=[image.pk], token="t2")  # the last attempt
+    image.refresh_from_db()
+    assert image.status == "failed" and "No space left on device" in image.last_error
+    assert thumbnail_files(settings) == [] and Path(image.image.path).is_file()
+
+
+class GatedStorage(FileSystemStorage):
+    """A real FileSystemStorage that holds a named thread's thumbnail writes until it is let go."""
+
+    gates: dict = {}  # thread name -> (arrived, proceed)
+
+    def _save(self, name, content):
+        gate = self.gates.get(threading.current_thread().name)
+        if gate and name.startswith("thumbs/"):
+            arrived, proceed = gate
+            arrived.set()
+            assert proceed.wait(60), "the test never let this write go"
+        return super()._save(name, content)
+
+
+def _in_thread(name, **kwargs):
+    from django.db import connection
+
+    def run():
+        try:
+            images_process(**kwargs)
+        finally:
+            connection.close()
+
+    GatedStorage.gates[name] = (threading.Event(), threading.Event())
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    assert GatedStorage.gates[name][0].wait(60), f"{name} never reached its thumbnail write"
+    return thread
+
+
+def _let_go(thread):
+    GatedStorage.gates[thread.name][1].set()
+    thread.join(60)
+    assert not thread.is_alive()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("tokens, first_done", [
+    (("task-1", "task-1"), "old"),  # the broker redelivered the task while its first run still worked
+    (("task-1", "task-2"), "new"),  # the first run's claim went stale and another drain took the image
+])
+def test_two_claims_writing_thumbnails_at_once_leave_one_set_of_files(settings, tokens, first_done):
+    from tests.catalog.test_thumbnails import thumbnail_files
+
+    settings.STORAGES = {**settings.STORAGES, "default": {"BACKEND": f"{__name__}.GatedStorage"}}
+    GatedStorage.gates.clear()
+    image = with_features(ProductImageFactory(data=png_bytes(size=(200, 150), seed=2)))
+    old = _in_thread("old", image_ids=[image.pk], token=tokens[0])  # claimed, holding its first write
+    ProductImage.objects.filter(pk=image.pk).update(status_changed_at=timezone.now() - timedelta(hours=1))
+    new = _in_thread("new", image_ids=[image.pk], token=tokens[1])  # claimed again, holding its write
+    for thread in (old, new) if first_done == "old" else (new, old):
+        _let_go(thread)
+    image.refresh_from_db()
+    assert image.status == "ready" and image.attempts == 2 and len(image.thumbnails) == 2  # 128 and 256 px
+    assert thumbnail_files(settings) == sorted(image.thumbnails.values())  # the later claim's, and only those
