@@ -1,6 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError
 from django.db.models import Count, Q
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -8,7 +9,12 @@ from django.utils.html import format_html
 
 from catalog.forms import BulkUploadForm
 from catalog.models import Category, Product, ProductImage
-from catalog.services import product_image_describe
+from catalog.services import (
+    files_removed_on_error,
+    is_unique_violation,
+    product_image_describe,
+    product_image_file_store,
+)
 from catalog.validators import normalise_image
 from recommender.services.ingestion import images_retry
 
@@ -58,8 +64,17 @@ class ProductImageForm(forms.ModelForm):
         upload = self.cleaned_data.get("image")
         if upload is None:
             return upload
-        return product_image_describe(image=self.instance, normalised=normalise_image(upload),
-                                      original_name=getattr(upload, "name", ""))
+        self.new_picture = product_image_describe(image=self.instance, normalised=normalise_image(upload),
+                                                  original_name=getattr(upload, "name", ""))
+        return self.new_picture
+
+    def save(self, commit=True):
+        if getattr(self, "new_picture", None) is not None and not self.instance.pk:
+            # Stored here rather than by the model field's pre_save, so that the admin's
+            # files_removed_on_error (see SavedTogetherAdmin) knows the file and deletes it if the
+            # admin's transaction rolls back (a later row or the database fails).
+            product_image_file_store(image=self.instance, content=self.new_picture)
+        return super().save(commit=commit)
 
 
 class ProductImageFormSet(forms.BaseInlineFormSet):
@@ -104,6 +119,28 @@ class ProductImageInline(admin.TabularInline):
         return status_html(obj) if obj and obj.pk else "-"
 
 
+class SavedTogetherAdmin(admin.ModelAdmin):
+    """A change form's rows and files are saved together or not at all, and a save that lost a race
+    is answered with a form error.
+
+    Django's change view saves in one transaction, but storage is not transactional: the files
+    written in it are deleted if it rolls back. Two staff saving the same SKU, name or picture at
+    once both pass validation (neither has committed), and the second one's INSERT hits the
+    unique constraint; its transaction rolls back whole, and the view runs once more, now
+    validating against the committed row, so that person sees the usual "already exists" error
+    next to the field, with their input kept."""
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            with files_removed_on_error():
+                return super().changeform_view(request, object_id, form_url, extra_context)
+        except IntegrityError as exc:
+            if request.method != "POST" or not is_unique_violation(exc):
+                raise
+        with files_removed_on_error():
+            return super().changeform_view(request, object_id, form_url, extra_context)
+
+
 STATUS_COLOURS = {"pending": "#667085", "processing": "#1570ef", "ready": "#067647", "failed": "#b42318"}
 
 
@@ -130,7 +167,7 @@ class ImageStatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(Category)
-class CategoryAdmin(admin.ModelAdmin):
+class CategoryAdmin(SavedTogetherAdmin):
     list_display = ["name", "slug", "product_count"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
@@ -144,7 +181,7 @@ class CategoryAdmin(admin.ModelAdmin):
 
 
 @admin.register(Product)
-class ProductAdmin(admin.ModelAdmin):
+class ProductAdmin(SavedTogetherAdmin):
     list_display = ["sku", "title", "category", "price", "is_active", "in_stock", "image_count",
                     "failed_images", "updated_at"]
     list_filter = ["is_active", "in_stock", "category", ImageStatusFilter, "created_at"]

@@ -1,8 +1,12 @@
 """The shop catalog format: a CSV (sku, title, category, images, optional price and description)
 plus a set of image files. Shared by ``manage.py import_catalog`` and the admin's bulk upload.
 
-Parsing validates every row (fields, numbers, duplicates, image files, image content) before
-anything is written; importing writes the good rows, IMPORT_CHUNK rows per transaction.
+Parsing validates the whole file (NUL bytes, csv's field limit) and every row (fields, numbers,
+duplicates, image files, image content) before anything is written: a file that cannot be read
+as a whole raises CatalogFormatError, a bad row is a RowError with its line. Each image file is
+read and decoded once, however many rows name it. Importing writes the good rows, IMPORT_CHUNK
+rows per transaction, each row idempotent: two imports of the same SKUs at once both finish,
+and running a file again after a failure finishes it (see IMPORT_CHUNK).
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ import io
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 
 from catalog.models import Product
-from catalog.services import category_get_or_create, files_removed_on_error, product_image_add
+from catalog.services import category_get_or_create, files_removed_on_error, product_image_get_or_add
 from catalog.validators import NormalisedImage, normalise_image
 
 REQUIRED_COLUMNS = ("sku", "title", "category", "images")
@@ -65,65 +71,174 @@ def _decode(data: bytes) -> str:
     raise CatalogFormatError("The CSV is neither UTF-8 nor Windows-1252 text.")
 
 
+def _check_text(data: bytes) -> None:
+    """A NUL anywhere is refused before any row is read: PostgreSQL cannot store one in a text
+    column, so a NUL found only when its row was written would stop the import half-way."""
+    at = data.find(b"\x00")
+    if at >= 0:
+        line = data.count(b"\n", 0, at) + 1
+        raise CatalogFormatError(f"The CSV file is binary, not text: it has a NUL byte (line {line}, byte "
+                                 f"{at + 1:,}); UTF-16 or a damaged file? Save it as UTF-8 text. Nothing was "
+                                 "imported.")
+
+
+def _csv_error(exc: csv.Error, line: int) -> CatalogFormatError:
+    if "field larger than field limit" in str(exc):
+        return CatalogFormatError(
+            f"line {line}: a field is longer than {csv.field_size_limit():,} characters, the limit; nothing was "
+            "imported. Often a quote (\") opened and never closed makes the rest of the file one field.")
+    return CatalogFormatError(f"line {line}: the CSV cannot be read ({exc}); nothing was imported.")
+
+
+def _records(reader: csv.DictReader):
+    """(line, record) pairs; a csv.Error (a field over csv.field_size_limit()) is a whole-file error."""
+    number = 1  # line 1 is the header
+    rows = iter(reader)
+    while True:
+        number += 1
+        try:
+            raw = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise _csv_error(exc, number)
+        yield number, raw
+
+
+def _image_loader(open_image):
+    """``load(name) -> (NormalisedImage | None, problem)``. Each file is read and decoded once,
+    however many rows name it (and under however many spellings, when ``open_image.resolve``
+    says which file a name means): 5,000 rows naming one picture hold one decoded copy, so what is
+    held stays within what the folder or the ZIP's limits allow."""
+    resolve = getattr(open_image, "resolve", None) or (lambda name: name)
+    outcomes = {}
+
+    def load(name):
+        try:
+            key = resolve(name)
+        except FileNotFoundError:
+            return None, "not found"
+        except ValueError as exc:
+            return None, str(exc)
+        if key not in outcomes:  # a failure is remembered too: a damaged member is not unpacked 5,000 times
+            outcomes[key] = _image_load(open_image, name)
+        return outcomes[key]
+
+    return load
+
+
+def _image_load(open_image, name) -> tuple[NormalisedImage | None, str | None]:
+    try:
+        return normalise_image(io.BytesIO(open_image(name))), None
+    except FileNotFoundError:
+        return None, "not found"
+    except ValueError as exc:
+        return None, str(exc)
+    except ValidationError as exc:
+        return None, " ".join(exc.messages)
+
+
 def catalog_parse(*, csv_bytes: bytes, open_image, max_rows: int = 100_000, progress=None) -> ParseResult:
-    """Validate a catalog CSV. ``open_image(name)`` returns the bytes of an image named in the CSV
-    or raises ``FileNotFoundError``/``ValueError`` (unknown or unsafe path)."""
-    if b"\x00" in csv_bytes[:4096]:
-        raise CatalogFormatError("The CSV file is binary, not text.")
+    """Validate a whole catalog CSV before anything is written. ``open_image(name)`` returns the
+    bytes of an image named in the CSV or raises ``FileNotFoundError``/``ValueError`` (unknown,
+    unsafe or too large); its optional ``resolve(name)`` names the file a name means (see
+    :func:`_image_loader`). A file that cannot be read as a whole raises CatalogFormatError."""
+    _check_text(csv_bytes)
     reader = csv.DictReader(io.StringIO(_decode(csv_bytes), newline=""))
-    header = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
+    try:
+        header = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
+    except csv.Error as exc:
+        raise _csv_error(exc, 1)
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise CatalogFormatError(f"The CSV is missing the column(s): {', '.join(missing)}. "
                                  f"Expected: {', '.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)}.")
     reader.fieldnames = header
-    rows, errors, seen = [], [], {}
-    for number, raw in enumerate(reader, start=2):  # line 1 is the header
+    rows, errors, seen, load = [], [], {}, _image_loader(open_image)
+    for number, raw in _records(reader):
         if number - 1 > max_rows:
             errors.append(RowError(number, "", f"more than {max_rows} rows; the rest was not read"))
             break
         if progress:
             progress(1)
-        values = {k: (v or "").strip() for k, v in raw.items() if k}
-        sku = values.get("sku", "")
-        problems = []
-        for column in ("sku", "title", "category"):
-            if not values.get(column):
-                problems.append(f"{column} is empty")
-        if len(sku) > 64:
-            problems.append("sku is longer than 64 characters")
-        if sku and sku in seen:
-            problems.append(f"duplicate sku (first on line {seen[sku]})")
-        price = Decimal("0")
-        if values.get("price"):
-            try:
-                price = Decimal(values["price"].replace(",", ""))
-                if not price.is_finite() or price < 0 or price >= Decimal("1e8"):
-                    raise InvalidOperation
-                price = price.quantize(Decimal("0.01"))
-            except InvalidOperation:
-                problems.append(f"price {values['price']!r} is not a non-negative number")
-        names = [n.strip() for n in IMAGE_SEPARATORS.split(values.get("images", "")) if n.strip()]
-        if not names:
-            problems.append("no image given")
-        images = []
-        for name in names:
-            try:
-                images.append((name, normalise_image(io.BytesIO(open_image(name)))))
-            except FileNotFoundError:
-                problems.append(f"image {name!r} not found")
-            except ValueError as exc:
-                problems.append(f"image {name!r}: {exc}")
-            except ValidationError as exc:
-                problems.append(f"image {name!r}: {' '.join(exc.messages)}")
-        if sku and sku not in seen:
-            seen[sku] = number
-        if problems:
-            errors.append(RowError(number, sku, "; ".join(problems)))
-            continue
-        rows.append(CatalogRow(line=number, sku=sku, title=values["title"][:200], category=values["category"][:120],
-                               price=price, description=values.get("description", ""), images=images))
+        parsed = _row_parse(number=number, raw=raw, seen=seen, load=load)
+        (errors if isinstance(parsed, RowError) else rows).append(parsed)
     return ParseResult(rows=rows, errors=errors)
+
+
+def _price_parse(text: str) -> tuple[Decimal, str | None]:
+    if not text:
+        return Decimal("0"), None
+    try:
+        price = Decimal(text.replace(",", ""))
+        if not price.is_finite() or price < 0 or price >= Decimal("1e8"):
+            raise InvalidOperation
+        return price.quantize(Decimal("0.01")), None
+    except InvalidOperation:
+        return Decimal("0"), f"price {text!r} is not a non-negative number"
+
+
+def _row_parse(*, number: int, raw: dict, seen: dict, load) -> CatalogRow | RowError:
+    values = {k: (v or "").strip() for k, v in raw.items() if k}
+    sku = values.get("sku", "")
+    problems = [f"{column} is empty" for column in ("sku", "title", "category") if not values.get(column)]
+    if len(sku) > 64:
+        problems.append("sku is longer than 64 characters")
+    if sku and sku in seen:
+        problems.append(f"duplicate sku (first on line {seen[sku]})")
+    price, problem = _price_parse(values.get("price", ""))
+    if problem:
+        problems.append(problem)
+    names = [n.strip() for n in IMAGE_SEPARATORS.split(values.get("images", "")) if n.strip()]
+    if not names:
+        problems.append("no image given")
+    images = []
+    for name in names:
+        normalised, problem = load(name)
+        if problem == "not found":
+            problems.append(f"image {name!r} not found")
+        elif problem:
+            problems.append(f"image {name!r}: {problem}")
+        else:
+            images.append((name, normalised))
+    if sku and sku not in seen:
+        seen[sku] = number
+    if problems:
+        return RowError(number, sku, "; ".join(problems))
+    return CatalogRow(line=number, sku=sku, title=values["title"][:200], category=values["category"][:120],
+                      price=price, description=values.get("description", ""), images=images)
+
+
+def folder_images(root: Path, *, max_bytes: int | None = None):
+    """``open_image`` for catalog_parse over a folder (``manage.py import_catalog``): names are
+    relative to ``root`` and may not leave it; a file's size is checked on disk (stat) and it is
+    read with a cap, so a 50 MB "image" is refused without being read."""
+    root = Path(root).resolve()
+
+    def resolve(name) -> Path:
+        path = (root / name).resolve()
+        if not path.is_relative_to(root):
+            raise ValueError("the path leaves the images folder")
+        if not path.is_file():
+            raise FileNotFoundError(name)
+        return path
+
+    def open_image(name) -> bytes:
+        limit = max_bytes or settings.MAX_UPLOAD_BYTES
+        path = resolve(name)
+        size = path.stat().st_size
+        if size > limit:
+            raise ValueError(f"the file is too large ({size:,} bytes); the limit is {limit:,} bytes")
+        with path.open("rb") as handle:
+            # read(n) allocates n bytes up front: ask for the size on disk, not the limit, and
+            # one more byte to notice a file that grew since the stat.
+            data = handle.read(size + 1)
+        if len(data) > size:
+            raise ValueError("the file changed while it was being read; try again")
+        return data
+
+    open_image.resolve = resolve
+    return open_image
 
 
 @dataclass
@@ -135,9 +250,17 @@ class ImportSummary:
 
 # Rows written per transaction. One transaction per row cost ~11 queries and a commit per row
 # (30-58 rows/s for 60x80 photos on 2 cores, a worker task per row); a chunk is one commit, one
-# lookup of its existing SKUs and one batch of images for the workers (catalog -> recommender
-# signal, sent on commit). A failure rolls back its chunk only, files included; re-running the
-# import finishes the job (existing SKUs are updated, not duplicated).
+# lookup of its existing SKUs, one INSERT of its new products and one batch of images for the
+# workers (catalog -> recommender signal, sent on commit).
+#
+# Not one transaction per import: a 100,000-row file would hold its SKUs' locks for minutes and
+# give the workers nothing until the end. Instead the whole file is validated before the first
+# commit (catalog_parse: fields, images, NUL bytes, csv limits), and every row's write is
+# idempotent: a new SKU is inserted with ON CONFLICT DO NOTHING (one that another import or a
+# staff member committed meanwhile is then updated like any existing SKU), a picture already
+# attached, by anyone, is kept. Two imports of overlapping files both finish; a chunk that fails
+# for another reason (the database went away) rolls back whole, files included, and running the
+# same file again finishes the job (existing SKUs are updated, not duplicated).
 IMPORT_CHUNK = 200
 
 
@@ -158,33 +281,71 @@ def catalog_import(*, rows, progress=None, chunk: int = IMPORT_CHUNK) -> ImportS
 
 
 def _chunk_import(*, rows, categories) -> ImportSummary:
+    # Locks are taken in one order (categories, then SKUs, each sorted) so that two imports of
+    # overlapping files wait for each other instead of deadlocking.
+    for name in sorted({row.category for row in rows} - categories.keys()):
+        categories[name] = category_get_or_create(name=name)
+    skus = [row.sku for row in rows]
+    existing = _products_locked(skus=skus)
+    created = _products_insert(rows=[row for row in rows if row.sku not in existing], categories=categories)
+    existing.update(_products_locked(skus=[sku for sku in skus if sku not in existing and sku not in created]))
     counts = ImportSummary()
-    existing = Product.objects.in_bulk([row.sku for row in rows], field_name="sku")
     for row in rows:
-        category = categories.get(row.category)
-        if category is None:
-            category = categories[row.category] = category_get_or_create(name=row.category)
-        fields = {"title": row.title, "category": category, "price": row.price, "description": row.description}
-        product = existing.get(row.sku)
-        if product is None:
-            product = Product.objects.create(sku=row.sku, **fields)
-            # A new product has no images yet: no duplicate lookups (the row's own repeats are
-            # dropped here), positions in the CSV's order.
-            distinct = {}
-            for name, normalised in row.images:
-                distinct.setdefault(normalised.sha256, (name, normalised))
-            for position, (name, normalised) in enumerate(distinct.values()):
-                product_image_add(product=product, normalised=normalised, original_name=name, position=position,
-                                  known_new=True)
-            counts.images_added += len(distinct)
+        product = created.get(row.sku)
+        if product is not None:
+            counts.images_added += _images_add_new(product=product, row=row)
             counts.created += 1
-            continue
-        for name, value in fields.items():
-            setattr(product, name, value)
-        product.save()
-        before = product.images.count()
-        for name, normalised in row.images:
-            product_image_add(product=product, normalised=normalised, original_name=name)
-        counts.images_added += product.images.count() - before
-        counts.updated += 1
+        else:
+            counts.images_added += _product_refresh(product=existing[row.sku], row=row,
+                                                    category=categories[row.category])
+            counts.updated += 1
     return counts
+
+
+def _products_locked(*, skus) -> dict[str, Product]:
+    """The committed products of these SKUs, locked (as an UPDATE would) until the chunk commits."""
+    if not skus:
+        return {}
+    found = Product.objects.select_for_update(no_key=True).filter(sku__in=skus).order_by("sku")
+    return {product.sku: product for product in found}
+
+
+def _products_insert(*, rows, categories) -> dict[str, Product]:
+    """Insert the rows' products in one statement and return those this chunk inserted, by SKU.
+
+    ON CONFLICT DO NOTHING: a SKU that another writer holds uncommitted makes the INSERT wait for
+    it; once committed it is skipped (that row is then updated instead). Django sets no primary
+    key on rows inserted with ignore_conflicts, so the chunk takes its ids from the sequence first
+    and tells its own rows by them."""
+    if not rows:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+                       [Product._meta.db_table, len(rows)])
+        ids = [pk for (pk,) in cursor.fetchall()]
+    products = [Product(pk=pk, sku=row.sku, title=row.title, category=categories[row.category], price=row.price,
+                        description=row.description)
+                for pk, row in zip(ids, sorted(rows, key=lambda row: row.sku))]
+    Product.objects.bulk_create(products, ignore_conflicts=True)
+    inserted = set(Product.objects.filter(pk__in=ids).values_list("pk", flat=True))
+    return {product.sku: product for product in products if product.pk in inserted}
+
+
+def _images_add_new(*, product, row) -> int:
+    # A product this chunk created has no images and no other writer can see it: no lookups (the
+    # row's own repeats are dropped here), positions in the CSV's order.
+    distinct = {}
+    for name, normalised in row.images:
+        distinct.setdefault(normalised.sha256, (name, normalised))
+    for position, (name, normalised) in enumerate(distinct.values()):
+        product_image_get_or_add(product=product, normalised=normalised, original_name=name, position=position,
+                                 known_new=True)
+    return len(distinct)
+
+
+def _product_refresh(*, product, row, category) -> int:
+    product.title, product.category, product.price, product.description = (
+        row.title, category, row.price, row.description)
+    product.save()
+    return sum(product_image_get_or_add(product=product, normalised=normalised, original_name=name)[1]
+               for name, normalised in row.images)

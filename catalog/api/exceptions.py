@@ -23,6 +23,8 @@ from rest_framework.serializers import as_serializer_error
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
+from catalog.services import CatalogConflict
+
 logger = logging.getLogger(__name__)
 
 
@@ -53,6 +55,9 @@ def _translate(exc):
         return exceptions.NotFound(*(str(a) for a in exc.args[:1]))
     if isinstance(exc, DjangoPermissionDenied):
         return exceptions.PermissionDenied(*(str(a) for a in exc.args[:1]))
+    if isinstance(exc, CatalogConflict):
+        # A write that lost a race with another one (the same SKU saved meanwhile): 409, not a 500.
+        return Conflict(str(exc))
     if isinstance(exc, DjangoValidationError):
         # Raised by services (model full_clean, state checks): the client sent something invalid.
         return exceptions.ValidationError(as_serializer_error(exc))

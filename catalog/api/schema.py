@@ -16,6 +16,8 @@ ERRORS = {
     "401": "Not authenticated, or the token is invalid: sign in or send `Authorization: Token <key>`.",
     "403": "Authenticated but not allowed (staff only), or a session request without its CSRF token.",
     "404": "No such object (or page).",
+    "409": ("Conflict: another request saved the same SKU at the same time; nothing was saved. Use another "
+            "SKU or change the existing product."),
     "415": "Unsupported Content-Type for the request body.",
     "429": "Too many requests from this client: wait for the number of seconds in Retry-After.",
 }
@@ -46,6 +48,8 @@ class AutoSchema(SpectacularAutoSchema):
             codes.append("400")
         if "{" in self.path or any(p.get("name") == "page" for p in operation.get("parameters", [])):
             codes.append("404")
+        if self.method in ("POST", "PUT", "PATCH") and self.path.rstrip("/").endswith(("/products", "/products/{id}")):
+            codes.append("409")  # catalog.services.CatalogConflict (a SKU saved concurrently)
         if "requestBody" in operation:
             codes.append("415")
         if self.view.get_throttles():

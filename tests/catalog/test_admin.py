@@ -483,3 +483,78 @@ def test_deleting_an_image_row_removes_its_file_and_thumbnails(admin_client, set
     assert response.status_code == 302, response.content.decode()[:3000]
     assert not product.images.exists()
     assert media_files(settings) == []
+
+
+# --------------------------------------------------------------------------- files follow the transaction
+
+
+def test_inline_pictures_written_before_the_admin_save_rolls_back_are_removed(admin_client, settings):
+    """The change view saves the product, then each new inline row: the first row's file and row
+    are written, then the database refuses the second row (a CHECK this test adds, standing for
+    any failure after a file was stored). The admin's transaction rolls back: no file may stay."""
+    from django.db import IntegrityError, connection
+
+    product = ProductFactory(sku="ROLL-1", title="Boot")
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE catalog_productimage ADD CONSTRAINT test_refuses_position_7 CHECK (position <> 7)")
+    data = product_form(product.category, sku="ROLL-1", title="Renamed", **inline_management(total=2),
+                        **{"images-0-image": upload(png_bytes(seed=41), "a.png"), "images-0-position": "0",
+                           "images-1-image": upload(png_bytes(seed=42), "b.png"), "images-1-position": "7"})
+    with pytest.raises(IntegrityError, match="test_refuses_position_7"):
+        admin_client.post(reverse("admin:catalog_product_change", args=[product.pk]), data)
+    product.refresh_from_db()
+    assert product.title == "Boot" and not product.images.exists()
+    assert media_files(settings) == []
+
+
+# --------------------------------------------------------------------------- bad CSV in the bulk upload
+
+
+def test_bulk_upload_a_field_over_the_csv_limit_is_a_clear_error_and_imports_nothing(admin_client, settings):
+    import csv as csv_module
+
+    limit = csv_module.field_size_limit()
+    csv = CSV + b'B-3,Long,Bags,img/red.png,1,"' + b"x" * (limit + 10) + b'"\n'
+    response = post_bulk(admin_client, good_zip(), csv=csv)
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert f"longer than {limit:,} characters" in html and "line 4" in html
+    assert not Product.objects.exists() and media_files(settings) == []
+
+
+def test_bulk_upload_decodes_a_member_named_by_thousands_of_rows_once(settings, monkeypatch):
+    """5,000 rows naming one ~50 KB picture: decoded once and held once, not 5,000 times
+    (250 MB), and imported as 5,000 products each with its own stored copy."""
+    import tracemalloc
+
+    from PIL import Image
+
+    import catalog.importing as importing
+    from catalog.forms import BulkUploadForm
+
+    noisy = io.BytesIO()
+    Image.effect_noise((128, 128), 90).convert("RGB").save(noisy, "PNG")
+    member = noisy.getvalue()
+    csv = b"sku,title,category,images\n" + b"".join(b"M-%d,Same,Bags,img/same.png\n" % i for i in range(5000))
+    decodes = []
+    real = importing.normalise_image
+    monkeypatch.setattr(importing, "normalise_image", lambda *a, **k: decodes.append(1) or real(*a, **k))
+    form = BulkUploadForm({}, {"archive": upload(zip_bytes({"img/same.png": member}), "images.zip"),
+                               "catalog": upload(csv, "catalog.csv", "text/csv")})
+    tracemalloc.start()
+    try:
+        assert form.is_valid(), form.errors
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(decodes) == 1
+    # Held once per reference, the pictures alone would take 5,000 x ~50 KB = ~250 MB.
+    assert peak < 20_000_000, f"peak {peak:,} bytes for a {len(member):,}-byte member"
+    assert len(form.parsed.rows) == 5000 and not form.parsed.errors
+    assert len({id(row.images[0][1]) for row in form.parsed.rows}) == 1
+
+    from catalog.importing import catalog_import
+
+    summary = catalog_import(rows=form.parsed.rows)
+    assert (summary.created, summary.images_added) == (5000, 5000)
+    assert ProductImage.objects.count() == 5000 and len(media_files(settings)) == 5000

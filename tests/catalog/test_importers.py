@@ -158,3 +158,84 @@ def test_a_row_naming_the_same_picture_twice_gets_it_once():
     assert catalog_import(rows=[row]).images_added == 2
     assert list(Product.objects.get(sku="R-0").images.order_by("position").values_list("original_name", flat=True)) \
         == ["0.png", "7.png"]
+
+
+# --------------------------------------------------------------------------- bad CSV files (issue 15, item 12)
+
+
+def test_import_catalog_a_field_over_the_csv_limit_is_a_clear_error_and_imports_nothing(shop, settings):
+    import csv as csv_module
+
+    limit = csv_module.field_size_limit()
+    csv_path = write_csv(shop, "sku,title,category,images,price,description\n"
+                               "S-1,Red shirt,Shirts,images/a.png,1,ok\n"
+                               f'S-2,Long,Shirts,images/b.png,1,"{"x" * (limit + 1)}"\n')
+    with pytest.raises(CommandError, match=rf"line 3: a field is longer than {limit:,} characters"):
+        run("import_catalog", str(csv_path))
+    assert not Product.objects.exists() and media_files(settings) == []
+
+
+def nul_csv(shop, *, at=10_000):
+    """A CSV of 40-byte rows (all naming one picture) with a NUL byte at offset ``at``, in the
+    description of a row past the first IMPORT_CHUNK rows (those would be committed first)."""
+    from catalog.importing import IMPORT_CHUNK
+
+    header = b"sku,title,category,images,price,description\n"
+    rows = [b"S-%04d,T,C,images/a.png,1," % i for i in range(400)]
+    rows = [row + b"d" * (39 - len(row)) + b"\n" for row in rows]
+    data = bytearray(header + b"".join(rows))
+    row, column = divmod(at - len(header), 40)
+    assert row > IMPORT_CHUNK and column > len(b"S-0000,T,C,images/a.png,1,")  # inside that description
+    data[at] = 0
+    path = shop / "catalog.csv"
+    path.write_bytes(bytes(data))
+    return path, row + 2
+
+
+def test_import_catalog_a_nul_byte_past_the_first_kilobytes_is_refused_before_anything_is_written(shop, settings):
+    path, line = nul_csv(shop)
+    message = rf"The CSV file is binary, not text: it has a NUL byte \(line {line}, byte 10,001\)"
+    with pytest.raises(CommandError, match=message):
+        run("import_catalog", str(path))
+    assert not Product.objects.exists() and not Category.objects.exists() and media_files(settings) == []
+
+
+def test_import_catalog_refuses_a_huge_image_by_its_size_without_reading_it(shop, settings):
+    """A 50 MB file named as a picture: refused by its size on disk (stat), never read whole."""
+    import tracemalloc
+
+    with (shop / "images" / "huge.png").open("wb") as handle:
+        handle.truncate(50 * 1024 * 1024)  # sparse: 50 MB on paper, nothing written
+    csv_path = write_csv(shop, "sku,title,category,images\nS-1,Huge,Shirts,images/huge.png\n"
+                               "S-2,Fine,Shirts,images/a.png\n")
+    tracemalloc.start()
+    try:
+        out, err = run("import_catalog", str(csv_path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < settings.MAX_UPLOAD_BYTES, f"peak {peak:,} bytes"  # reading it would take 50 MB
+    assert f"line 2 (S-1): image 'images/huge.png': the file is too large (52,428,800 bytes); the limit is " \
+           f"{settings.MAX_UPLOAD_BYTES:,} bytes" in err
+    assert "1 created" in out and list(Product.objects.values_list("sku", flat=True)) == ["S-2"]
+
+
+def test_a_picture_named_by_many_rows_is_read_and_decoded_once(shop, monkeypatch):
+    import catalog.importing as importing
+    from catalog.importing import catalog_parse
+
+    decodes = []
+    real = importing.normalise_image
+    monkeypatch.setattr(importing, "normalise_image", lambda *a, **k: decodes.append(1) or real(*a, **k))
+    opened = []
+    opener = importing.folder_images(shop)
+
+    def open_image(name):
+        opened.append(name)
+        return opener(name)
+
+    open_image.resolve = opener.resolve
+    csv = b"sku,title,category,images\n" + b"".join(b"S-%d,T,C,images/a.png;./images/a.png\n" % i for i in range(50))
+    parsed = catalog_parse(csv_bytes=csv, open_image=open_image)
+    assert len(parsed.rows) == 50 and not parsed.errors
+    assert (len(opened), len(decodes)) == (1, 1)  # two spellings of one file, 100 references

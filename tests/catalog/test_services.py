@@ -1,6 +1,9 @@
-"""catalog.services: how a picture is described on its row (one way for the admin and the API)."""
+"""catalog.services: how a picture is described on its row (one way for the admin and the API), and
+how a category gets its slug."""
 
 import io
+
+import pytest
 
 from catalog.models import ProductImage
 from catalog.services import product_image_describe
@@ -23,3 +26,13 @@ def test_client_file_names_are_labels_only():
     assert client_file_name("a/b\\c\x00d.jpg") == "cd.jpg"
     assert client_file_name("x" * 300 + ".png") == "x" * 255
     assert client_file_name("") == ""
+
+
+@pytest.mark.django_db
+def test_a_category_name_whose_slug_grows_past_the_column_still_gets_one():
+    """slugify's NFKD may lengthen a name (each "ﬃ" becomes "ffi"): 120 characters, 360 of slug."""
+    from catalog.services import category_get_or_create
+
+    first = category_get_or_create(name="ﬃ" * 120)
+    second = category_get_or_create(name="ﬃ" * 119 + "i")
+    assert len(first.slug) <= 140 and second.slug == first.slug + "-2"

@@ -3,7 +3,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from catalog.importing import CatalogFormatError, catalog_import, catalog_parse
+from catalog.importing import CatalogFormatError, catalog_import, catalog_parse, folder_images
 
 
 class Command(BaseCommand):
@@ -19,16 +19,7 @@ class Command(BaseCommand):
     def handle(self, *args, csv, images=None, **options):
         if not csv.is_file():
             raise CommandError(f"{csv} is not a file.")
-        root = (images or csv.parent).resolve()
-
-        def open_image(name):
-            path = (root / name).resolve()
-            if not path.is_relative_to(root):
-                raise ValueError("the path leaves the images folder")
-            if not path.is_file():
-                raise FileNotFoundError(name)
-            return path.read_bytes()
-
+        open_image = folder_images(images or csv.parent)
         with tqdm(desc="validating", unit="row", disable=options["verbosity"] == 0) as bar:
             try:
                 parsed = catalog_parse(csv_bytes=csv.read_bytes(), open_image=open_image, progress=bar.update)
