@@ -7,7 +7,7 @@ from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from catalog.validators import normalise_image
+from catalog.validators import search_photo_open
 
 
 class ProductFilterForm(forms.Form):
@@ -48,8 +48,10 @@ class PhotoSearchForm(forms.Form):
     same_category = forms.BooleanField(required=False, label="Same predicted category only")
 
     def clean_photo(self):
+        """The photo decoded reduced toward the backbone's input (``self.picture``), within search
+        by photo's own pixel budget; never re-encoded nor stored."""
         upload = self.cleaned_data["photo"]
-        self.normalised = normalise_image(upload)
+        self.picture = search_photo_open(upload)
         return upload
 
 
@@ -135,19 +137,25 @@ class ZipImages:
         return data
 
     def opener(self, base: str = ""):
-        """``open_image`` for catalog_parse: names in the CSV are relative to the CSV's folder."""
+        """``open_image`` for catalog_parse: names in the CSV are relative to the CSV's folder (or
+        to the root of the ZIP). Its ``resolve`` names the member a name means, so that catalog_parse
+        unpacks and decodes a member once however many rows name it, under whatever spelling."""
 
-        def open_image(name):
+        def resolve(name):
             reason = _unsafe_reason(name)
             if reason:
                 raise ValueError(f"refused: {reason}")
-            if base:
-                try:
-                    return self.read(posixpath.join(base, name.replace("\\", "/")))
-                except FileNotFoundError:
-                    pass  # also accept names relative to the root of the ZIP
-            return self.read(name)
+            candidates = [posixpath.join(base, name.replace("\\", "/")), name] if base else [name]
+            for candidate in candidates:
+                member = _normalise_member(candidate)
+                if member in self.members:
+                    return member
+            raise FileNotFoundError(name)
 
+        def open_image(name):
+            return self.read(resolve(name))
+
+        open_image.resolve = resolve
         return open_image
 
 

@@ -12,6 +12,7 @@ from django.shortcuts import get_object_or_404, render
 from catalog import selectors
 from catalog.forms import PhotoSearchForm, ProductFilterForm
 from catalog.models import Category, Product
+from catalog.validators import SEARCH_PREVIEW_SIZE
 
 PAGE_SIZE = 24
 logger = logging.getLogger(__name__)
@@ -107,9 +108,10 @@ def product_detail(request, pk):
 
 
 def _preview_data_uri(picture) -> str:
-    """A small inline preview of the shopper's own photo (never stored, so it has no URL)."""
+    """A small inline preview of the shopper's own photo (never stored, so it has no URL), made
+    from the picture already reduced by search_photo_open (its shorter side >= the preview's)."""
     preview = picture.convert("RGB")
-    preview.thumbnail((192, 192))
+    preview.thumbnail((SEARCH_PREVIEW_SIZE, SEARCH_PREVIEW_SIZE))
     if max(preview.size) < 96:  # tiny sources (28x28) would be a blur: scale up crisply
         scale = 96 // max(preview.size)
         preview = preview.resize((preview.width * scale, preview.height * scale), 0)
@@ -147,10 +149,7 @@ def photo_search(request):
     elif request.method == "POST":
         form = PhotoSearchForm(request.POST, request.FILES)
         if form.is_valid():
-            from PIL import Image
-
-            picture = Image.open(io.BytesIO(form.normalised.content))
-            picture.load()
+            picture = form.picture  # decoded reduced, never re-encoded (catalog.validators)
             preview = _preview_data_uri(picture)
             try:
                 result = search_by_image(picture=picture, k=12, same_category=form.cleaned_data["same_category"])

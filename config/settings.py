@@ -160,6 +160,10 @@ MODELS_ROOT = Path(env("MODELS_ROOT", VAR_DIR / "models"))
 # Uploads: reject before decoding (see catalog/validators.py).
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
 MAX_IMAGE_PIXELS = env_int("MAX_IMAGE_PIXELS", 40_000_000)
+# Search by photo decodes at most this many pixels (catalog/validators.py search_photo_open): 12 Mi =
+# 4096x3072, a 12 Mpx phone photo; a JPEG counts as decoded at up to 1/8 scale. Peak ~50 MiB a
+# request, where a 6300x6300 PNG took 455 MiB and 2.8 s of CPU through the upload path.
+SEARCH_MAX_IMAGE_PIXELS = env_int("SEARCH_MAX_IMAGE_PIXELS", 12 * 1024 * 1024)
 MAX_FILES_PER_REQUEST = env_int("MAX_FILES_PER_REQUEST", 20)
 DATA_UPLOAD_MAX_NUMBER_FILES = MAX_FILES_PER_REQUEST
 # Admin bulk upload (ZIP + CSV): checked before anything is read from the archive.

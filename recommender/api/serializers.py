@@ -42,7 +42,8 @@ class SimilarQuerySerializer(_ResultFilters):
 class ImageSearchRequestSerializer(_ResultFilters):
     image = serializers.FileField(allow_empty_file=True, use_url=False, help_text=(
         f"The photo: JPEG, PNG, WebP, GIF, BMP or TIFF, at most {settings.MAX_UPLOAD_BYTES:,} bytes and "
-        f"{settings.MAX_IMAGE_PIXELS:,} pixels. It is not stored."))
+        f"{settings.SEARCH_MAX_IMAGE_PIXELS:,} pixels (a JPEG counts as decoded at up to 1/8 of its size). "
+        "It is not stored."))
 
 
 class ModelVersionRefSerializer(serializers.ModelSerializer):

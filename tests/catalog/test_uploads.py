@@ -38,16 +38,23 @@ def upload_dir(settings, tmp_path, monkeypatch):
 
         monkeypatch.setattr(cls, "receive_data_chunk", spy)
 
+    import importlib
+
     import catalog.validators
 
-    normalise = catalog.validators.normalise_image
+    def watching(check):
+        def watched(upload, **kwargs):
+            seen["during"].append(sorted(os.listdir(folder)))
+            return check(upload, **kwargs)
+        return watched
 
-    def watched(upload, **kwargs):
-        seen["during"].append(sorted(os.listdir(folder)))
-        return normalise(upload, **kwargs)
-
-    for module in ("catalog.validators", "catalog.forms", "catalog.admin", "catalog.api.uploads"):
-        monkeypatch.setattr(f"{module}.normalise_image", watched)
+    # Stored uploads go through normalise_image, photos to search by through search_photo_open.
+    for name in ("normalise_image", "search_photo_open"):
+        watched = watching(getattr(catalog.validators, name))
+        for module in ("catalog.validators", "catalog.forms", "catalog.admin", "catalog.api.uploads",
+                       "recommender.api.views"):
+            if hasattr(importlib.import_module(module), name):
+                monkeypatch.setattr(f"{module}.{name}", watched)
     seen["folder"] = folder
     return seen
 

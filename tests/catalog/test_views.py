@@ -16,6 +16,7 @@ from catalog.thumbnails import thumbnails_create
 from recommender.models import ModelVersion
 from tests.factories import CategoryFactory, ProductFactory, ProductImageFactory, png_bytes, upload
 from tests.api.conftest import small_catalog, trained_catalog  # noqa: F401 (fixtures)
+from tests.catalog.test_validators import SEARCH_CPU_SECONDS, SEARCH_PEAK_MIB, peak_memory, solid
 from tests.ui.data import (  # noqa: F401 (fast_passwords: autouse)
     add_embeddings, add_features, catalog, fast_passwords, media_files, model_version)
 
@@ -505,6 +506,46 @@ def test_photo_search_finds_the_nearest_products(client, settings):
     assert 'src="data:image/webp;base64,' in html  # a preview of the shopper's photo, not stored
     assert "No trained model yet" in html
     assert Product.objects.count() == before
+
+
+def _photo_search_measured(client, data, name):
+    url = reverse("catalog:photo_search")
+    return peak_memory(lambda: client.post(url, {"photo": upload(data, name)}))
+
+
+def test_photo_search_memory_and_cpu_per_request_are_bounded(client):
+    """Issue 15: a 131 KB plain 6300x6300 PNG passed the 10 MB / 40 Mpx limits and took 454 MiB
+    and 2.7 s of CPU per request (decoded, copied, re-encoded with optimize=True, decoded again).
+    Measured per request here, with the backbone (random weights, 32 px) already loaded."""
+    for warm in (solid((64, 64)), solid((64, 64), "JPEG")):  # the backbone, lazy imports, templates
+        assert client.post(reverse("catalog:photo_search"), {"photo": upload(warm)}).status_code == 200
+
+    response, peak, cpu = _photo_search_measured(client, solid((6300, 6300)), "flat.png")
+    assert peak < SEARCH_PEAK_MIB and cpu < SEARCH_CPU_SECONDS, f"6300x6300 PNG: {peak:.0f} MiB, {cpu:.2f} s"
+    assert response.status_code == 400
+    assert "The image is too large for search by photo (6300x6300 = 39,690,000 pixels)" in response.content.decode()
+
+    for size, fmt in (((6300, 6300), "JPEG"), ((4096, 3072), "PNG")):  # a large JPEG; a PNG at the budget
+        response, peak, cpu = _photo_search_measured(client, solid(size, fmt), f"big.{fmt.lower()}")
+        assert peak < SEARCH_PEAK_MIB and cpu < SEARCH_CPU_SECONDS, f"{size} {fmt}: {peak:.0f} MiB, {cpu:.2f} s"
+        assert response.status_code == 200
+        html = response.content.decode()
+        assert 'id="results"' in html and 'src="data:image/webp;base64,' in html
+
+
+def test_photo_search_preview_is_made_from_the_reduced_picture(client, monkeypatch):
+    import base64
+
+    from catalog import views
+
+    seen = []
+    real = views._preview_data_uri
+    monkeypatch.setattr(views, "_preview_data_uri", lambda picture: seen.append(picture.size) or real(picture))
+    response = client.post(reverse("catalog:photo_search"), {"photo": upload(solid((3000, 2000), "JPEG"))})
+    assert response.status_code == 200
+    assert seen and max(seen[0]) < 3000 // 2  # never the full-size decode
+    uri = re.search(r'src="data:image/webp;base64,([^"]+)"', response.content.decode()).group(1)
+    assert Image.open(io.BytesIO(base64.b64decode(uri))).size == (192, 128)
 
 
 def _throttle(settings, **rates):
