@@ -144,6 +144,12 @@ class SavedTogetherAdmin(admin.ModelAdmin):
 STATUS_COLOURS = {"pending": "#667085", "processing": "#1570ef", "ready": "#067647", "failed": "#b42318"}
 
 
+def _new_categories(rows) -> list[str]:
+    """Category names of ``rows`` that do not exist yet (the import would create them)."""
+    names = {row.category for row in rows}
+    return sorted(names - set(Category.objects.filter(name__in=names).values_list("name", flat=True)))
+
+
 def status_html(image):
     return format_html('<b style="color:{}">{}</b>', STATUS_COLOURS.get(image.status, "#000"),
                        image.get_status_display())
@@ -203,12 +209,13 @@ class ProductAdmin(SavedTogetherAdmin):
         """Validate a ZIP + CSV completely, then (and only then) import. "Check" never writes."""
         from catalog.importing import catalog_import
 
-        if not self.has_add_permission(request):
+        # Every row brings pictures: adding products and adding their images, as the change form asks.
+        if not (self.has_add_permission(request) and request.user.has_perm("catalog.add_productimage")):
             raise PermissionDenied
         form = BulkUploadForm(request.POST or None, request.FILES or None)
         report = summary = None
         imported = False
-        updates_refused = []
+        updates_refused, categories_refused = [], []
         status = 200
         if request.method == "POST":
             if form.is_valid():
@@ -218,7 +225,9 @@ class ProductAdmin(SavedTogetherAdmin):
                 if report["update"] and not self.has_change_permission(request):
                     # Existing SKUs would be changed: that needs the change permission, not only add.
                     updates_refused = [line["sku"] for line in report["lines"] if line.get("outcome") == "update"]
-                if wants_import and updates_refused:
+                if not request.user.has_perm("catalog.add_category"):
+                    categories_refused = _new_categories(parsed.rows)
+                if wants_import and (updates_refused or categories_refused):
                     status = 403
                 elif wants_import and parsed.rows and (not parsed.errors or form.cleaned_data["skip_invalid"]):
                     summary = catalog_import(rows=parsed.rows)
@@ -239,6 +248,7 @@ class ProductAdmin(SavedTogetherAdmin):
             "summary": summary,
             "imported": imported,
             "updates_refused": updates_refused,
+            "categories_refused": categories_refused,
             "import_refused": status == 403,
             "limits": BulkUploadForm.limits(),
             "changelist_url": reverse("admin:catalog_product_changelist"),

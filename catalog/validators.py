@@ -19,6 +19,12 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import PngImagePlugin
+
+# Pillow keeps a PNG's decompressed text chunks in memory, up to 64 MiB by default: a 63 KB PNG
+# of 60 zTXt chunks cost 61 MiB before a pixel was decoded (measured). A product photo needs no
+# more than a little metadata; past this it is refused as damaged.
+PngImagePlugin.MAX_TEXT_MEMORY = 1 << 20
 
 # Accepted decoders. SVG is not a raster format Pillow knows, so it is refused as "not an image".
 ACCEPTED_FORMATS = {"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"}

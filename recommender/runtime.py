@@ -11,9 +11,11 @@ before, with a warning (refusing it would stop the version that serves at the up
 new version to have one that is verified. MODELS_ROOT must be writable by the application only.
 """
 
+import contextlib
 import hashlib
 import logging
 import re
+import tempfile
 import threading
 from pathlib import Path
 
@@ -96,8 +98,11 @@ def load_head(version):
 
     with _heads_lock:
         if version.pk not in _heads:
-            artifacts_verify(version, names=(HEAD_MODEL_FILE, PREPROCESSING_FILE))
-            _heads[version.pk] = TrainedHead.load(Path(version.artifacts))
+            # The files are copied while they are hashed, and the private copy is what is loaded:
+            # a file swapped between the check and the load is never the one unpickled.
+            with tempfile.TemporaryDirectory(prefix=f"lookalike-v{version.pk}-") as private:
+                artifacts_verify(version, names=(HEAD_MODEL_FILE, PREPROCESSING_FILE), copy_to=Path(private))
+                _heads[version.pk] = TrainedHead.load(Path(private) if version.checksums else Path(version.artifacts))
         return _heads[version.pk]
 
 
@@ -117,11 +122,13 @@ _VERIFIED_WEIGHTS: set[tuple] = set()  # (path, size, mtime_ns) of weights files
 _UNVERIFIED_WARNED: set[int] = set()
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, *, copy_to: Path | None = None) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open(path, "rb") as handle, (open(copy_to, "wb") if copy_to else contextlib.nullcontext()) as copy:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+            if copy is not None:
+                copy.write(block)
     return digest.hexdigest()
 
 
@@ -132,10 +139,11 @@ def artifacts_checksums(version_id: int) -> dict[str, str]:
     return {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
 
 
-def artifacts_verify(version, *, names) -> None:
+def artifacts_verify(version, *, names, copy_to: Path | None = None) -> None:
     """Raise ModelFilesError unless each of ``names`` in the version's folder has the checksum
-    recorded on the version. A version without recorded checksums (saved before they existed) is
-    let through with a warning, once per process."""
+    recorded on the version; with ``copy_to``, the bytes that were hashed are also written there
+    (load those, not the originals). A version without recorded checksums (saved before they
+    existed) is let through with a warning, once per process."""
     recorded = version.checksums or {}
     if not recorded:
         if version.pk not in _UNVERIFIED_WARNED:
@@ -150,7 +158,7 @@ def artifacts_verify(version, *, names) -> None:
             raise ModelFilesError(f"v{version.pk}: no checksum was recorded for {path}; it is not loaded.")
         if not path.is_file():
             raise ModelFilesError(f"v{version.pk}: model file {path} is missing; the version cannot be loaded.")
-        if _sha256(path) != recorded[name]:
+        if _sha256(path, copy_to=copy_to / name if copy_to else None) != recorded[name]:
             raise ModelFilesError(
                 f"v{version.pk}: model file {path} does not match the SHA-256 recorded when it was saved "
                 "(changed or replaced since); it is not loaded. Restore the version's files or train a new one.")

@@ -18,6 +18,7 @@ Rates come from REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] and are read per reques
 read them once at import), so a settings change or a test's override takes effect.
 """
 
+import ipaddress
 import logging
 import uuid
 
@@ -48,11 +49,25 @@ def client_address(request) -> str:
     remote = request.META.get("REMOTE_ADDR", "")
     proxies = api_settings.NUM_PROXIES or 0
     if not proxies:
-        return remote
+        return _bucket(remote)
     chain = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if part.strip()]
     if not chain:
-        return remote  # not through the proxies
-    return chain[-min(proxies, len(chain))]
+        return _bucket(remote)  # not through the proxies
+    return _bucket(chain[-min(proxies, len(chain))])
+
+
+def _bucket(address: str) -> str:
+    # An IPv6 host is usually given a whole /64 and may use any address in it: one budget per /64,
+    # or a client would get 2**64 budgets. IPv4 addresses (and what does not parse) stay as they are.
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if parsed.version == 6:
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)  # ::ffff:203.0.113.7 is that IPv4 client
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return address
 
 
 def window_hit(cache, key: str, *, duration: float, limit: int) -> tuple[float, float | None]:
@@ -116,6 +131,11 @@ class ImageSearchUserThrottle(_AtomicRate, UserRateThrottle):
 
 
 class AuthTokenThrottle(_AtomicRate, AnonRateThrottle):
-    """Password guessing through the token endpoint, by address."""
+    """Password guessing through the token endpoint, by address, signed in or not: AnonRateThrottle
+    skips authenticated requests, and anyone with one account could send their own token along to
+    guess other users' passwords without a limit."""
 
     scope = "auth_token"
+
+    def get_cache_key(self, request, view):
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}

@@ -44,8 +44,8 @@ def _lost_images_requeue(stale) -> int:
     # queue one message per STALE_SECONDS.
     lost = ProductImage.objects.filter(status__in=[Status.PENDING, Status.PROCESSING],
                                        status_changed_at__lt=stale)[:RECOVER_BATCH].count()
-    if lost and _first_republish_this_period():
-        ingestion_wake()
+    if lost and _first_republish_this_period() and not ingestion_wake():
+        _republish_forget()  # not sent (the broker is down): the next run tries again
     return lost
 
 
@@ -55,6 +55,13 @@ def _first_republish_this_period() -> bool:
     except Exception as exc:  # the cache is the broker's Redis: a drain sent now is lost or harmless
         logger.warning("cache unavailable (%s); sending the recovery's drain unrecorded", exc)
         return True
+
+
+def _republish_forget() -> None:
+    try:
+        cache.delete(RECOVERY_DRAIN_FLAG)
+    except Exception as exc:
+        logger.warning("cache unavailable (%s); the recovery's drain flag stays", exc)
 
 
 def _missing_embeddings_publish() -> int:

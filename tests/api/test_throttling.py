@@ -77,6 +77,24 @@ def test_more_claimed_proxies_than_addresses_uses_the_leftmost_one(settings):
     assert ImageSearchAnonThrottle().get_ident(request) == "10.0.0.1"  # an empty header is no address
 
 
+def test_a_signed_in_request_to_the_token_endpoint_is_throttled_too(user_client, settings):
+    """DRF's anonymous throttle lets authenticated requests through: with one account of their own,
+    anyone could send its token along and guess other users' passwords without a limit."""
+    _rates(settings, auth_token="2/min")
+    codes = [user_client.post("/api/v1/auth/token/", {"username": "nobody", "password": "guess"},
+                              format="json").status_code for _ in range(3)]
+    assert codes == [400, 400, 429]
+
+
+def test_an_ipv6_client_is_one_client_across_its_64(anon_client, settings):
+    """A host is usually given a whole /64: each of its addresses is not a new budget."""
+    scope, send = DOORS["auth-token"]
+    _rates(settings, **{scope: "2/min"})
+    codes = [send(anon_client, REMOTE_ADDR=f"2001:db8:1:2::{n:x}").status_code for n in range(1, 4)]
+    assert codes == [400, 400, 429]
+    assert send(anon_client, REMOTE_ADDR="2001:db8:1:3::1").status_code == 400  # another /64
+
+
 class _ReadThenWait:
     """The cache as the throttles see it, except that a read waits until every thread has read:
     the worst interleaving of a get-then-set counter, forced instead of hoped for. A counter that

@@ -404,7 +404,7 @@ def test_staff_with_the_change_permission_gets_the_actions(client, mixed_images)
 
 def test_bulk_upload_without_the_change_permission_refuses_to_update_existing_products(client, settings):
     ProductFactory(sku="B-1", title="Old title", price=1)
-    clerk(client, "view_product", "add_product")
+    clerk(client, "view_product", "add_product", "add_productimage", "add_category")
     before = media_files(settings)
 
     check = post_bulk(client, good_zip(), button="_check")
@@ -426,6 +426,30 @@ def test_bulk_upload_without_the_change_permission_refuses_to_update_existing_pr
     response = post_bulk(client, good_zip(), csv=csv)
     assert response.status_code == 200, response.content.decode()[:2000]
     assert Product.objects.filter(sku="B-9").exists()
+
+
+def test_bulk_upload_needs_the_permission_to_add_images(client):
+    """Every row brings pictures: the change form would refuse them without add_productimage."""
+    clerk(client, "view_product", "add_product", "add_category")
+    assert client.get(reverse(BULK_URL)).status_code == 403
+    assert post_bulk(client, good_zip()).status_code == 403
+    assert not Product.objects.exists()
+
+
+def test_bulk_upload_without_the_category_permission_refuses_new_categories(client, settings):
+    clerk(client, "view_product", "add_product", "add_productimage")
+    before = media_files(settings)
+    csv = b"sku,title,category,images\nB-9,New tote,Bags,img/blue.png\n"
+    response = post_bulk(client, good_zip(), csv=csv)
+    assert response.status_code == 403
+    html = response.content.decode()
+    assert "Nothing was imported: the CSV names 1 new category (Bags), and you may not add categories" in html
+    assert not Product.objects.exists() and not Category.objects.exists() and media_files(settings) == before
+
+    # Existing categories need no such permission.
+    CategoryFactory(name="Bags")
+    assert post_bulk(client, good_zip(), csv=csv).status_code == 200
+    assert Product.objects.filter(sku="B-9", category__name="Bags").exists()
 
 
 # --------------------------------------------------------------------------- images of an existing product

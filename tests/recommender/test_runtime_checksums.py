@@ -76,6 +76,23 @@ def test_a_tampered_pickle_is_refused_and_never_unpickled(trained, joblib_loads,
     assert f"v{trained.pk}" in message and "preprocessing.joblib" in message and "SHA-256" in message
 
 
+def test_a_pickle_swapped_between_its_check_and_its_load_is_never_unpickled(trained, tmp_path, monkeypatch):
+    """The bytes that were hashed are the bytes that are loaded (a private copy), so a file replaced
+    right after the check (a race with someone who can write MODELS_ROOT) is not what is unpickled."""
+    marker = tmp_path / "the-payload-ran"
+    verify = runtime.artifacts_verify
+
+    def verify_then_swap(version, **kwargs):
+        verify(version, **kwargs)
+        joblib.dump(Payload(marker), Path(trained.artifacts, "preprocessing.joblib"))
+
+    monkeypatch.setattr(runtime, "artifacts_verify", verify_then_swap)
+    runtime.forget_head(trained.pk)
+    head = runtime.load_head(ModelVersion.objects.get(pk=trained.pk))
+    assert not marker.exists()
+    assert head.classes == trained.classes
+
+
 def test_a_missing_model_file_is_refused_naming_it(trained, joblib_loads):
     Path(trained.artifacts, "head.keras").unlink()
     joblib_loads.clear()

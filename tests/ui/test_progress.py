@@ -27,6 +27,19 @@ def test_progress_is_for_staff_only(client, url):
     assert client.post(url).status_code in (403, 405)
 
 
+@pytest.mark.parametrize("url, permission", [(TRAINING, "view_modelversion"), (INGESTION, "view_productimage")])
+def test_progress_needs_the_view_permission_of_what_it_shows(client, url, permission):
+    """As in the API: being staff is not enough."""
+    from django.contrib.auth.models import Permission
+
+    clerk = User.objects.create_user("clerk", password="pw", is_staff=True)
+    client.login(username="clerk", password="pw")
+    response = client.get(url)
+    assert response.status_code == 403 and permission in response.json()["detail"]
+    clerk.user_permissions.add(Permission.objects.get(codename=permission))
+    assert client.get(url).status_code == 200
+
+
 def test_training_progress_reports_epoch_accuracy_and_eta(admin_client):
     assert admin_client.get(TRAINING).json()["display"]["title"] == "No model trained yet"
     active = model_version()

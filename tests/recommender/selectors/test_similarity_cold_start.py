@@ -125,6 +125,10 @@ class Signal(logging.Handler):
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_misses_compute_the_answer_once(monkeypatch):
+    from recommender.selectors import answers
+
+    # The waiter must not give up while the first request is held by the test (a loaded machine).
+    monkeypatch.setattr(answers, "FLIGHT_WAIT_SECONDS", 120.0)
     import_products(30)
     process_all()
     product = Product.objects.order_by("id").first()

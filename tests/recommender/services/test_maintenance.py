@@ -173,3 +173,24 @@ def messages(channel, queue):
     from tests.recommender.conftest import messages as read
 
     return read(channel, queue)
+
+
+def test_a_drain_the_broker_refused_is_sent_again_at_the_next_run(broker, monkeypatch):
+    """The recovery's once-per-stale-period record is kept only for a drain that was sent: a broker
+    outage must not silence the recovery for a whole STALE_SECONDS."""
+    from django.core.cache import cache
+
+    from catalog.models import Category, Product, ProductImage
+    from recommender import publishing
+    from recommender.services import maintenance
+
+    product = Product.objects.create(sku="LOST", title="lost", category=Category.objects.create(name="Lost", slug="l"))
+    ProductImage.objects.create(product=product, image="x/lost.png", content_hash="f" * 64)
+    ProductImage.objects.update(status_changed_at=timezone.now() - timedelta(hours=1))
+    cache.delete_many([publishing.DRAIN_FLAG, maintenance.RECOVERY_DRAIN_FLAG])
+    monkeypatch.setattr(publishing, "drain_publish", lambda: False)  # the send failed
+    recover_lost_work()
+    assert broker.client.llen("features") == 0
+    monkeypatch.undo()
+    recover_lost_work()
+    assert broker.client.llen("features") == 1
