@@ -248,7 +248,9 @@ def test_search_photo_keeps_the_first_frame_and_applies_exif_rotation():
 
 # Per call: at most the decoded frame (4 bytes a pixel for RGB/RGBA/CMYK in Pillow, 1 for L/P) of
 # at most SEARCH_MAX_IMAGE_PIXELS, i.e. 48 MiB, plus a few MiB; a JPEG much less (decoded at 1/8).
-SEARCH_PEAK_MIB = 56
+# 64, not 56: a WebP RGBA frame at the budget peaked at 56.1 MiB once in CI (allocator noise); the
+# old path took 144-458 MiB for the same files, so the bound still separates them.
+SEARCH_PEAK_MIB = 64
 # CPU time counts every thread of the test process on a shared 2-core machine: a loose bound (the
 # old path took 2.1-3.2 s for the PNG); the memory bound is the sharp check.
 SEARCH_CPU_SECONDS = 2.0
