@@ -11,7 +11,7 @@ from rest_framework import serializers
 
 from catalog.models import Product, ProductImage
 from catalog.services import files_removed_on_error, product_create, product_image_add
-from catalog.validators import NormalisedImage, client_file_name, normalise_image
+from catalog.validators import NormalisedImage, client_file_name, normalise_image, search_photo_open
 
 
 def normalise_uploads(files, *, field: str = "images") -> list[tuple[object, NormalisedImage]]:
@@ -29,8 +29,18 @@ def normalise_uploads(files, *, field: str = "images") -> list[tuple[object, Nor
 
 
 def normalise_one(upload, *, field: str) -> NormalisedImage:
+    return _field_checked(normalise_image, upload, field=field)
+
+
+def search_photo_one(upload, *, field: str):
+    """A photo to search by, decoded within its own budget (catalog.validators.search_photo_open)."""
+    return _field_checked(search_photo_open, upload, field=field)
+
+
+def _field_checked(check, upload, *, field: str):
+    # The validators' messages and codes, as the API's 400 for ``field``.
     try:
-        return normalise_image(upload)
+        return check(upload)
     except DjangoValidationError as exc:
         raise serializers.ValidationError(
             {field: [serializers.ErrorDetail(m, code=exc.code or "invalid") for m in exc.messages]})

@@ -14,7 +14,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ErrorDetail, NotFound, ValidationError
+from rest_framework.exceptions import NotFound
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -26,8 +26,8 @@ from catalog.api.selectors import product_for_api
 from catalog.selectors import products_fingerprint
 from catalog.api.serializers import ErrorSerializer
 from catalog.api.throttling import ImageSearchAnonThrottle, ImageSearchUserThrottle
+from catalog.api.uploads import search_photo_one
 from catalog.models import Category
-from catalog.validators import search_photo_open
 from recommender.api import serializers as s
 from recommender.models import ModelVersion
 from recommender.selectors.answers import answer_get, cache_key, answer_set
@@ -103,12 +103,9 @@ class ImageSearchView(APIView):
         serializer = s.ImageSearchRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         params = dict(serializer.validated_data)
-        try:
-            # Decoded reduced toward the backbone's input within search by photo's own pixel budget
-            # (SEARCH_MAX_IMAGE_PIXELS), never re-encoded: see catalog.validators.search_photo_open.
-            picture = search_photo_open(params.pop("image"))
-        except DjangoValidationError as exc:
-            raise ValidationError({"image": [ErrorDetail(m, code=exc.code or "invalid") for m in exc.messages]})
+        # Decoded reduced toward the backbone's input within search by photo's own pixel budget
+        # (SEARCH_MAX_IMAGE_PIXELS), never re-encoded: see catalog.validators.search_photo_open.
+        picture = search_photo_one(params.pop("image"), field="image")
         try:
             result = search_by_image(picture=picture, **params)
         except Exception as exc:

@@ -98,14 +98,19 @@ def test_data_survives_a_restart(var_dir):
     pg.stop()
 
 
-def test_stale_handles_of_killed_processes_do_not_keep_the_server_alive(var_dir):
-    (var_dir / "postgres.handles").write_text(json.dumps([dead_pid()]))
+def assert_stale_handles_do_not_keep_the_server_alive(var_dir, handles):
+    """With ``handles`` left in the handle file, this process is the last real user: its stop stops the server."""
+    (var_dir / "postgres.handles").write_text(json.dumps(handles))
     pg = EmbeddedPostgres(var_dir)
     pg.start()
     pid = postmaster_pid(var_dir / "postgres")
     pg.stop()
     time.sleep(0.5)
     assert not alive(pid)
+
+
+def test_stale_handles_of_killed_processes_do_not_keep_the_server_alive(var_dir):
+    assert_stale_handles_do_not_keep_the_server_alive(var_dir, [dead_pid()])
 
 
 def test_a_killed_postgres_with_a_stale_postmaster_pid_is_recovered(var_dir):
@@ -215,13 +220,7 @@ def test_a_postmaster_pid_naming_an_unrelated_live_process_is_stale(var_dir, unr
 def test_handles_naming_an_unrelated_live_process_do_not_keep_the_server_alive(var_dir, unrelated_pid):
     # A handle file written before handles recorded their process's start time (a bare pid), whose pid
     # now belongs to an unrelated process: the last real user must still stop the server.
-    (var_dir / "postgres.handles").write_text(json.dumps([unrelated_pid]))
-    pg = EmbeddedPostgres(var_dir)
-    pg.start()
-    pid = postmaster_pid(var_dir / "postgres")
-    pg.stop()
-    time.sleep(0.5)
-    assert not alive(pid)
+    assert_stale_handles_do_not_keep_the_server_alive(var_dir, [unrelated_pid])
 
 
 def test_a_handle_is_this_pid_and_this_start_time(var_dir, unrelated_pid):
