@@ -254,6 +254,55 @@ class Timer:
         self.seconds = time.perf_counter() - self.started
 
 
+def _process_group(process) -> str:
+    name, cmdline = process.name(), " ".join(process.cmdline())
+    if "celery" in cmdline:
+        return "workers"
+    if name.startswith("postgres") or "postgres:" in cmdline:
+        return "postgres"
+    if "redis" in name or "redis" in cmdline:
+        return "redis"
+    if process.pid == os.getpid():
+        return "bench"
+    return "other"
+
+
+def cpu_snapshot() -> dict:
+    """CPU seconds (user + system) so far: the machine's busy time from /proc/stat, and per
+    group of living processes (workers, postgres, redis, this bench, other). A process that exits
+    between two snapshots takes its time out of its group: :func:`cpu_spent` counts it under
+    "exited" (the machine's total minus the living groups)."""
+    import psutil
+
+    groups: dict = {}
+    for process in psutil.process_iter():
+        try:
+            times = process.cpu_times()
+            group = _process_group(process)
+            spent = times.user + times.system + getattr(times, "children_user", 0) + getattr(times, "children_system", 0)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        groups[(group, process.pid, process.create_time())] = spent
+    with open("/proc/stat") as handle:
+        fields = [float(v) for v in handle.readline().split()[1:]]
+    busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
+    return {"busy": busy, "processes": groups}
+
+
+def cpu_spent(before: dict, after: dict) -> dict:
+    """CPU seconds spent between two :func:`cpu_snapshot` calls, per group; "exited" is the
+    machine's busy time that no living process accounts for (processes that ended meanwhile, such
+    as a command and its database connection, and the kernel's own work)."""
+    spent: dict = {}
+    for key, value in after["processes"].items():
+        spent[key[0]] = spent.get(key[0], 0.0) + value - before["processes"].get(key, 0.0)
+    total = after["busy"] - before["busy"]
+    spent = {group: round(value, 1) for group, value in sorted(spent.items())}
+    spent["exited"] = round(max(total - sum(spent.values()), 0.0), 1)
+    spent["machine"] = round(total, 1)
+    return spent
+
+
 def percentiles_ms(samples_s) -> dict:
     samples = np.asarray(samples_s, dtype=np.float64) * 1000
     if samples.size == 0:

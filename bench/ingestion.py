@@ -201,9 +201,9 @@ def _extract_share(spec, paths, barrier, results):
             pictures.append(picture.copy())
     backbone.extract(pictures[:32])  # warm, like the workers
     barrier.wait()
-    started = time.time()
+    started, cpu = time.time(), time.process_time()
     backbone.extract(pictures)
-    results.put((started, time.time(), len(pictures)))
+    results.put((started, time.time(), len(pictures), time.process_time() - cpu))
 
 
 def extractor_rate(spec, folder: Path, n_workers: int) -> dict:
@@ -221,10 +221,12 @@ def extractor_rate(spec, folder: Path, n_workers: int) -> dict:
     spans = [results.get(timeout=900) for _ in children]
     for child in children:
         child.join()
-    seconds = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
-    images = sum(n for _, _, n in spans)
+    seconds = max(end for _, end, _, _ in spans) - min(start for start, _, _, _ in spans)
+    images = sum(n for _, _, n, _ in spans)
+    cpu = sum(c for _, _, _, c in spans)
     return {"workers": n_workers, "images": images, "seconds": round(seconds, 2),
-            "images_per_second": round(images / seconds, 1)}
+            "images_per_second": round(images / seconds, 1), "cpu_seconds": round(cpu, 1),
+            "cpu_ms_per_image": round(1000 * cpu / images, 2)}
 
 
 def wait_searchable(ids, timeout: float) -> tuple[int, int, bool]:
@@ -247,6 +249,17 @@ def wait_warm(ids, timeout: float = 300) -> None:
         raise RuntimeError(f"warm-up images were not ingested in {timeout:.0f} s")
 
 
+def wait_preloaded(workers, timeout: float = 300) -> None:
+    """Every worker has loaded its models (recommender.worker's preload), as the extractor it is
+    compared with has: a warm-up upload alone warmed only the worker that took its one batch, and
+    the other one loaded its backbone during the timed import (~10 s of one core at 64 px)."""
+    deadline = time.monotonic() + timeout
+    while not all("preloaded backbone" in w.output() for w in workers):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the workers did not preload their models in {timeout:.0f} s")
+        time.sleep(0.5)
+
+
 def import_path(tmp: Path, spec, n_workers: int, n_photos: int, lone_uploads: int = 5) -> dict:
     """``manage.py import_catalog`` of a shop's photos (its own process, as a shop runs it) with
     ``n_workers`` warmed workers, until every image is searchable; beside it, in the same run, the
@@ -265,9 +278,11 @@ def import_path(tmp: Path, spec, n_workers: int, n_photos: int, lone_uploads: in
         for w in workers:
             w.wait_ready(CELERY_READY, timeout=120)
         images, labels = common.load_fashion_mnist()[1]
+        wait_preloaded(workers)
         warm = upload(images[:2 * n_workers], np.array(common.CLASS_NAMES)[labels[:2 * n_workers]], "SHOPWARM")
         wait_warm(warm)
         before = set(ProductImage.objects.values_list("id", flat=True))
+        cpu_before = common.cpu_snapshot()
         started = time.perf_counter()
         command = ManagedProcess([sys.executable, "manage.py", "import_catalog", str(folder / "catalog.csv"),
                                   "--verbosity", "0"], name="import_catalog", log=tmp / "import_catalog.log")
@@ -276,9 +291,11 @@ def import_path(tmp: Path, spec, n_workers: int, n_photos: int, lone_uploads: in
         ids = list(ProductImage.objects.exclude(id__in=before).values_list("id", flat=True))
         done, failed, timed_out = wait_searchable(ids, 900)
         total = time.perf_counter() - started
+        cpu = common.cpu_spent(cpu_before, common.cpu_snapshot())
         ingest = {"images": len(ids), "searchable": done, "failed": failed, "timed_out": timed_out,
                   "import_seconds": round(imported_s, 1), "seconds_to_searchable": round(total, 1),
-                  "images_per_second": round(done / total, 1)}
+                  "images_per_second": round(done / total, 1), "cpu_seconds": cpu,
+                  "cpu_ms_per_image": {group: round(1000 * value / max(len(ids), 1), 2) for group, value in cpu.items()}}
         lone = []
         for i in range(lone_uploads):
             time.sleep(1.0)  # idle workers

@@ -13,3 +13,5 @@ from celery import Celery  # noqa: E402
 app = Celery("catalog")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+from recommender import worker  # noqa: E402,F401  (connects the worker process hooks)

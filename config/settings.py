@@ -261,6 +261,11 @@ RECOMMENDER = {
     # A drain that finds fewer than INGEST_CHUNK new images waits this long, once, for more: images
     # committed one at a time are extracted together; a lone upload pays it once.
     "INGEST_LINGER_MS": env_int("RECOMMENDER_INGEST_LINGER_MS", 100),
+    # 1: each process of a worker that consumes the features queue loads the serving backbone (and
+    # the active head) in the background as it starts, instead of in its first batch: at 64 px on
+    # 2 cores that load (Keras graph, OpenVINO conversion) took one of two workers ~10 s into a
+    # 4,000-photo import, and made a new worker's first lone upload wait for it.
+    "WORKER_PRELOAD": env_int("RECOMMENDER_WORKER_PRELOAD", 1),
     "SEED": env_int("RECOMMENDER_SEED", 1234),
     "EPOCHS": env_int("RECOMMENDER_EPOCHS", 32),
     "BATCH_SIZE": env_int("RECOMMENDER_BATCH_SIZE", 64),

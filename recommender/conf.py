@@ -19,7 +19,8 @@ from django.core import checks
 
 _KEYS = {
     "BACKBONE_WEIGHTS": "backbone_weights", "BACKBONE_RUNTIME": "backbone_runtime", "INPUT_SIZE": "input_size",
-    "EXTRACT_BATCH_SIZE": "extract_batch_size", "INGEST_CHUNK": "ingest_chunk", "INGEST_LINGER_MS": "ingest_linger_ms", "SEED": "seed",
+    "EXTRACT_BATCH_SIZE": "extract_batch_size", "INGEST_CHUNK": "ingest_chunk", "INGEST_LINGER_MS": "ingest_linger_ms",
+    "WORKER_PRELOAD": "worker_preload", "SEED": "seed",
     "EPOCHS": "epochs", "BATCH_SIZE": "batch_size", "LEARNING_RATE": "learning_rate",
     "VALIDATION_SPLIT": "validation_split", "DROPOUT": "dropout", "MIN_IMAGES_TO_TRAIN": "min_images_to_train",
     "GATE_TOLERANCE": "gate_tolerance", "RETRAIN_NEW_SHARE": "retrain_new_share",
@@ -49,6 +50,7 @@ class RecommenderConfig:
     extract_batch_size: int
     ingest_chunk: int
     ingest_linger_ms: int
+    worker_preload: int  # 1: a features worker loads the serving backbone when it starts
     seed: int
     epochs: int
     batch_size: int
@@ -106,6 +108,7 @@ class RecommenderConfig:
             ("extract_batch_size", self.extract_batch_size >= 1, "must be at least 1"),
             ("ingest_chunk", self.ingest_chunk >= 1, "must be at least 1"),
             ("ingest_linger_ms", 0 <= self.ingest_linger_ms <= 5000, "must be between 0 and 5000 ms"),
+            ("worker_preload", self.worker_preload in (0, 1), "must be 0 (load on the first batch) or 1"),
             ("epochs", self.epochs >= 1, "must be at least 1"),
             ("batch_size", self.batch_size >= 1, "must be at least 1"),
             ("learning_rate", self.learning_rate >= 0, "must be 0 or more"),

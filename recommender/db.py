@@ -1,4 +1,9 @@
-"""Binary reads of pgvector columns, shared by services (training) and selectors (cold start)."""
+"""Binary reads and writes of pgvector columns, shared by services (training, ingestion) and
+selectors (cold start).
+
+Django's connections use client-side binding cursors, which send and receive text only, so a
+plain psycopg cursor on the same connection (and transaction) is used, with pgvector's numpy
+adapters registered on it once."""
 
 from __future__ import annotations
 
@@ -6,13 +11,7 @@ import numpy as np
 from django.db import connection
 
 
-def fetch_binary(sql: str, params) -> list[tuple]:
-    """Rows of ``sql`` read with psycopg's binary protocol and pgvector's numpy loader: 10x faster
-    than the ORM's text parsing (1,500 x 2048 floats: 0.08 s against 1.8 s through the ORM, 22x).
-
-    Django's connections use client-side binding cursors, which cannot return binary results, so a
-    plain psycopg cursor on the same connection (and transaction) is used."""
-    import psycopg
+def _raw():
     from pgvector.psycopg import register_vector
 
     connection.ensure_connection()
@@ -20,9 +19,54 @@ def fetch_binary(sql: str, params) -> list[tuple]:
     if not getattr(raw, "_vector_registered", False):
         register_vector(raw)
         raw._vector_registered = True
-    with psycopg.Cursor(raw) as cursor:
+    return raw
+
+
+def fetch_binary(sql: str, params) -> list[tuple]:
+    """Rows of ``sql`` read with psycopg's binary protocol and pgvector's numpy loader: 10x faster
+    than the ORM's text parsing (1,500 x 2048 floats: 0.08 s against 1.8 s through the ORM, 22x)."""
+    import psycopg
+
+    with psycopg.Cursor(_raw()) as cursor:
         cursor.execute(sql, params, binary=True)
         return cursor.fetchall()
+
+
+def bulk_insert_binary(objs, *, ignore_conflicts: bool = True, batch_size: int = 500) -> int:
+    """``Model.objects.bulk_create(objs, ignore_conflicts=...)`` for models with vector columns,
+    sent in psycopg's binary protocol: a vector travels as its float32 bytes. The ORM formats each
+    float as text (pgvector's ``to_text``): 1.36 ms per 2048-d vector on 2 cores, which was a
+    fifth of a 64 px ingestion batch's CPU (1.39 s of 7.8 s for 512 images), and PostgreSQL
+    parses that text back. Fields are prepared as the ORM would (``pre_save``: ``auto_now_add``,
+    defaults); primary keys are not set on ``objs``. Returns the rows inserted."""
+    import psycopg
+
+    objs = list(objs)
+    if not objs:
+        return 0
+    from pgvector.django import VectorField
+
+    model = type(objs[0])
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key or not f.auto_created]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    conflict = " ON CONFLICT DO NOTHING" if ignore_conflicts else ""
+
+    def value(field, obj):
+        raw = field.pre_save(obj, add=True)
+        if isinstance(field, VectorField):
+            return np.asarray(raw, dtype=np.float32)  # pgvector's binary dumper
+        return field.get_db_prep_save(raw, connection)
+
+    inserted = 0
+    with psycopg.Cursor(_raw()) as cursor:
+        for start in range(0, len(objs), batch_size):
+            part = objs[start:start + batch_size]
+            row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+            cursor.execute(f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} ({columns}) VALUES "
+                           + ", ".join([row] * len(part)) + conflict,
+                           [value(f, obj) for obj in part for f in fields], binary=True)
+            inserted += cursor.rowcount
+    return inserted
 
 
 def to_matrix(vectors, dim: int) -> np.ndarray:

@@ -9,6 +9,7 @@ from django.db.models.signals import post_save
 from django.dispatch import receiver
 
 from catalog.models import ProductImage
+from catalog.signals import images_created
 
 def _wake():
     from recommender.services.ingestion import ingestion_wake
@@ -20,6 +21,16 @@ def _wake():
 def enqueue_new_image(sender, instance, created, raw=False, **kwargs):
     if raw or not created or instance.status != ProductImage.Status.PENDING:
         return
+    _wake_on_commit()
+
+
+@receiver(images_created, sender=ProductImage, dispatch_uid="recommender_enqueue_images")
+def enqueue_new_images(sender, images, **kwargs):
+    if any(image.status == ProductImage.Status.PENDING for image in images):
+        _wake_on_commit()
+
+
+def _wake_on_commit():
     # Register the wake-up once per transaction (the drains find the images themselves). A
     # rollback drops it from run_on_commit.
     if not any(entry[1] is _wake for entry in connection.run_on_commit):

@@ -13,7 +13,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from recommender import runtime
+from recommender import db, runtime
 from recommender.conf import config
 from recommender.models import Embedding, ModelVersion
 from recommender.selectors.features import features_load, images_missing_embedding
@@ -41,11 +41,10 @@ def embeddings_create(*, version: ModelVersion, image_ids, progress=None, refres
         vectors = head.embed(features)
         proba = head.predict_proba(features)
         classes = head.classes
-        Embedding.objects.bulk_create(
+        db.bulk_insert_binary(
             [Embedding(image_id=i, product_id=p, version=version, vector=v,
                        predicted=classes[int(pr.argmax())], confidence=float(pr.max()))
-             for i, p, v, pr in zip(ids, products, vectors, proba)],
-            ignore_conflicts=True, batch_size=500)
+             for i, p, v, pr in zip(ids, products, vectors, proba)])
         created += len(ids)
         if progress:
             progress(len(ids))

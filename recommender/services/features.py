@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from catalog.models import ProductImage
-from recommender import publishing, runtime
+from recommender import db, publishing, runtime
 from recommender.models import BackboneFeature, Embedding, FeatureScale, ModelVersion
 from recommender.selectors.features import SCALE_SQL
 from recommender.services.embeddings import embeddings_create
@@ -110,9 +110,8 @@ def features_extract(*, version_id: int, image_ids, progress=None) -> int:
         if pictures:
             ids = list(pictures)
             vectors = runtime.backbone_of(spec).extract([pictures[i] for i in ids])
-            BackboneFeature.objects.bulk_create(
-                [BackboneFeature(image_id=i, backbone=version.backbone, vector=v) for i, v in zip(ids, vectors)],
-                ignore_conflicts=True)
+            db.bulk_insert_binary(
+                [BackboneFeature(image_id=i, backbone=version.backbone, vector=v) for i, v in zip(ids, vectors)])
             if version.status == ModelVersion.Status.ACTIVE:
                 embeddings_create(version=version, image_ids=ids)
             done += len(ids)

@@ -22,6 +22,7 @@ them (a full disk) is the image's error like any other: retried with backoff, th
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,13 +30,13 @@ from datetime import timedelta
 from itertools import batched
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
 from django.db.models.functions import Power
 from django.utils import timezone
 
 from catalog.models import ProductImage
-from recommender import publishing, runtime
+from recommender import db, publishing, runtime
 from recommender.conf import config
 from recommender.models import BackboneFeature
 from recommender.backbone import BackboneSpec
@@ -164,15 +165,15 @@ def _features_extract(batch: _Batch) -> None:
         logger.exception("feature extraction failed for %d images", len(need))
         batch.fail(need, f"Feature extraction failed: {type(exc).__name__}: {exc}")
         return
-    BackboneFeature.objects.bulk_create(
-        [BackboneFeature(image_id=i, backbone=batch.identity, vector=f) for i, f in zip(need, features)],
-        ignore_conflicts=True)
+    db.bulk_insert_binary([BackboneFeature(image_id=i, backbone=batch.identity, vector=f)
+                           for i, f in zip(need, features)])
     feature_scale_refresh(backbone=batch.identity)  # the cold start's scaler, when these moved it
 
 
 def _thumbnails_make(batch: _Batch, token: str) -> None:
     from catalog.thumbnails import thumbnail_names, thumbnails_create, thumbnails_delete
 
+    made: dict[int, dict[str, str]] = {}
     for image_id, picture in list(batch.pictures.items()):
         image = batch.images[image_id]
         if image.thumbnails:
@@ -184,17 +185,35 @@ def _thumbnails_make(batch: _Batch, token: str) -> None:
             name for claim in range(1, image.attempts)
             for name in thumbnail_names(image_field=image.image, source=picture.size, sizes=sizes, claim=claim)])
         try:
-            thumbs = thumbnails_create(image_field=image.image, picture=picture, sizes=sizes, claim=image.attempts)
+            made[image_id] = thumbnails_create(image_field=image.image, picture=picture, sizes=sizes,
+                                               claim=image.attempts)
         except DatabaseError:
             raise  # a storage backed by the database: the task retries with backoff
         except Exception as exc:  # disk full, permissions, storage unreachable: nothing was kept
             logger.warning("thumbnails of image %s could not be written: %s", image_id, exc)
             batch.fail([image_id], f"Could not write the thumbnails: {type(exc).__name__}: {exc}")
-            continue
-        if not batch.own([image_id], token).update(thumbnails=thumbs):
-            logger.info("image %s was claimed again while its thumbnails were written; its files removed", image_id)
-            thumbnails_delete(storage=storage, names=thumbs.values())
-            batch.drop(image_id)
+    recorded = _thumbnails_record(batch, token, made)
+    for image_id in made.keys() - recorded:
+        logger.info("image %s was claimed again while its thumbnails were written; its files removed", image_id)
+        thumbnails_delete(storage=batch.images[image_id].image.storage, names=made[image_id].values())
+        batch.drop(image_id)
+
+
+def _thumbnails_record(batch: _Batch, token: str, made: dict[int, dict[str, str]]) -> set[int]:
+    """Record the thumbnails of the images this claim still holds, in one UPDATE (one per image
+    was a tenth of a 64 px batch's time); returns the ids recorded."""
+    if not made:
+        return set()
+    table = connection.ops.quote_name(ProductImage._meta.db_table)
+    values = ", ".join(["(%s, %s, %s::jsonb)"] * len(made))
+    params = [p for image_id, thumbs in made.items()
+              for p in (image_id, batch.images[image_id].attempts, json.dumps(thumbs))]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} AS i SET thumbnails = made.thumbs FROM (VALUES {values}) AS made(id, attempts, thumbs) "
+            "WHERE i.id = made.id AND i.attempts = made.attempts AND i.status = %s AND i.processing_token = %s "
+            "RETURNING i.id", params + [Status.PROCESSING, token])
+        return {image_id for (image_id,) in cursor.fetchall()}
 
 
 def _embed_with_active(batch: _Batch) -> None:

@@ -133,6 +133,27 @@ def test_catalog_import_commits_a_chunk_of_rows_at_a_time():
     assert list(Product.objects.get(sku="R-3").images.values_list("position", flat=True)) == [0]
 
 
+def test_catalog_import_inserts_a_chunks_new_pictures_in_one_statement_and_wakes_the_workers(
+        django_capture_on_commit_callbacks):
+    """One INSERT per picture was 1.6 ms of a photo's 4.3 ms import (issue 14); the bulk insert
+    sends no post_save, so catalog.signals.images_created must still wake a drain on commit."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from catalog.importing import catalog_import
+    from recommender.signals import _wake
+
+    rows = catalog_rows(25)
+    with django_capture_on_commit_callbacks() as callbacks, CaptureQueriesContext(connection) as queries:
+        catalog_import(rows=rows, chunk=10)
+    image_inserts = [q for q in queries if q["sql"].startswith('INSERT INTO "catalog_productimage"')]
+    assert len(image_inserts) == 3  # one per chunk
+    assert _wake in callbacks
+    images = ProductImage.objects.filter(product__sku__startswith="R-")
+    assert images.count() == 25 and set(images.values_list("status", flat=True)) == {"pending"}
+    assert all(image.image.storage.exists(image.image.name) for image in images)
+
+
 def test_a_chunk_that_fails_leaves_neither_its_rows_nor_its_files(settings):
     from django.db import DataError
 

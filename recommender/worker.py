@@ -1,0 +1,62 @@
+"""Celery worker process hooks: a features worker loads its models when it starts.
+
+Contract: the preload runs in a background thread of each pool process (``worker_process_init``
+must return within Celery's few seconds, and loading takes longer), holding the same locks as a
+task's load (``backbone.get_backbone``, ``runtime.load_head``), so a batch that arrives meanwhile
+waits for that one load instead of doing a second. A failure is logged and changes nothing: the
+first batch loads as it always did. Only workers that consume the ``features`` queue preload
+(training and web processes never do), and only with ``RECOMMENDER_WORKER_PRELOAD=1``. Nothing
+here imports Django models or TensorFlow at import time (config.celery imports it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from celery.signals import celeryd_after_setup, worker_process_init
+
+logger = logging.getLogger(__name__)
+
+FEATURES_QUEUE = "features"
+_PRELOAD_ENV = "RECOMMENDER_PRELOAD_THIS_WORKER"  # set by the worker's main process, read by its children
+
+
+@celeryd_after_setup.connect(dispatch_uid="recommender_preload_queues")
+def _preload_decide(sender, instance, **kwargs):
+    # Sent after -Q is applied and before the pool forks its processes, which inherit the variable.
+    consumed = set(instance.app.amqp.queues.consume_from or instance.app.amqp.queues)
+    os.environ[_PRELOAD_ENV] = "1" if FEATURES_QUEUE in consumed else "0"
+
+
+@worker_process_init.connect(dispatch_uid="recommender_preload")
+def _preload_start(**kwargs):
+    if os.environ.get(_PRELOAD_ENV) == "1":
+        threading.Thread(target=models_preload, name="recommender-preload", daemon=True).start()
+
+
+def models_preload() -> bool:
+    """Load the serving backbone and the active version's head into this process; True when both
+    (or the backbone, with no active version) are loaded."""
+    from django.db import connection
+
+    from recommender import runtime
+    from recommender.conf import config
+    from recommender.selectors.versions import active_version, serving_backbone
+
+    try:
+        if not config().worker_preload:
+            return False
+        active = active_version()
+        spec, identity = serving_backbone(active)
+        runtime.backbone_of(spec)
+        if active is not None and active.backbone == identity:
+            runtime.load_head(active)
+        logger.info("preloaded backbone %s%s", identity, f" and the head of v{active.pk}" if active else "")
+        return True
+    except Exception:  # the first batch loads (and reports) it instead
+        logger.warning("could not preload the models; the first batch will load them", exc_info=True)
+        return False
+    finally:
+        connection.close()  # this thread's own connection

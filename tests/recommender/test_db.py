@@ -1,0 +1,45 @@
+"""recommender.db: vectors written and read in psycopg's binary protocol, against the real
+PostgreSQL + pgvector."""
+
+import numpy as np
+import pytest
+
+from recommender import db
+from recommender.models import BackboneFeature, Embedding, ModelVersion
+from tests.factories import ProductImageFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_bulk_insert_binary_stores_exact_float32_and_prepares_fields_like_the_orm():
+    image = ProductImageFactory()
+    vector = np.random.default_rng(3).standard_normal(2048).astype(np.float32) * 1e3
+    vector[:3] = [1e-38, -0.0, 3.4e38]  # near the float32 limits: text formatting could round these
+    assert db.bulk_insert_binary([BackboneFeature(image=image, backbone="b:1", vector=vector)]) == 1
+    row = BackboneFeature.objects.get(image=image, backbone="b:1")
+    assert row.created_at is not None  # auto_now_add applied as the ORM would
+    np.testing.assert_array_equal(np.asarray(row.vector, dtype=np.float32), vector)
+
+
+def test_bulk_insert_binary_ignores_conflicts_and_batches():
+    images = [ProductImageFactory() for _ in range(5)]
+    version = ModelVersion.objects.create(status="active", backbone="b:1", weights="random", input_size=32)
+    vectors = np.arange(5 * 512, dtype=np.float32).reshape(5, 512)
+
+    def rows(pick):
+        return [Embedding(image=images[i], product=images[i].product, version=version, vector=vectors[i],
+                          predicted="x", confidence=0.5) for i in pick]
+
+    assert db.bulk_insert_binary(rows([0, 1]), batch_size=1) == 2
+    assert db.bulk_insert_binary(rows(range(5)), batch_size=2) == 3  # the two already there are kept
+    stored = {e.image_id: np.asarray(e.vector) for e in Embedding.objects.filter(version=version)}
+    assert sorted(stored) == sorted(i.pk for i in images)
+    for i, image in enumerate(images):
+        np.testing.assert_array_equal(stored[image.pk], vectors[i])
+    with pytest.raises(Exception, match="one_embedding_per_version"):
+        db.bulk_insert_binary(rows([0]), ignore_conflicts=False)
+
+
+def test_bulk_insert_binary_of_nothing_sends_nothing(django_assert_num_queries):
+    with django_assert_num_queries(0):
+        assert db.bulk_insert_binary([]) == 0
