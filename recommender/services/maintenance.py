@@ -14,13 +14,13 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from catalog.models import ProductImage
-from recommender import publishing
+from recommender import publishing, runtime
 from recommender.conf import config
 from recommender.locks import training_alive
 from recommender.models import ModelVersion
 from recommender.selectors.features import images_missing_embedding, images_missing_features
 from recommender.selectors.versions import active_version, retrain_reason, serving_backbone, training_version
-from recommender.services.features import features_enqueue
+from recommender.services.features import feature_scale_refresh, features_enqueue
 from recommender.services.ingestion import ingestion_wake
 from recommender.services.training import model_version_fail, model_version_finish, model_version_start
 
@@ -138,8 +138,11 @@ def recover_lost_work() -> dict:
     ready = _ready_versions_finish()  # before the healers below, which follow the active version
     reembed = _missing_embeddings_publish()
     reextract = _missing_features_publish(stale)
+    # A refit the ingestion skipped inside its window (services.features.SCALE_REFIT_MIN_SECONDS).
+    scale = feature_scale_refresh(backbone=runtime.backbone_spec().identity)
     return {"requeued": requeued, "reembed": reembed, "reextract": reextract, "dead_trainings": dead,
-            "republished_trainings": republished, "ready_versions": ready, "neighbours": _neighbours_publish()}
+            "republished_trainings": republished, "ready_versions": ready, "neighbours": _neighbours_publish(),
+            "scale_refitted": scale}
 
 
 def retrain_if_needed(*, force_reason: str | None = None) -> ModelVersion | None:

@@ -78,3 +78,30 @@ def test_the_migration_fits_the_catalogs_ingested_before_it():
     again = FeatureScale.objects.get(pk=backbone)
     assert (again.features, again.rows) == (20, 20)
     assert np.allclose(np.asarray(again.inverse_std), fitted, rtol=1e-6)
+
+
+def test_refits_are_at_most_one_per_window_and_the_recovery_makes_the_one_skipped(settings):
+    """Issue 14: 5% steps on a small catalog meant a refit every batch (~54 for 4,000 photos onto
+    300, most of PostgreSQL's CPU in the import); now one per SCALE_REFIT_MIN_SECONDS per backbone."""
+    from django.core.cache import cache
+
+    from recommender.services.features import SCALE_REFIT_FLAG
+    from recommender.services.maintenance import recover_lost_work
+
+    import_products(20)
+    process_all()  # the first fit: no window needed
+    backbone = runtime.backbone_spec().identity
+    cache.delete(SCALE_REFIT_FLAG.format(backbone=backbone))
+
+    def grow(count, token):
+        import_products(count)
+        images_process(image_ids=list(ProductImage.objects.filter(status="pending").values_list("id", flat=True)),
+                       token=token)
+        return FeatureScale.objects.get(pk=backbone).features
+
+    assert grow(25, "a") == 25  # 25% more: refitted, and the window taken
+    assert grow(30, "b") == 25  # 20% more inside the window: skipped
+    assert recover_lost_work()["scale_refitted"] is False  # the window holds for the recovery too
+    cache.delete(SCALE_REFIT_FLAG.format(backbone=backbone))  # the window passed
+    assert recover_lost_work()["scale_refitted"] is True
+    assert FeatureScale.objects.get(pk=backbone).features == 30
