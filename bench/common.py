@@ -269,9 +269,10 @@ def _process_group(process) -> str:
 
 def cpu_snapshot() -> dict:
     """CPU seconds (user + system) so far: the machine's busy time from /proc/stat, and per
-    group of living processes (workers, postgres, redis, this bench, other). A process that exits
-    between two snapshots takes its time out of its group: :func:`cpu_spent` counts it under
-    "exited" (the machine's total minus the living groups)."""
+    group of living processes (workers, postgres, redis, this bench, other), each process with its
+    reaped children (PostgreSQL's ended backends count under postgres, a command this script ran
+    and waited for under bench). What no living process accounts for is "exited" in
+    :func:`cpu_spent`."""
     import psutil
 
     groups: dict = {}
@@ -285,14 +286,15 @@ def cpu_snapshot() -> dict:
         groups[(group, process.pid, process.create_time())] = spent
     with open("/proc/stat") as handle:
         fields = [float(v) for v in handle.readline().split()[1:]]
-    busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
+    # user, nice, system, irq, softirq: not idle, iowait, steal (another VM's) or guest (counted in user)
+    busy = (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / os.sysconf("SC_CLK_TCK")
     return {"busy": busy, "processes": groups}
 
 
 def cpu_spent(before: dict, after: dict) -> dict:
     """CPU seconds spent between two :func:`cpu_snapshot` calls, per group; "exited" is the
-    machine's busy time that no living process accounts for (processes that ended meanwhile, such
-    as a command and its database connection, and the kernel's own work)."""
+    machine's busy time that no living process accounts for (processes that ended meanwhile whose
+    parent has not reaped them into its own times, and the kernel's own work)."""
     spent: dict = {}
     for key, value in after["processes"].items():
         spent[key[0]] = spent.get(key[0], 0.0) + value - before["processes"].get(key, 0.0)

@@ -134,9 +134,16 @@ def searchable(image_ids) -> tuple[int, int]:
     from recommender.selectors import active_version
 
     version = active_version()
-    ready = Embedding.objects.filter(version=version, image_id__in=image_ids,
-                                     image__status=ProductImage.Status.READY).count()
-    failed = ProductImage.objects.filter(id__in=image_ids, status=ProductImage.Status.FAILED).count()
+    ids = sorted(image_ids)
+    # A run of consecutive ids (an import's) is counted by its range: an IN list of 4,000 ids every
+    # second cost this process and PostgreSQL several percent of the cores under test.
+    if ids and ids[-1] - ids[0] + 1 == len(ids):
+        embedded = {"image_id__gte": ids[0], "image_id__lte": ids[-1]}
+        images = {"id__range": (ids[0], ids[-1])}
+    else:
+        embedded, images = {"image_id__in": ids}, {"id__in": ids}
+    ready = Embedding.objects.filter(version=version, image__status=ProductImage.Status.READY, **embedded).count()
+    failed = ProductImage.objects.filter(status=ProductImage.Status.FAILED, **images).count()
     return ready, failed
 
 
@@ -253,6 +260,10 @@ def wait_preloaded(workers, timeout: float = 300) -> None:
     """Every worker has loaded its models (recommender.worker's preload), as the extractor it is
     compared with has: a warm-up upload alone warmed only the worker that took its one batch, and
     the other one loaded its backbone during the timed import (~10 s of one core at 64 px)."""
+    from recommender.conf import config
+
+    if not config().worker_preload:
+        return  # RECOMMENDER_WORKER_PRELOAD=0: the warm-up upload is all there is
     deadline = time.monotonic() + timeout
     while not all("preloaded backbone" in w.output() for w in workers):
         if time.monotonic() > deadline:
@@ -263,15 +274,16 @@ def wait_preloaded(workers, timeout: float = 300) -> None:
 def import_path(tmp: Path, spec, n_workers: int, n_photos: int, lone_uploads: int = 5) -> dict:
     """``manage.py import_catalog`` of a shop's photos (its own process, as a shop runs it) with
     ``n_workers`` warmed workers, until every image is searchable; beside it, in the same run, the
-    batched extractor alone at the same input size and worker count. Then lone uploads on the idle
+    batched extractor alone at the same input size and worker count, before and after (the rate
+    compared is over both). Then lone uploads on the idle
     workers: seconds from the upload's commit until it is searchable (the worst is reported)."""
     from config.celery import app
     from catalog.models import ProductImage
 
     folder = shop_catalog(tmp, n_photos, f"SHOP{n_workers}")
-    print(f"  the batched extractor alone, {n_workers} processes, {n_photos:,} photos...")
-    extractor = extractor_rate(spec, folder, n_workers)
-    print(f"  {extractor}")
+    print(f"  the batched extractor alone, {n_workers} processes, {n_photos:,} photos (before the import)...")
+    extractor_before = extractor_rate(spec, folder, n_workers)
+    print(f"  {extractor_before}")
     app.control.purge()
     workers = [start_worker(tmp, f"shop-{i}") for i in range(n_workers)]
     try:
@@ -306,6 +318,17 @@ def import_path(tmp: Path, spec, n_workers: int, n_photos: int, lone_uploads: in
             lone.append(round(time.perf_counter() - t0, 2))
     finally:
         stop_all(workers, timeout=60, kill_timeout=10)
+    # Measured again after it: this shared machine's speed drifts by 10-40% within minutes, and one
+    # measurement before a 5-minute import compared the path with a machine that was not there.
+    print("  the batched extractor alone again (after the import)...")
+    extractor_after = extractor_rate(spec, folder, n_workers)
+    print(f"  {extractor_after}")
+    extractor = {**extractor_after, "images": extractor_before["images"] + extractor_after["images"],
+                 "seconds": round(extractor_before["seconds"] + extractor_after["seconds"], 2),
+                 "cpu_seconds": round(extractor_before["cpu_seconds"] + extractor_after["cpu_seconds"], 1)}
+    extractor["images_per_second"] = round(extractor["images"] / extractor["seconds"], 1)
+    extractor["cpu_ms_per_image"] = round(1000 * extractor["cpu_seconds"] / extractor["images"], 2)
+    extractor["before"], extractor["after"] = extractor_before, extractor_after
     return {"workers": n_workers, "photo_size": list(PHOTO_SIZE), "extractor": extractor, "import_catalog": ingest,
             "ratio": round(ingest["images_per_second"] / extractor["images_per_second"], 3),
             "lone_upload_seconds": lone, "lone_upload_worst_seconds": max(lone)}
@@ -399,18 +422,49 @@ def shop_only(args) -> None:
          ["`manage.py import_catalog` until searchable", shop["workers"], imp["images"], imp["seconds_to_searchable"],
           imp["images_per_second"], f"{shop['ratio']:.2f}"]],
         [f"Backbone {spec.identity}; photos {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG; import_catalog itself took "
-         f"{imp['import_seconds']} s. Lone uploads on idle workers: "
+         f"{imp['import_seconds']} s. The extractor alone ran before the import ({ext['before']['images_per_second']} "
+         f"images/s) and after it ({ext['after']['images_per_second']}); its row is both together. Lone uploads on idle workers: "
          f"{', '.join(f'{v:.2f}' for v in shop['lone_upload_seconds'])} s (worst {shop['lone_upload_worst_seconds']:.2f} s).",
          f"Backlog of {backlog['pending_images']:,} pending images: {backlog['queue_after_recoveries']} message(s) in the "
          f"broker after {backlog['commits']:,} arrivals and {backlog['recoveries']} recoveries "
          f"({backlog['before_drains_messages']:,} before drains)."])
     common.print_table(table)
+    cpu = cpu_table(shop, size)
+    common.print_table(cpu)
     previous = common.read_result("ingestion_shop") or {}
     runs = {**previous.get("runs", {}), str(size): {"shop_path": shop, "backlog": backlog, "table": table,
-                                                   "backbone": spec.identity}}
+                                                   "cpu_table": cpu, "backbone": spec.identity}}
+    ordered = [r for _, r in sorted(runs.items(), key=lambda kv: int(kv[0]))]
     common.write_result("ingestion_shop", {"mode": "shop-only", "runs": runs,
-                                           "tables": [r["table"] for _, r in sorted(runs.items(), key=lambda kv: int(kv[0]))],
+                                           "tables": [t for r in ordered for t in (r["table"], r.get("cpu_table")) if t],
                                            "seconds": round(time.perf_counter() - started_all, 1)})
+
+
+CPU_GROUPS = {"workers": "Celery workers (decode, backbone, thumbnails, head, bookkeeping)",
+              "bench": "import_catalog (a child of this script) and this script's polling",
+              "postgres": "PostgreSQL, its ended backends included (rows, HNSW inserts, the scaler's refits)",
+              "redis": "Redis", "other": "other processes",
+              "exited": "ended processes not reaped into a living one's times, and the kernel"}
+
+
+def cpu_table(shop: dict, size: int) -> dict:
+    """Where the shop path's CPU went, per image, beside the extractor alone's: the ceiling of the
+    ratio on these cores is the extractor's CPU per image over the whole path's."""
+    imp, ext = shop["import_catalog"], shop["extractor"]
+    per_image = imp["cpu_ms_per_image"]
+    rows = [["Batched extractor alone (both processes)", f"{ext['cpu_ms_per_image']:.2f}"]]
+    rows += [[CPU_GROUPS.get(group, group), f"{value:.2f}"] for group, value in per_image.items()
+             if group not in ("machine",) and value >= 0.05]
+    rows.append(["**The whole shop path (machine busy time)**", f"{per_image['machine']:.2f}"])
+    cores = os.cpu_count() or 1
+    busy = imp["cpu_seconds"]["machine"] / (cores * imp["seconds_to_searchable"])
+    ceiling = ext["cpu_ms_per_image"] / per_image["machine"]
+    return common.table(
+        f"The shop path at {size} px: CPU milliseconds per image, by process group (same run)", ["Where", "CPU ms per image"],
+        rows, [f"The machine was {busy:.0%} busy over the {imp['seconds_to_searchable']} s ({cores} cores). With every "
+               f"core busy, the path's ratio could reach at most the extractor's CPU per image over the path's: "
+               f"{ext['cpu_ms_per_image']:.2f} / {per_image['machine']:.2f} = {ceiling:.2f} of the extractor "
+               f"(measured {shop['ratio']:.2f}).", "From psutil (per living process) and /proc/stat (the machine)."])
 
 
 def main():

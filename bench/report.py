@@ -226,6 +226,12 @@ def _shop_line(label: str, shop: dict, backlog: dict | None) -> str:
             f"{shop['ratio']:.3f} of the batched extractor alone in the same run ({ext['images_per_second']} "
             f"images/s; target 0.80); a lone upload searchable in {shop['lone_upload_worst_seconds']:.2f} s at worst "
             "(target 2 s)")
+    cpu = imp.get("cpu_ms_per_image")
+    if cpu and ext.get("cpu_ms_per_image"):
+        text += (f"; CPU per image: the extractor alone {ext['cpu_ms_per_image']:.2f} ms, the whole path "
+                 f"{cpu['machine']:.2f} ms (workers {cpu.get('workers', 0):.2f}, PostgreSQL {cpu.get('postgres', 0):.2f}, "
+                 f"import_catalog and polling {cpu.get('bench', 0):.2f}), so with both cores busy the path could reach at "
+                 f"most {ext['cpu_ms_per_image'] / cpu['machine']:.2f} of the extractor on these cores")
     if backlog:
         text += (f"; a backlog of {backlog['pending_images']:,} pending images holds "
                  f"{backlog['queue_after_recoveries']} broker message(s) after {backlog['commits']:,} arrivals and "
@@ -431,7 +437,7 @@ def _run_lines(run: dict, results: dict, m: dict) -> list[str]:
               f"`{r.get('command')}` on {r.get('finished_at')}, weights {r.get('weights')}: "
               + per_script(r.get("scripts", [])) for r in run.get("partial_reruns", [])],
             *[f"- **Run on its own** after it (not in the total above; its section shows these figures): "
-              f"`bench/{n}.py --{d.get('mode', 'quick')}` on {d.get('finished_at')}, {d.get('seconds')} s"
+              f"`bench/{SCRIPTS.get(n, n + '.py')} --{d.get('mode', 'quick')}` on {d.get('finished_at')}, {d.get('seconds')} s"
               for n, d in newer_than(run, results)],
             "- Load average is recorded with every result: this 2-core machine was shared with other work "
             "during the run, which slows everything down and is not subtracted. Speeds vary by up to ~2x "
@@ -494,6 +500,10 @@ def render(results: dict, run: dict | None) -> str:
         if name == "extraction_speed":
             lines += _gpu_lines(results.get("extraction_speed_gpu"))
     return "\n".join(lines + _reproducing_lines())
+
+
+# Results written by a mode of another script.
+SCRIPTS = {"ingestion_shop": "ingestion.py", "web_shapes": "web_load.py"}
 
 
 def readme_section(results: dict, run: dict | None) -> str:

@@ -4,9 +4,11 @@ Contract: the preload runs in a background thread of each pool process (``worker
 must return within Celery's few seconds, and loading takes longer), holding the same locks as a
 task's load (``backbone.get_backbone``, ``runtime.load_head``), so a batch that arrives meanwhile
 waits for that one load instead of doing a second. A failure is logged and changes nothing: the
-first batch loads as it always did. Only workers that consume the ``features`` queue preload
-(training and web processes never do), and only with ``RECOMMENDER_WORKER_PRELOAD=1``. Nothing
-here imports Django models or TensorFlow at import time (config.celery imports it).
+first batch loads as it always did. Only workers that consume the ``features`` queue preload (a
+worker of the training queue alone, and web processes, never do; the default worker of every
+queue does), only in the prefork pool (``worker_process_init``; ``-P solo`` or ``threads`` load
+on the first batch), and only with ``RECOMMENDER_WORKER_PRELOAD=1``. Nothing here imports Django
+models or TensorFlow at import time (config.celery imports it).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
   configuration, the retry action and the pure ML probe; the recommender depends on the catalog,
   never the reverse;
 - nothing but Celery imports ``recommender.tasks`` (services publish by task name), and only
-  ``recommender.publishing`` and ``config`` know about Celery;
+  ``recommender.publishing`` (sends), ``recommender.tasks`` (receives), ``recommender.worker``
+  (the worker processes' start-up hooks) and ``config`` know about Celery;
 - the pure ML modules import no Django;
 - no import cycle between the project's modules, counting imports inside functions too;
 - no module (benchmarks included) reaches into another module's private names;
@@ -110,7 +111,7 @@ def test_only_celery_imports_the_tasks_and_only_publishing_knows_celery(graph):
     assert [m for m, targets in graph.items() if "recommender.tasks" in targets] == []
     celery_users = sorted(m for m, path in _sources() if m.startswith(("recommender", "catalog"))
                           and any(t == "config.celery" or t.startswith("celery") for t in _imports(path, m)))
-    assert celery_users == ["recommender.publishing", "recommender.tasks"]
+    assert celery_users == ["recommender.publishing", "recommender.tasks", "recommender.worker"]
 
 
 def test_tasks_import_the_services_at_the_top():

@@ -70,7 +70,7 @@ def feature_scale_fit(*, backbone: str) -> FeatureScale | None:
 def feature_scale_refresh(*, backbone: str) -> bool:
     """After features of ``backbone`` were stored: refit its scaler when it is the configured
     backbone (the one cold start reads) and its features moved by more than SCALE_REFIT_SHARE (or
-    it has none yet). True when refitted. Two workers refitting at once upsert the same row."""
+    it has none yet), at most once per SCALE_REFIT_MIN_SECONDS. True when refitted. Two workers refitting at once upsert the same row."""
     if backbone != runtime.backbone_spec().identity:
         return False
     features = BackboneFeature.objects.filter(backbone=backbone).count()

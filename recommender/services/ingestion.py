@@ -171,9 +171,27 @@ def _features_extract(batch: _Batch) -> None:
 
 
 def _thumbnails_make(batch: _Batch, token: str) -> None:
-    from catalog.thumbnails import thumbnail_names, thumbnails_create, thumbnails_delete
+    from catalog.thumbnails import thumbnails_delete
 
     made: dict[int, dict[str, str]] = {}
+    try:
+        _thumbnails_write(batch, made)
+        recorded = _thumbnails_record(batch, token, made)
+    except DatabaseError:  # the task retries with backoff: nothing of this claim is kept
+        for image_id, thumbs in made.items():
+            thumbnails_delete(storage=batch.images[image_id].image.storage, names=thumbs.values())
+        raise
+    for image_id in made.keys() - recorded:
+        logger.info("image %s was claimed again while its thumbnails were written; its files removed", image_id)
+        thumbnails_delete(storage=batch.images[image_id].image.storage, names=made[image_id].values())
+        batch.drop(image_id)
+
+
+def _thumbnails_write(batch: _Batch, made: dict[int, dict[str, str]]) -> None:
+    """Write the thumbnails of the batch's pictures that have none, into ``made`` as they are
+    written (so that a caller can remove them); a storage error is that image's error."""
+    from catalog.thumbnails import thumbnail_names, thumbnails_create, thumbnails_delete
+
     for image_id, picture in list(batch.pictures.items()):
         image = batch.images[image_id]
         if image.thumbnails:
@@ -192,11 +210,6 @@ def _thumbnails_make(batch: _Batch, token: str) -> None:
         except Exception as exc:  # disk full, permissions, storage unreachable: nothing was kept
             logger.warning("thumbnails of image %s could not be written: %s", image_id, exc)
             batch.fail([image_id], f"Could not write the thumbnails: {type(exc).__name__}: {exc}")
-    recorded = _thumbnails_record(batch, token, made)
-    for image_id in made.keys() - recorded:
-        logger.info("image %s was claimed again while its thumbnails were written; its files removed", image_id)
-        thumbnails_delete(storage=batch.images[image_id].image.storage, names=made[image_id].values())
-        batch.drop(image_id)
 
 
 def _thumbnails_record(batch: _Batch, token: str, made: dict[int, dict[str, str]]) -> set[int]:

@@ -130,7 +130,8 @@ def _ready_versions_finish() -> dict[str, list[int]]:
 
 def recover_lost_work() -> dict:
     """Re-publish lost ingestion, missing embeddings and lost trainings; fail dead trainings;
-    finish versions a lost worker left ready."""
+    finish versions a lost worker left ready; refit the cold start's scaler when its window
+    skipped a refit."""
     now = timezone.now()
     stale = now - timedelta(seconds=config().stale_seconds)
     requeued = _lost_images_requeue(stale)
@@ -138,10 +139,11 @@ def recover_lost_work() -> dict:
     ready = _ready_versions_finish()  # before the healers below, which follow the active version
     reembed = _missing_embeddings_publish()
     reextract = _missing_features_publish(stale)
-    # A refit the ingestion skipped inside its window (services.features.SCALE_REFIT_MIN_SECONDS).
+    neighbours = _neighbours_publish()
+    # Last: a refit the ingestion skipped inside its window (services.features.SCALE_REFIT_MIN_SECONDS).
     scale = feature_scale_refresh(backbone=runtime.backbone_spec().identity)
     return {"requeued": requeued, "reembed": reembed, "reextract": reextract, "dead_trainings": dead,
-            "republished_trainings": republished, "ready_versions": ready, "neighbours": _neighbours_publish(),
+            "republished_trainings": republished, "ready_versions": ready, "neighbours": neighbours,
             "scale_refitted": scale}
 
 

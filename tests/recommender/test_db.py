@@ -3,6 +3,7 @@ PostgreSQL + pgvector."""
 
 import numpy as np
 import pytest
+from django.db import IntegrityError
 
 from recommender import db
 from recommender.models import BackboneFeature, Embedding, ModelVersion
@@ -36,7 +37,7 @@ def test_bulk_insert_binary_ignores_conflicts_and_batches():
     assert sorted(stored) == sorted(i.pk for i in images)
     for i, image in enumerate(images):
         np.testing.assert_array_equal(stored[image.pk], vectors[i])
-    with pytest.raises(Exception, match="one_embedding_per_version"):
+    with pytest.raises(IntegrityError, match="one_embedding_per_version"):  # Django's: tasks retry its kind
         db.bulk_insert_binary(rows([0]), ignore_conflicts=False)
 
 
