@@ -28,21 +28,33 @@ _PRELOAD_ENV = "RECOMMENDER_PRELOAD_THIS_WORKER"  # set by the worker's main pro
 @celeryd_after_setup.connect(dispatch_uid="recommender_preload_queues")
 def _preload_decide(sender, instance, **kwargs):
     # Sent after -Q is applied and before the pool forks its processes, which inherit the variable.
-    consumed = set(instance.app.amqp.queues.consume_from or instance.app.amqp.queues)
-    os.environ[_PRELOAD_ENV] = "1" if FEATURES_QUEUE in consumed else "0"
+    consumed = instance.app.amqp.queues.consume_from or instance.app.amqp.queues
+    os.environ[_PRELOAD_ENV] = "1" if preload_wanted(queues=consumed) else "0"
+
+
+def preload_wanted(*, queues) -> bool:
+    """Does a worker consuming ``queues`` (names) extract features, and so want its models loaded?"""
+    return FEATURES_QUEUE in set(queues)
 
 
 @worker_process_init.connect(dispatch_uid="recommender_preload")
 def _preload_start(**kwargs):
     if os.environ.get(_PRELOAD_ENV) == "1":
-        threading.Thread(target=models_preload, name="recommender-preload", daemon=True).start()
+        threading.Thread(target=_preload_thread, name="recommender-preload", daemon=True).start()
+
+
+def _preload_thread() -> None:
+    from django.db import connection
+
+    try:
+        models_preload()
+    finally:
+        connection.close()  # this thread's own connection
 
 
 def models_preload() -> bool:
     """Load the serving backbone and the active version's head into this process; True when both
     (or the backbone, with no active version) are loaded."""
-    from django.db import connection
-
     from recommender import runtime
     from recommender.conf import config
     from recommender.selectors.versions import active_version, serving_backbone
@@ -60,5 +72,3 @@ def models_preload() -> bool:
     except Exception:  # the first batch loads (and reports) it instead
         logger.warning("could not preload the models; the first batch will load them", exc_info=True)
         return False
-    finally:
-        connection.close()  # this thread's own connection

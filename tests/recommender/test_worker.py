@@ -1,48 +1,46 @@
 """recommender.worker: a features worker loads its models as it starts (issue 14: the load in a
 worker's first batch took ~10 s of an import on 2 cores and made a new worker's first upload wait)."""
 
-from types import SimpleNamespace
-
 import pytest
 
 from catalog.models import ProductImage
-from recommender import backbone, runtime, worker
+from recommender import runtime, worker
 from tests.conftest import wait_for
 from tests.factories import ProductImageFactory, png_bytes
-from tests.recommender.helpers import trained_catalog
-
-
-def _decided(queues) -> str:
-    import os
-
-    instance = SimpleNamespace(app=SimpleNamespace(amqp=SimpleNamespace(queues=SimpleNamespace(
-        consume_from={name: object() for name in queues}))))
-    worker._preload_decide(sender="node", instance=instance)
-    return os.environ.pop(worker._PRELOAD_ENV)
 
 
 def test_only_a_worker_of_the_features_queue_preloads():
-    assert _decided(["celery", "features", "training"]) == "1"
-    assert _decided(["features"]) == "1"
-    assert _decided(["training"]) == "0"
-    assert _decided(["celery"]) == "0"
+    assert worker.preload_wanted(queues=["celery", "features", "training"])
+    assert worker.preload_wanted(queues={"features": object()})  # Celery's consume_from is a dict
+    assert not worker.preload_wanted(queues=["training"])
+    assert not worker.preload_wanted(queues=["celery"])
 
 
-@pytest.mark.django_db(transaction=True)
-def test_the_preload_loads_the_serving_backbone_and_the_active_head(settings):
-    version = trained_catalog(settings, count=30, epochs=1)
-    backbone._cache.clear()
-    runtime._heads.clear()
+def _recording(monkeypatch):
+    # The loads themselves run in the worker test below (a real worker process); here, which
+    # loads the preload asks for. Loading in the test process would add native thread pools to it.
+    calls = []
+    monkeypatch.setattr(runtime, "backbone_of", lambda spec: calls.append(("backbone", spec.identity)))
+    monkeypatch.setattr(runtime, "load_head", lambda version: calls.append(("head", version.pk)))
+    return calls
+
+
+@pytest.mark.django_db
+def test_the_preload_loads_the_serving_backbone_and_the_active_head(settings, monkeypatch):
+    from recommender.models import ModelVersion
+
+    identity = runtime.backbone_spec().identity
+    version = ModelVersion.objects.create(status="active", backbone=identity, weights="random", input_size=32)
+    calls = _recording(monkeypatch)
     assert worker.models_preload()
-    assert any(key[0].identity == version.backbone for key in backbone._cache)
-    assert version.pk in runtime._heads
+    assert calls == [("backbone", identity), ("head", version.pk)]
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 def test_the_preload_can_be_switched_off_and_a_failure_changes_nothing(settings, monkeypatch):
+    calls = _recording(monkeypatch)
     settings.RECOMMENDER = {**settings.RECOMMENDER, "WORKER_PRELOAD": 0}
-    backbone._cache.clear()
-    assert not worker.models_preload() and not backbone._cache
+    assert not worker.models_preload() and calls == []
     settings.RECOMMENDER = {**settings.RECOMMENDER, "WORKER_PRELOAD": 1}
     monkeypatch.setattr(runtime, "backbone_of", lambda spec: (_ for _ in ()).throw(MemoryError("no room")))
     assert not worker.models_preload()
