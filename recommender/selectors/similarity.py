@@ -14,7 +14,7 @@ from django.db.models import Prefetch
 
 from catalog import selectors as catalog_selectors
 from catalog.models import Product, ProductImage
-from recommender import runtime
+from recommender import db, runtime
 from recommender.conf import config
 from recommender.models import NEIGHBOURS_DELTA_MAX, BackboneFeature, Embedding, ModelVersion
 from recommender.selectors.answers import cache_get, cache_get_or_compute, cache_key, cache_set
@@ -106,7 +106,7 @@ def _nearest_products_sql(*, version_id, vector, k, exact, **filters) -> list[tu
             ORDER BY {distance}
             LIMIT %s
         ) candidates GROUP BY product_id ORDER BY distance, product_id LIMIT %s"""
-    with transaction.atomic(), connection.cursor() as cursor:
+    with db.vector_index_watch(), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL hnsw.ef_search = %s" % int(config().ef_search))
         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
         cursor.execute(sql, [literal, version_id, *params, literal, candidates, k])
@@ -187,7 +187,7 @@ def nearest_images(*, version, vector, k=6, exclude_image=None, exact=False) -> 
     """Nearest images of a version (used to measure the index's recall against an exact scan)."""
     literal = _vector_literal(vector)
     distance = "(vector <-> %s::vector)" + (" + 0" if exact else "")
-    with transaction.atomic(), connection.cursor() as cursor:
+    with db.vector_index_watch(), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL hnsw.ef_search = %s" % int(config().ef_search))
         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
         cursor.execute(

@@ -11,12 +11,13 @@ import logging
 from datetime import timedelta
 
 from django.core.cache import cache
+from django.db import connection
 from django.utils import timezone
 
 from catalog.models import ProductImage
-from recommender import publishing, runtime
+from recommender import db, publishing, runtime
 from recommender.conf import config
-from recommender.locks import training_alive
+from recommender.locks import training_alive, vector_index_lock
 from recommender.models import ModelVersion
 from recommender.selectors.features import images_missing_embedding, images_missing_features
 from recommender.selectors.versions import active_version, retrain_reason, serving_backbone, training_version
@@ -128,12 +129,53 @@ def _ready_versions_finish() -> dict[str, list[int]]:
     return outcomes
 
 
+def vector_index_rebuild() -> list[str]:
+    """Rebuild the vector indexes with REINDEX CONCURRENTLY (inserts and searches go on meanwhile;
+    ~10 min at 1,000,000 embeddings on 2 cores, bench/query_speed.py's build time), and drop what
+    an interrupted rebuild left (an invalid ``<name>_ccnew`` copy). Outside any transaction.
+    Returns the indexes rebuilt."""
+    rebuilt = []
+    with connection.cursor() as cursor:
+        for index, table in db.VECTOR_INDEXES.items():
+            cursor.execute(
+                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE i.indrelid = %s::regclass AND NOT i.indisvalid AND c.relname LIKE %s",
+                [table, f"{index}_ccnew%"])
+            for (leftover,) in cursor.fetchall():
+                cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {connection.ops.quote_name(leftover)}")
+            cursor.execute(f"REINDEX INDEX CONCURRENTLY {connection.ops.quote_name(index)}")
+            rebuilt.append(index)
+    return rebuilt
+
+
+def _damaged_vector_index_heal() -> list[str]:
+    # A zeroed HNSW element was met (recommender.db.VECTOR_INDEXES): every insert reaching it
+    # fails until the index is rebuilt. The flag is cleared first, so an error met during the
+    # rebuild (from the old index) asks for one more rebuild rather than being lost; the advisory
+    # lock keeps a second recovery (a long rebuild outlasts the 60 s period) from queueing another.
+    try:
+        if not cache.get(db.VECTOR_INDEX_DAMAGED_FLAG):
+            return []
+    except Exception as exc:
+        logger.warning("cache unavailable (%s); the vector index's health is not checked", exc)
+        return []
+    with vector_index_lock() as acquired:
+        if not acquired:
+            return []
+        cache.delete(db.VECTOR_INDEX_DAMAGED_FLAG)
+        rebuilt = vector_index_rebuild()
+    logger.warning("rebuilt the vector index(es) %s after a zeroed element was met", ", ".join(rebuilt))
+    return rebuilt
+
+
 def recover_lost_work() -> dict:
-    """Re-publish lost ingestion, missing embeddings and lost trainings; fail dead trainings;
+    """Rebuild a damaged vector index; re-publish lost ingestion, missing embeddings and lost
+    trainings; fail dead trainings;
     finish versions a lost worker left ready; refit the cold start's scaler when its window
     skipped a refit."""
     now = timezone.now()
     stale = now - timedelta(seconds=config().stale_seconds)
+    reindexed = _damaged_vector_index_heal()  # first: until then every embedding insert may fail
     requeued = _lost_images_requeue(stale)
     dead, republished = _lost_trainings_heal(now, stale)
     ready = _ready_versions_finish()  # before the healers below, which follow the active version
@@ -144,7 +186,7 @@ def recover_lost_work() -> dict:
     scale = feature_scale_refresh(backbone=runtime.backbone_spec().identity)
     return {"requeued": requeued, "reembed": reembed, "reextract": reextract, "dead_trainings": dead,
             "republished_trainings": republished, "ready_versions": ready, "neighbours": neighbours,
-            "scale_refitted": scale}
+            "scale_refitted": scale, "vector_indexes_rebuilt": reindexed}
 
 
 def retrain_if_needed(*, force_reason: str | None = None) -> ModelVersion | None:

@@ -288,3 +288,17 @@ def test_a_full_disk_fails_with_one_clear_line(var_dir, max_file_bytes, says):
                f"resource.setrlimit(resource.RLIMIT_FSIZE, ({max_file_bytes}, {max_file_bytes}))")
     target = var_dir / "var"
     _assert_one_clear_line(_bootstrap_fails(target, prelude), names=str(target), says=says)
+
+
+@pytest.mark.django_db
+def test_the_suites_own_postgres_runs_no_autovacuum_vacuum():
+    """tests/bootstrap.py: pgvector 0.8.2's HNSW insert/vacuum race must not meet the suite's inserts."""
+    from django.db import connection
+
+    if os.environ.get("EMBEDDED_POSTGRES") != "1":
+        pytest.skip("DATABASE_URL names an outside server: its vacuum settings are its own")
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW autovacuum_vacuum_threshold")
+        assert cursor.fetchone()[0] == "2147483647"
+        cursor.execute("SHOW autovacuum_vacuum_insert_threshold")
+        assert cursor.fetchone()[0] == "-1"

@@ -44,3 +44,39 @@ def test_bulk_insert_binary_ignores_conflicts_and_batches():
 def test_bulk_insert_binary_of_nothing_sends_nothing(django_assert_num_queries):
     with django_assert_num_queries(0):
         assert db.bulk_insert_binary([]) == 0
+
+
+# --------------------------------------------------------------------------- a damaged HNSW index
+
+
+@pytest.fixture
+def damage_flag():
+    from django.core.cache import cache
+
+    cache.delete(db.VECTOR_INDEX_DAMAGED_FLAG)
+    yield lambda: cache.get(db.VECTOR_INDEX_DAMAGED_FLAG)
+    cache.delete(db.VECTOR_INDEX_DAMAGED_FLAG)  # no later test's recovery rebuilds inside its transaction
+
+
+def test_a_zeroed_hnsw_element_is_recorded_for_the_recovery_and_the_error_still_raised(damage_flag):
+    """pgvector's insert/vacuum race (recommender.db.VECTOR_INDEXES) leaves an element with 0
+    dimensions in the index: its error is recorded, and re-raised (the task retries)."""
+    from django.db import DataError
+
+    with pytest.raises(DataError), db.vector_index_watch():
+        raise DataError("different vector dimensions 512 and 0")
+    assert damage_flag() == 1
+
+
+def test_other_errors_are_not_taken_for_a_damaged_index(damage_flag):
+    from django.db import DataError, connection
+
+    # A real dimension mismatch of two stored-size vectors (no zeroed element): not the index.
+    with pytest.raises(DataError, match="different vector dimensions 3 and 2"), db.vector_index_watch(), \
+            connection.cursor() as cursor:
+        cursor.execute("SELECT '[1,2,3]'::vector <-> '[1,2]'::vector")
+    with pytest.raises(DataError), db.vector_index_watch():
+        raise DataError("different vector dimensions 512 and 10")
+    with pytest.raises(IntegrityError), db.vector_index_watch():
+        raise IntegrityError("different vector dimensions 512 and 0")  # not pgvector's DataError
+    assert damage_flag() is None
