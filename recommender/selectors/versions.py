@@ -50,23 +50,36 @@ _ACTIVE_FIELDS = tuple(f.attname for f in ModelVersion._meta.concrete_fields)
 _ROW_STAMP = "id::text || '/' || xmin::text || '/' || ctid::text"
 
 
+# The active row's stamp as a scalar subquery, for a caller that reads it beside other rows in
+# one query (recommender.selectors.answers: one round trip to PostgreSQL instead of two); its one
+# parameter is the active status.
+ACTIVE_STAMP_SQL = f"(SELECT {_ROW_STAMP} FROM {ModelVersion._meta.db_table} WHERE status = %s)"
+
+
 def active_version() -> ModelVersion | None:
     """The version that serves, read afresh on every call (a version activated or changed a moment
     ago, by any process, with .save() or .update(), is what the next call returns): one small query
     for the active row's id and stamp; the row itself is read again only when the stamp changed.
     Each call returns its own instance (callers may change it)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {ACTIVE_STAMP_SQL}", [ModelVersion.Status.ACTIVE])
+        row = cursor.fetchone()
+    return active_version_at(stamp=row[0])
+
+
+def active_version_at(*, stamp: str | None) -> ModelVersion | None:
+    """The active version whose row stamp (ACTIVE_STAMP_SQL) the caller has just read, or None when
+    there was none: no query while this process already holds that very row version."""
     global _ACTIVE_ROW
     from django.db import connection
     from django.db.models.expressions import RawSQL
 
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {_ROW_STAMP} FROM {ModelVersion._meta.db_table} WHERE status = %s",
-                       [ModelVersion.Status.ACTIVE])
-        row = cursor.fetchone()
-    if row is None:
+    if stamp is None:
         return None
     memo = _ACTIVE_ROW
-    if memo is None or memo[0] != row[0]:
+    if memo is None or memo[0] != stamp:
         values = (ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE)
                   .annotate(row_stamp=RawSQL(_ROW_STAMP, ())).values_list("row_stamp", *_ACTIVE_FIELDS).first())
         if values is None:  # retired in between

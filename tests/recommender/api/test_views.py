@@ -73,6 +73,27 @@ def test_similar_with_the_active_model_and_filters(anon_client, trained_catalog)
     assert response.status_code == 200 and len(response.json()["results"]) == 3
 
 
+def test_an_anonymous_answer_is_served_again_with_one_query_until_another_version_serves(
+        anon_client, trained_catalog):
+    """recommender.selectors.answers: the active version's stamp and the shown products' hashes are
+    read in one query; another version activated (or the same row changed in what an answer
+    shows) is seen at once."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    products, version = trained_catalog
+    first = similar(anon_client, products[0], k=6).json()
+    with CaptureQueriesContext(connection) as queries:
+        again = similar(anon_client, products[0], k=6).json()
+    assert again == first
+    assert len(queries) == 1, [q["sql"] for q in queries.captured_queries]
+    ModelVersion.objects.filter(pk=version.pk).update(kind="backbone")  # shown in the answer's version
+    changed = similar(anon_client, products[0], k=6).json()
+    assert changed["model_version"]["id"] == version.pk and changed != first
+    ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.RETIRED)
+    assert similar(anon_client, products[0], k=6).json()["source"] != "model"
+
+
 @pytest.mark.parametrize("params, field, code", [
     ({"k": "0"}, "k", "min_value"),
     ({"k": "51"}, "k", "max_value"),
