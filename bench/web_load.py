@@ -289,10 +289,18 @@ def rows_of(endpoints, results) -> list[list]:
     return rows
 
 
-# Server shapes (workers x threads) measured side by side in the same run, cached, at 32 clients:
-# what config/gunicorn.py's default is chosen by.
-SHAPES = [(4, 4), (6, 2), (8, 1)]
-SHAPE_ROUNDS = 2  # each shape measured this many times, interleaved; the worst round is reported
+# Server shapes (workers x threads, the workers' garbage collector: config/gunicorn.py's WEB_GC,
+# and keep-alive: WEB_KEEPALIVE) measured side by side in the same run, cached, at 32 clients: what
+# config/gunicorn.py's defaults are chosen by.
+# Measured before (docs/benchmarks.md 4b, 3 interleaved rounds): keep-alive off was worse (4x4,
+# freeze: page p99 160 ms, API 182 ms, worst rounds); 8x1 was worse than 4x4 and 6x2 in an earlier run.
+SHAPES = [dict(workers=4, threads=4, gc="default", keepalive=5), dict(workers=4, threads=4, gc="freeze", keepalive=5),
+          dict(workers=6, threads=2, gc="freeze", keepalive=5)]
+SHAPE_ROUNDS = 3  # each shape measured this many times, interleaved; the worst round is reported
+
+
+def shape_name(shape: dict) -> str:
+    return f"{shape['workers']}x{shape['threads']}, gc {shape['gc']}, keep-alive {shape['keepalive']} s"
 
 
 def measure_shapes(tmp: Path, endpoints: list[dict], *, duration: float) -> list[dict]:
@@ -301,18 +309,21 @@ def measure_shapes(tmp: Path, endpoints: list[dict], *, duration: float) -> list
     gets = [ep for ep in endpoints if ep["method"] == "GET" and ep["available"]]
     worst: dict[tuple, dict] = {}
     for round_ in range(SHAPE_ROUNDS):
-        for workers, threads in SHAPES:
-            server = Server(tmp, name=f"gunicorn-{workers}x{threads}",
-                            env={"WEB_WORKERS": str(workers), "WEB_THREADS": str(threads)})
+        for i, shape in enumerate(SHAPES):
+            server = Server(tmp, name=f"gunicorn-shape{i}", env={
+                "WEB_WORKERS": str(shape["workers"]), "WEB_THREADS": str(shape["threads"]), "WEB_GC": shape["gc"],
+                "WEB_KEEPALIVE": str(shape["keepalive"])})
             try:
                 for ep in gets:
                     r = run_levels(server, ep, duration=duration, modes=("cached",), levels=[32])["cached"][0]
-                    key = (workers, threads, ep["key"])
+                    print(f"    round {round_ + 1}, {shape_name(shape)}: {ep['key']} {r['rps']} req/s p99 {r['p99_ms']} ms",
+                          flush=True)
+                    key = (i, ep["key"])
                     if key not in worst or r["p99_ms"] > worst[key]["p99_ms"]:
-                        worst[key] = {**r, "round": round_ + 1}
+                        worst[key] = {**shape, **r, "round": round_ + 1}
             finally:
                 server.stop()
-    return [{"workers": w, "threads": t, "endpoint": k, **r} for (w, t, k), r in worst.items()]
+    return [{"shape": shape_name(r), "endpoint": k, **r} for (_, k), r in worst.items()]
 
 
 def main():
@@ -337,9 +348,9 @@ def main():
     if args.shapes_only:
         shapes = measure_shapes(tmp, endpoints, duration=duration)
         t = common.table(
-            "Server shapes side by side (gunicorn gthread, workers x threads; cached, 32 clients, wrk beside it)",
-            ["Workers x threads", "Endpoint", "Requests/s", "p50 ms", "p99 ms", "Errors", "Worst of rounds"],
-            [[f"{s['workers']} x {s['threads']}", s["endpoint"], s["rps"], s["p50_ms"], s["p99_ms"], s["errors"],
+            "Server shapes side by side (gunicorn gthread; cached, 32 clients, wrk beside it)",
+            ["Shape", "Endpoint", "Requests/s", "p50 ms", "p99 ms", "Errors", "Worst of rounds"],
+            [[s["shape"], s["endpoint"], s["rps"], s["p50_ms"], s["p99_ms"], s["errors"],
               f"round {s['round']} of {SHAPE_ROUNDS}"] for s in shapes],
             [f"Each shape measured {SHAPE_ROUNDS} times, the shapes interleaved; the round with the worst p99 "
              f"is shown. {duration:.0f} s per measurement; catalog of {n_products:,} products."])

@@ -14,6 +14,14 @@ a 2 s warm-up per level, the worst round; page / API): 4 x 4 620 req/s p99 125 m
 146 ms; 6 x 2 824 / 725 req/s but p99 141 / 402 ms; 8 x 1 731 / 649 req/s, p99 234 / 187 ms. 4 x 4
 keeps the best worst-case tail.
 
+The garbage collector frozen after start-up (WEB_GC=freeze, below), measured side by side in 3
+interleaved rounds (bench/web_load.py --quick --shapes-only, worst round, page / API): 4 x 4 with
+CPython's collector as it is 899 req/s p99 114 ms / 728 req/s p99 346 ms; 4 x 4 frozen 979 req/s p99
+94 ms / 704 req/s p99 160 ms; 6 x 2 frozen 788 / 655 req/s, p99 128 / 176 ms. Also measured, and left
+out: keep-alive off (every request a new connection: worse, page p99 160 ms) and connections spread
+evenly over the workers (worker_connections 8: [8, 8, 8, 8] instead of e.g. [1, 2, 2, 27], yet p99
+97-133 ms: the tail is both cores being busy, not one crowded worker).
+
 Two workers per core: each process's threads share one GIL, so more processes serve the tail more
 fairly (p99) at about the same throughput; four threads each overlap the waits on PostgreSQL and
 Redis. Without persistent connections (CONN_MAX_AGE=0) the same server served a third: a new
@@ -40,3 +48,22 @@ accesslog = os.environ.get("WEB_ACCESS_LOG") or None  # e.g. "-" (stdout); off b
 # is on, so a connection PostgreSQL dropped is replaced instead of failing a request). Set in the
 # workers' environment only here: management commands, Celery and tests keep closing theirs.
 raw_env = [] if "CONN_MAX_AGE" in os.environ else ["CONN_MAX_AGE=60"]
+
+# The garbage collector and the tail (WEB_GC): "freeze" (the default) moves everything a worker
+# holds once Django and its URLs are loaded into the collector's permanent generation, so a full
+# collection, which holds the GIL and so stalls every thread of the worker, no longer walks the
+# framework's hundreds of thousands of long-lived objects; "default" leaves CPython's collector as
+# it is. Measured side by side: bench/web_load.py --shapes-only (docs/benchmarks.md, 4b).
+gc_mode = os.environ.get("WEB_GC", "freeze")
+
+
+def post_worker_init(worker):
+    if gc_mode != "freeze":
+        return
+    import gc
+
+    from django.urls import get_resolver
+
+    get_resolver().url_patterns  # imports every view module now, not on the first request
+    gc.collect()
+    gc.freeze()

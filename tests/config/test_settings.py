@@ -104,6 +104,23 @@ def test_the_production_server_keeps_database_connections_and_checks_them():
     assert int(printed[0]) > 0
 
 
+@pytest.mark.parametrize("mode, frozen", [(None, True), ("default", False)])
+def test_the_production_servers_workers_freeze_the_garbage_collector_after_start_up(mode, frozen):
+    """config/gunicorn.py's post_worker_init (WEB_GC, default "freeze"): a worker's start-up objects
+    (Django, its URLs and views) are out of the collector's reach, so a full collection stops
+    walking them; in a process of its own (freezing is for the rest of a process's life)."""
+    code = ("import gc, runpy; from django.urls import get_resolver; "
+            "conf = runpy.run_path('config/gunicorn.py'); conf['post_worker_init'](None); "
+            "print(gc.get_freeze_count(), len(get_resolver().url_patterns) > 0)")
+    env = {key: value for key, value in os.environ.items() if key != "WEB_GC"}
+    if mode:
+        env["WEB_GC"] = mode
+    result = manage("shell", "-c", code, env=env)
+    assert result.returncode == 0, result.stderr
+    count, resolved = result.stdout.strip().splitlines()[-1].split()
+    assert (int(count) > 10_000) is frozen and resolved == "True"
+
+
 def test_the_cache_reuses_its_redis_client():
     """Django's backend built a redis-py client (and its ~170 response callbacks) for every call."""
     from django.core.cache import cache
