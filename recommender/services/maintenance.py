@@ -11,7 +11,7 @@ import logging
 from datetime import timedelta
 
 from django.core.cache import cache
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from catalog.models import ProductImage
@@ -150,9 +150,10 @@ def vector_index_rebuild() -> list[str]:
 
 def _damaged_vector_index_heal() -> list[str]:
     # A zeroed HNSW element was met (recommender.db.VECTOR_INDEXES): every insert reaching it
-    # fails until the index is rebuilt. The flag is cleared first, so an error met during the
-    # rebuild (from the old index) asks for one more rebuild rather than being lost; the advisory
-    # lock keeps a second recovery (a long rebuild outlasts the 60 s period) from queueing another.
+    # fails until the index is rebuilt. The record is cleared once the rebuild is done (errors met
+    # meanwhile came from the old index), so a rebuild that fails or whose worker dies is tried
+    # again on the next run; the advisory lock keeps a second recovery (a long rebuild outlasts
+    # the 60 s period) from starting another.
     try:
         if not cache.get(db.VECTOR_INDEX_DAMAGED_FLAG):
             return []
@@ -162,8 +163,12 @@ def _damaged_vector_index_heal() -> list[str]:
     with vector_index_lock() as acquired:
         if not acquired:
             return []
+        try:
+            rebuilt = vector_index_rebuild()
+        except DatabaseError as exc:  # the next run tries again (the record stays)
+            logger.error("rebuilding the damaged vector index failed: %s", exc)
+            return []
         cache.delete(db.VECTOR_INDEX_DAMAGED_FLAG)
-        rebuilt = vector_index_rebuild()
     logger.warning("rebuilt the vector index(es) %s after a zeroed element was met", ", ".join(rebuilt))
     return rebuilt
 

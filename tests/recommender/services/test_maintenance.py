@@ -247,3 +247,32 @@ def test_the_recovery_rebuilds_a_vector_index_that_met_a_zeroed_element():
     from recommender.selectors.similarity import nearest_images
 
     assert {i for i, _ in nearest_images(version=version, vector=[0.5] * 512, k=2)} == {i.pk for i in images}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rebuild_that_fails_keeps_its_record_for_the_next_run():
+    """Another session holds the table (here: a lock REINDEX CONCURRENTLY waits for, past this
+    session's lock_timeout): the rebuild fails, the rest of the recovery still runs, and the next
+    run rebuilds."""
+    import psycopg
+    from django.core.cache import cache
+    from django.db import connection
+
+    from recommender import db
+
+    cache.set(db.VECTOR_INDEX_DAMAGED_FLAG, 1, None)
+    try:
+        with psycopg.connect(**connection.get_connection_params()) as other:
+            other.execute("LOCK TABLE recommender_embedding IN SHARE UPDATE EXCLUSIVE MODE")
+            with connection.cursor() as cursor:
+                cursor.execute("SET lock_timeout = '300ms'")
+            report = recover_lost_work()
+            assert report["vector_indexes_rebuilt"] == [] and "requeued" in report
+            assert cache.get(db.VECTOR_INDEX_DAMAGED_FLAG) == 1
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+        assert recover_lost_work()["vector_indexes_rebuilt"] == ["embedding_vector_hnsw"]
+        assert cache.get(db.VECTOR_INDEX_DAMAGED_FLAG) is None
+        assert _index_state("embedding_vector_hnsw")[1] is True
+    finally:
+        cache.delete(db.VECTOR_INDEX_DAMAGED_FLAG)
