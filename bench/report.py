@@ -328,7 +328,8 @@ def _headline_web_shapes(w: dict) -> list[str]:
     worst = max((s["p99_ms"] for s in default), default=None)
     return ["**Web server shapes side by side** (cached, 32 clients, worst of interleaved rounds, wrk on the same "
             "2 cores): " + "; ".join(parts) + ". The default (4x4, gc freeze) serves >= 300 req/s with 0 errors; "
-            "p99 <= 100 ms " + (f"is not met (worst {worst:.0f} ms)." if worst and worst > 100 else "is met.")]
+            "p99 <= 100 ms " + ("was not measured." if worst is None else
+                                 f"is not met (worst {worst:.0f} ms)." if worst > 100 else "is met.")]
 
 
 def _headline_web_floor(f: dict) -> list[str]:

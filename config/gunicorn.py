@@ -58,7 +58,10 @@ gc_mode = os.environ.get("WEB_GC", "freeze")
 
 
 def post_worker_init(worker):
-    if gc_mode != "freeze":
+    from django.apps import apps
+
+    # bench/web_floor.py serves a plain WSGI app with this file: no Django to load.
+    if gc_mode != "freeze" or not apps.ready:
         return
     import gc
 

@@ -142,7 +142,8 @@ def answer_get(key: str):
     stamp, hashes = _active_stamp_and_hashes([pid for ids in entry["ids"] for pid in ids])
     if entry.get("version") != version_shown(active_version_at(stamp=stamp)):
         return None
-    return entry["payload"] if catalog_selectors.fingerprints_hold(entry["ids"], entry["fingerprints"], hashes) else None
+    holds = catalog_selectors.fingerprints_hold(entry["ids"], entry["fingerprints"], hashes)
+    return entry["payload"] if holds else None
 
 
 def answer_set(key: str, payload, *, version, ids: list[list[int]], fingerprints: list[str]) -> None:

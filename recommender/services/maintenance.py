@@ -130,19 +130,21 @@ def _ready_versions_finish() -> dict[str, list[int]]:
 
 
 def vector_index_rebuild() -> list[str]:
-    """Rebuild the vector indexes with REINDEX CONCURRENTLY (inserts and searches go on meanwhile;
+    """Rebuild the vector indexes with REINDEX CONCURRENTLY (inserts and searches are not blocked;
     ~10 min at 1,000,000 embeddings on 2 cores, bench/query_speed.py's build time), and drop what
-    an interrupted rebuild left (an invalid ``<name>_ccnew`` copy). Outside any transaction.
-    Returns the indexes rebuilt."""
+    an interrupted rebuild left (an invalid ``<name>_ccnew`` or ``<name>_ccold`` copy). Outside any
+    transaction (PostgreSQL refuses it inside one). Returns the indexes rebuilt."""
+    if connection.in_atomic_block:
+        raise RuntimeError("vector_index_rebuild runs outside any transaction (REINDEX CONCURRENTLY)")
     rebuilt = []
     with connection.cursor() as cursor:
         for index, table in db.VECTOR_INDEXES.items():
             cursor.execute(
                 "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                "WHERE i.indrelid = %s::regclass AND NOT i.indisvalid AND c.relname LIKE %s",
-                [table, f"{index}_ccnew%"])
+                "WHERE i.indrelid = %s::regclass AND NOT i.indisvalid", [table])
             for (leftover,) in cursor.fetchall():
-                cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {connection.ops.quote_name(leftover)}")
+                if leftover.startswith((f"{index}_ccnew", f"{index}_ccold")):
+                    cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {connection.ops.quote_name(leftover)}")
             cursor.execute(f"REINDEX INDEX CONCURRENTLY {connection.ops.quote_name(index)}")
             rebuilt.append(index)
     return rebuilt
@@ -160,15 +162,21 @@ def _damaged_vector_index_heal() -> list[str]:
     except Exception as exc:
         logger.warning("cache unavailable (%s); the vector index's health is not checked", exc)
         return []
-    with vector_index_lock() as acquired:
-        if not acquired:
-            return []
-        try:
+    if connection.in_atomic_block:  # called inside a transaction (not by the task): a later run rebuilds
+        logger.warning("the damaged vector index is rebuilt by the recovery task, not inside a transaction")
+        return []
+    try:
+        with vector_index_lock() as acquired:
+            if not acquired:
+                return []
             rebuilt = vector_index_rebuild()
-        except DatabaseError as exc:  # the next run tries again (the record stays)
-            logger.error("rebuilding the damaged vector index failed: %s", exc)
-            return []
+    except DatabaseError as exc:  # the next run tries again (the record stays)
+        logger.error("rebuilding the damaged vector index failed: %s", exc)
+        return []
+    try:
         cache.delete(db.VECTOR_INDEX_DAMAGED_FLAG)
+    except Exception as exc:  # the next run rebuilds once more: harmless
+        logger.warning("cache unavailable (%s); the vector index's damage record stays", exc)
     logger.warning("rebuilt the vector index(es) %s after a zeroed element was met", ", ".join(rebuilt))
     return rebuilt
 

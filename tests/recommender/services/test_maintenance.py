@@ -213,7 +213,7 @@ def test_the_recovery_rebuilds_a_vector_index_that_met_a_zeroed_element():
     """pgvector's insert/vacuum race cannot be triggered on purpose (it needs a debugger between
     two backends), so the error's record is planted, as recommender.db.vector_index_watch leaves
     it; the rebuild itself is real: a new index file, valid, and the leftover of an interrupted
-    rebuild (an invalid ``_ccnew`` copy) dropped. Without the record, nothing is rebuilt."""
+    rebuild (invalid ``_ccnew`` and ``_ccold`` copies) dropped. Without the record, nothing is rebuilt."""
     from django.core.cache import cache
     from django.db import IntegrityError, connection
 
@@ -225,28 +225,34 @@ def test_the_recovery_rebuilds_a_vector_index_that_met_a_zeroed_element():
     db.bulk_insert_binary([Embedding(image=i, product=i.product, version=version, vector=[0.5] * 512,
                                      predicted="x", confidence=1.0) for i in images])
     # An interrupted concurrent build leaves its index behind, invalid (here: a unique build over
-    # duplicate values fails).
-    with pytest.raises(IntegrityError), connection.cursor() as cursor:
-        cursor.execute("CREATE UNIQUE INDEX CONCURRENTLY embedding_vector_hnsw_ccnew ON recommender_embedding "
-                       "(version_id)")
-    assert _index_state("embedding_vector_hnsw_ccnew")[1] is False
-    before = _index_state("embedding_vector_hnsw")
+    # duplicate values fails); the same for the old copy a rebuild interrupted at its swap leaves.
+    for leftover in ("embedding_vector_hnsw_ccnew", "embedding_vector_hnsw_ccold"):
+        with pytest.raises(IntegrityError), connection.cursor() as cursor:
+            cursor.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {leftover} ON recommender_embedding (version_id)")
+    try:
+        assert _index_state("embedding_vector_hnsw_ccnew")[1] is False
+        before = _index_state("embedding_vector_hnsw")
 
-    cache.delete(db.VECTOR_INDEX_DAMAGED_FLAG)
-    assert recover_lost_work()["vector_indexes_rebuilt"] == []
-    assert _index_state("embedding_vector_hnsw") == before
+        cache.delete(db.VECTOR_INDEX_DAMAGED_FLAG)
+        assert recover_lost_work()["vector_indexes_rebuilt"] == []
+        assert _index_state("embedding_vector_hnsw") == before
 
-    cache.set(db.VECTOR_INDEX_DAMAGED_FLAG, 1, None)
-    assert recover_lost_work()["vector_indexes_rebuilt"] == ["embedding_vector_hnsw"]
-    after = _index_state("embedding_vector_hnsw")
-    assert after[0] != before[0] and after[1] is True
-    assert _index_state("embedding_vector_hnsw_ccnew") is None
-    assert cache.get(db.VECTOR_INDEX_DAMAGED_FLAG) is None
-    assert recover_lost_work()["vector_indexes_rebuilt"] == []  # once per record
-    # The rebuilt index serves: the nearest image of the version comes from it.
-    from recommender.selectors.similarity import nearest_images
+        cache.set(db.VECTOR_INDEX_DAMAGED_FLAG, 1, None)
+        assert recover_lost_work()["vector_indexes_rebuilt"] == ["embedding_vector_hnsw"]
+        after = _index_state("embedding_vector_hnsw")
+        assert after[0] != before[0] and after[1] is True
+        assert _index_state("embedding_vector_hnsw_ccnew") is None
+        assert _index_state("embedding_vector_hnsw_ccold") is None
+        assert cache.get(db.VECTOR_INDEX_DAMAGED_FLAG) is None
+        assert recover_lost_work()["vector_indexes_rebuilt"] == []  # once per record
+        # The rebuilt index serves: the nearest image of the version comes from it.
+        from recommender.selectors.similarity import nearest_images
 
-    assert {i for i, _ in nearest_images(version=version, vector=[0.5] * 512, k=2)} == {i.pk for i in images}
+        assert {i for i, _ in nearest_images(version=version, vector=[0.5] * 512, k=2)} == {i.pk for i in images}
+    finally:  # the cluster outlives the test
+        with connection.cursor() as cursor:
+            for leftover in ("embedding_vector_hnsw_ccnew", "embedding_vector_hnsw_ccold"):
+                cursor.execute(f"DROP INDEX IF EXISTS {leftover}")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -276,3 +282,23 @@ def test_a_rebuild_that_fails_keeps_its_record_for_the_next_run():
         assert _index_state("embedding_vector_hnsw")[1] is True
     finally:
         cache.delete(db.VECTOR_INDEX_DAMAGED_FLAG)
+        with connection.cursor() as cursor:  # the connection outlives the test
+            cursor.execute("RESET lock_timeout")
+
+
+@pytest.mark.django_db
+def test_no_rebuild_is_tried_inside_a_transaction():
+    """REINDEX CONCURRENTLY cannot run in one: the recovery called inside a transaction (not as
+    its task) leaves the record for a later run and does the rest of its work."""
+    from django.core.cache import cache
+
+    from recommender import db
+    from recommender.services.maintenance import vector_index_rebuild
+
+    cache.set(db.VECTOR_INDEX_DAMAGED_FLAG, 1, None)
+    report = recover_lost_work()
+    assert report["vector_indexes_rebuilt"] == [] and "requeued" in report
+    assert cache.get(db.VECTOR_INDEX_DAMAGED_FLAG) == 1
+    with pytest.raises(RuntimeError, match="outside any transaction"):
+        vector_index_rebuild()
+    cache.delete(db.VECTOR_INDEX_DAMAGED_FLAG)
