@@ -292,8 +292,9 @@ def rows_of(endpoints, results) -> list[list]:
 # Server shapes (workers x threads, the workers' garbage collector: config/gunicorn.py's WEB_GC,
 # and keep-alive: WEB_KEEPALIVE) measured side by side in the same run, cached, at 32 clients: what
 # config/gunicorn.py's defaults are chosen by.
-# Measured before (docs/benchmarks.md 4b, 3 interleaved rounds): keep-alive off was worse (4x4,
-# freeze: page p99 160 ms, API 182 ms, worst rounds); 8x1 was worse than 4x4 and 6x2 in an earlier run.
+# Dropped after being measured (their figures are not in docs/benchmarks.md's current 4b): keep-alive
+# off, worse (4x4, freeze, worst of 3 interleaved rounds: page p99 160 ms, API 182 ms); 8x1, worse
+# than 4x4 and 6x2 in an earlier run (config/gunicorn.py's notes).
 SHAPES = [dict(workers=4, threads=4, gc="default", keepalive=5), dict(workers=4, threads=4, gc="freeze", keepalive=5),
           dict(workers=6, threads=2, gc="freeze", keepalive=5)]
 SHAPE_ROUNDS = 3  # each shape measured this many times, interleaved; the worst round is reported

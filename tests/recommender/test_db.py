@@ -55,7 +55,7 @@ def damage_flag():
 
     cache.delete(db.VECTOR_INDEX_DAMAGED_FLAG)
     yield lambda: cache.get(db.VECTOR_INDEX_DAMAGED_FLAG)
-    cache.delete(db.VECTOR_INDEX_DAMAGED_FLAG)  # no later test's recovery rebuilds inside its transaction
+    cache.delete(db.VECTOR_INDEX_DAMAGED_FLAG)  # no later test's recovery meets this test's record
 
 
 def test_a_zeroed_hnsw_element_is_recorded_for_the_recovery_and_the_error_still_raised(damage_flag):
