@@ -7,6 +7,7 @@ asked for (``DEBUG=1``; ``make run`` asks for it for its web server).
 when the project runs its own servers.
 """
 
+import json
 import os
 import re
 from pathlib import Path
@@ -155,7 +156,33 @@ STATIC_URL = "static/"
 STATIC_ROOT = Path(env("STATIC_ROOT", VAR_DIR / "static"))
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env("MEDIA_ROOT", VAR_DIR / "media"))
+# Model versions' files (heads, scalers, trained backbones) are saved through the "models" storage
+# below, the one place every host reads them from; MODELS_ROOT is this host's own cache of them
+# (recommender/artifacts.py: fetched on first use, checked against the version's SHA-256, evicted
+# past MODELS_CACHE_MAX_BYTES). Never share MODELS_ROOT between hosts: share the storage.
 MODELS_ROOT = Path(env("MODELS_ROOT", VAR_DIR / "models"))
+MODELS_STORAGE_ROOT = Path(env("MODELS_STORAGE_ROOT", VAR_DIR / "model-store"))
+# A trained backbone is ~95 MB and a head ~5 MB: 2 GiB keeps ~20 versions' files on a host.
+MODELS_CACHE_MAX_BYTES = env_int("MODELS_CACHE_MAX_BYTES", 2 * 1024**3)
+
+
+def _storage(prefix: str, **local_options) -> dict:
+    """A STORAGES entry from <prefix>_STORAGE_BACKEND (a dotted class, e.g. django-storages'
+    "storages.backends.s3.S3Storage") and <prefix>_STORAGE_OPTIONS (JSON, e.g. {"bucket_name": ...});
+    by default the local file system."""
+    backend = env(f"{prefix}_STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage")
+    options = json.loads(env(f"{prefix}_STORAGE_OPTIONS", "{}"))
+    if backend == "django.core.files.storage.FileSystemStorage":
+        options = {**local_options, **options}
+    return {"BACKEND": backend, "OPTIONS": options}
+
+
+STORAGES = {
+    # Uploaded images and thumbnails (a FileSystemStorage follows MEDIA_ROOT).
+    "default": _storage("MEDIA"),
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "models": _storage("MODELS", location=str(MODELS_STORAGE_ROOT)),
+}
 
 # Uploads: reject before decoding (see catalog/validators.py).
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
