@@ -141,6 +141,7 @@ def isolate(name: str, **env) -> Path:
     os.environ["VAR_DIR"] = str(tmp)
     os.environ["MEDIA_ROOT"] = str(tmp / "media")
     os.environ["MODELS_ROOT"] = str(tmp / "models")
+    os.environ["MODELS_STORAGE_ROOT"] = str(tmp / "model-store")
     os.environ["CACHE_PREFIX"] = f"bench-{name}-{os.getpid()}"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"

@@ -35,7 +35,7 @@ def main():
     # tests.bootstrap gives the run its own VAR_DIR, PostgreSQL, Redis and media; never the caller's.
     # Nor run_all's backbone weights: the test runs on the suite's seeded random weights (its note says so).
     for key in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "VAR_DIR", "MEDIA_ROOT", "MODELS_ROOT",
-                "RECOMMENDER_BACKBONE_WEIGHTS", common.DECISION_ENV):
+                "MODELS_STORAGE_ROOT", "RECOMMENDER_BACKBONE_WEIGHTS", common.DECISION_ENV):
         env.pop(key, None)
     print(f"running {TEST} (real worker, PostgreSQL, Redis)...", flush=True)
     started = time.perf_counter()

@@ -1,14 +1,20 @@
 """Bridges the configuration to the pure ML modules, and keeps loaded models per process.
 
-Model files are verified before they are loaded: the head's joblib file is a pickle, so a file in
-MODELS_ROOT changed by anyone but the training that wrote it could run code in every worker and
-web process. A training records the SHA-256 of every file of its version's folder on the version
-(:func:`artifacts_checksums`, ``ModelVersion.checksums``); :func:`load_head` and
-:func:`backbone_of` (trained backbone weights) check the files they are about to read against it
-and raise :class:`ModelFilesError`, naming the file and the version, on a mismatch or a missing
-file: nothing is unpickled. A version saved before checksums existed (none recorded) is loaded as
-before, with a warning (refusing it would stop the version that serves at the upgrade); train a
-new version to have one that is verified. MODELS_ROOT must be writable by the application only.
+Model files come from the "models" storage through this host's cache (recommender.artifacts) and
+are verified before they are loaded: the head's joblib file is a pickle, so a file changed by
+anyone but the training that wrote it could run code in every worker and web process. A training
+publishes its version's files and records their SHA-256s on the version
+(:func:`artifacts_publish`, ``ModelVersion.checksums``); :func:`load_head` and :func:`backbone_of`
+(trained backbone weights) hash the bytes they are about to read: a cached copy that does not match
+is fetched again from the storage, and a stored one that does not match (or a missing one) raises
+:class:`ModelFilesError` naming the file and the version: nothing is unpickled. A version saved
+before checksums existed (none recorded) is loaded from this host's MODELS_ROOT as before, with a
+warning (refusing it would stop the version that serves at the upgrade); train a new version to
+have one that is verified and shared. The storage must be writable by the application only.
+
+A version's ``weights`` names a trained backbone portably (``models:v<N>/backbone.weights.h5``,
+:func:`weights_portable`), never by one host's path; :func:`weights_local` is this host's path of
+it. Paths recorded before (under this host's MODELS_ROOT) are still understood.
 """
 
 import contextlib
@@ -21,6 +27,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from recommender import artifacts
 from recommender.backbone import TRAINED_WEIGHTS_FILE, BackboneSpec, get_backbone
 from recommender.conf import config
 from recommender.models import ModelVersion
@@ -50,7 +57,7 @@ def version_spec(version) -> BackboneSpec:
     if version.trains_backbone:
         return BackboneSpec(weights=str(trained_weights_path(version.pk)), input_size=version.input_size,
                             seed=config().seed)
-    return BackboneSpec(weights=version.weights, input_size=version.input_size, seed=config().seed)
+    return BackboneSpec(weights=weights_local(version.weights), input_size=version.input_size, seed=config().seed)
 
 
 def built_on_trained_backbone(version) -> bool:
@@ -89,7 +96,33 @@ def head_config() -> "HeadConfig":  # noqa: F821
 
 
 def artifacts_dir(version_id: int) -> Path:
-    return Path(settings.MODELS_ROOT) / f"v{version_id}"
+    """This host's folder of a version's files: where its training writes them, and its cache."""
+    return artifacts.cache_dir(version_id)
+
+
+def artifacts_publish(version_id: int) -> dict[str, str]:
+    """Store the files a training wrote into :func:`artifacts_dir` in the "models" storage; their
+    SHA-256s by name, to record on the version (which makes them loadable everywhere)."""
+    return artifacts.files_publish(version_id=version_id)
+
+
+def artifacts_remove(version_id: int) -> None:
+    artifacts.files_remove(version_id=version_id)
+    forget_head(version_id)
+
+
+def artifacts_stored(version) -> bool:
+    """Every recorded file of the version is in the models storage (a legacy version without
+    checksums: its folder is on this host)."""
+    if not version.checksums:
+        return bool(version.artifacts) and _legacy_dir(version).is_dir()
+    store = artifacts.storage()
+    return all(store.exists(artifacts.object_name(version.pk, name, digest))
+               for name, digest in version.checksums.items())
+
+
+def _legacy_dir(version) -> Path:
+    return Path(version.artifacts) if Path(version.artifacts or "x").is_absolute() else artifacts_dir(version.pk)
 
 
 def load_head(version):
@@ -102,7 +135,7 @@ def load_head(version):
             # a file swapped between the check and the load is never the one unpickled.
             with tempfile.TemporaryDirectory(prefix=f"lookalike-v{version.pk}-") as private:
                 artifacts_verify(version, names=(HEAD_MODEL_FILE, PREPROCESSING_FILE), copy_to=Path(private))
-                _heads[version.pk] = TrainedHead.load(Path(private) if version.checksums else Path(version.artifacts))
+                _heads[version.pk] = TrainedHead.load(Path(private) if version.checksums else _legacy_dir(version))
         return _heads[version.pk]
 
 
@@ -132,18 +165,12 @@ def _sha256(path: Path, *, copy_to: Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def artifacts_checksums(version_id: int) -> dict[str, str]:
-    """SHA-256 of every file of a version's folder, by name (what a training records once its files
-    are written; temporary dot-files of an unfinished write are left out)."""
-    folder = artifacts_dir(version_id)
-    return {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
-
-
 def artifacts_verify(version, *, names, copy_to: Path | None = None) -> None:
-    """Raise ModelFilesError unless each of ``names`` in the version's folder has the checksum
-    recorded on the version; with ``copy_to``, the bytes that were hashed are also written there
-    (load those, not the originals). A version without recorded checksums (saved before they
-    existed) is let through with a warning, once per process."""
+    """Raise ModelFilesError unless each of ``names`` has the checksum recorded on the version,
+    fetching it from the models storage first where this host has no copy (or a copy that does not
+    match); with ``copy_to``, the bytes that were hashed are also written there (load those, not
+    the cached file). A version without recorded checksums (saved before they existed) is let
+    through with a warning, once per process."""
     recorded = version.checksums or {}
     if not recorded:
         if version.pk not in _UNVERIFIED_WARNED:
@@ -151,22 +178,38 @@ def artifacts_verify(version, *, names, copy_to: Path | None = None) -> None:
             logger.warning("v%s has no recorded checksums (saved before they existed): its model files are "
                            "loaded unverified; train a new version to serve verified files", version.pk)
         return
-    folder = Path(version.artifacts) if version.artifacts else artifacts_dir(version.pk)
     for name in names:
-        path = folder / name
         if name not in recorded:
-            raise ModelFilesError(f"v{version.pk}: no checksum was recorded for {path}; it is not loaded.")
-        if not path.is_file():
-            raise ModelFilesError(f"v{version.pk}: model file {path} is missing; the version cannot be loaded.")
-        if _sha256(path, copy_to=copy_to / name if copy_to else None) != recorded[name]:
-            raise ModelFilesError(
-                f"v{version.pk}: model file {path} does not match the SHA-256 recorded when it was saved "
-                "(changed or replaced since); it is not loaded. Restore the version's files or train a new one.")
+            raise ModelFilesError(f"v{version.pk}: no checksum was recorded for {name}; it is not loaded.")
+        _file_verify(version, name, recorded[name], copy_to / name if copy_to else None)
+
+
+def _file_verify(version, name: str, digest: str, copy_to: Path | None) -> None:
+    where = artifacts.object_name(version.pk, name, digest)
+    try:
+        path = artifacts.file_local(version_id=version.pk, name=name, digest=digest)
+        if _sha256(path, copy_to=copy_to) == digest:
+            return
+        path = artifacts.file_refetch(version_id=version.pk, name=name, digest=digest)
+    except artifacts.ArtifactMissingError:
+        raise ModelFilesError(f"v{version.pk}: model file {name} is missing from the models storage ({where}); "
+                              "the version cannot be loaded.") from None
+    if _sha256(path, copy_to=copy_to) != digest:
+        raise ModelFilesError(
+            f"v{version.pk}: model file {name} in the models storage ({where}) does not match the SHA-256 "
+            "recorded when it was saved (changed or replaced since); it is not loaded. Restore the version's "
+            "files or train a new one.")
+
+
+_PORTABLE = re.compile(rf"models:v(\d+)/{re.escape(TRAINED_WEIGHTS_FILE)}")
 
 
 def _weights_owner(weights: str) -> int | None:
-    """The version whose trained backbone ``weights`` is (MODELS_ROOT/v<N>/backbone.weights.h5), or None
-    (imagenet, random, or a file of the operator's own: RECOMMENDER_BACKBONE_WEIGHTS)."""
+    """The version whose trained backbone ``weights`` is (``models:v<N>/backbone.weights.h5``, or a
+    path MODELS_ROOT/v<N>/backbone.weights.h5 of this host), or None (imagenet, random, or a file of
+    the operator's own: RECOMMENDER_BACKBONE_WEIGHTS)."""
+    if match := _PORTABLE.fullmatch(weights):
+        return int(match.group(1))
     path = Path(weights)
     if path.name != TRAINED_WEIGHTS_FILE or not re.fullmatch(r"v\d+", path.parent.name):
         return None
@@ -175,24 +218,43 @@ def _weights_owner(weights: str) -> int | None:
     return int(path.parent.name[1:])
 
 
+def weights_portable(weights: str) -> str:
+    """What a version records for ``weights``: a trained backbone by its version, not by a path."""
+    owner = _weights_owner(weights)
+    return weights if owner is None else f"models:v{owner}/{TRAINED_WEIGHTS_FILE}"
+
+
+def weights_local(weights: str) -> str:
+    """This host's path of ``weights`` (a trained backbone's cached file; unchanged otherwise)."""
+    owner = _weights_owner(weights)
+    return weights if owner is None else str(trained_weights_path(owner))
+
+
 def weights_verify(weights: str) -> None:
-    """Raise ModelFilesError unless a trained backbone's weights file is the one its version
-    recorded. Verified once per process per file state (path, size, modification time): the
-    extractors ask on every batch, and hashing 95 MB takes ~0.1 s."""
+    """Raise ModelFilesError unless a trained backbone's weights file (fetched into this host's
+    cache first when it has none) is the one its version recorded. Verified once per process per
+    file state (path, size, modification time): the extractors ask on every batch, and hashing
+    95 MB takes ~0.1 s."""
     owner = _weights_owner(weights)
     if owner is None:
         return
-    path = Path(weights)
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        raise ModelFilesError(
-            f"v{owner}: model file {path} is missing; the trained backbone cannot be loaded.") from None
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key in _VERIFIED_WEIGHTS:
+    path = trained_weights_path(owner)
+    key = _file_state(path)
+    if key is not None and key in _VERIFIED_WEIGHTS:
         return
     version = ModelVersion.objects.filter(pk=owner).only("pk", "artifacts", "checksums").first()
     if version is None:
         raise ModelFilesError(f"v{owner} no longer exists: its trained backbone {path} is not loaded.")
+    if not version.checksums and key is None:
+        raise ModelFilesError(
+            f"v{owner}: model file {path} is missing; the trained backbone cannot be loaded.")
     artifacts_verify(version, names=[TRAINED_WEIGHTS_FILE])
-    _VERIFIED_WEIGHTS.add(key)
+    _VERIFIED_WEIGHTS.add(_file_state(path))
+
+
+def _file_state(path: Path) -> tuple | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return str(path), stat.st_size, stat.st_mtime_ns

@@ -17,6 +17,7 @@ _tmp = Path(tempfile.mkdtemp(prefix="catalog-tests-"))
 os.environ["VAR_DIR"] = str(_tmp)
 os.environ["MEDIA_ROOT"] = str(_tmp / "media")
 os.environ["MODELS_ROOT"] = str(_tmp / "models")
+os.environ["MODELS_STORAGE_ROOT"] = str(_tmp / "model-store")
 os.environ["KERAS_HOME"] = str(_tmp / "keras")
 os.environ["CACHE_PREFIX"] = f"test-{os.getpid()}"
 os.environ.setdefault("RECOMMENDER_BACKBONE_WEIGHTS", "random")

@@ -11,11 +11,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def _isolated(settings, tmp_path):
-    """Each test gets an empty MEDIA_ROOT and models folder, and an empty cache."""
+    """Each test gets an empty MEDIA_ROOT, models storage and models cache, and an empty cache."""
     from django.core.cache import cache
 
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.MODELS_ROOT = tmp_path / "models"
+    settings.MODELS_STORAGE_ROOT = tmp_path / "model-store"
+    settings.STORAGES = {**settings.STORAGES, "models": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(settings.MODELS_STORAGE_ROOT)}}}
     cache.clear()
     yield
 
@@ -44,7 +48,8 @@ class WorkerProcess(ManagedProcess):
         cmd = celery_worker_command(queues=queues, concurrency=concurrency, node_name=f"test-{time.monotonic_ns()}@%h",
                                     beat_schedule=var_dir / f"beat-{time.monotonic_ns()}" if beat else None)
         env = {"DATABASE_URL": database_url_for_tests(), "MEDIA_ROOT": str(settings.MEDIA_ROOT),
-               "MODELS_ROOT": str(settings.MODELS_ROOT), **(env_overrides or {})}
+               "MODELS_ROOT": str(settings.MODELS_ROOT), "MODELS_STORAGE_ROOT": str(settings.MODELS_STORAGE_ROOT),
+               **(env_overrides or {})}
         super().__init__(cmd, name="celery worker", env_overrides=env,
                          log=var_dir / f"worker-{time.monotonic_ns()}.log")
         self.wait_ready(CELERY_READY, timeout=60)

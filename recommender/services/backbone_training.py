@@ -95,7 +95,8 @@ def _pixels_load(version: ModelVersion) -> _Pixels:
 
 def _starting_spec(version: ModelVersion) -> BackboneSpec:
     """The weights the training starts from (``version.weights``) at its own input size."""
-    return BackboneSpec(weights=version.weights, input_size=version.input_size, seed=config().seed)
+    return BackboneSpec(weights=runtime.weights_local(version.weights), input_size=version.input_size,
+                        seed=config().seed)
 
 
 def _training_config(version: ModelVersion, n_images: int):
@@ -132,8 +133,8 @@ def _save(version: ModelVersion, pixels: _Pixels, result) -> None:
                                  "input_size": version.input_size, "classes": result.head.classes})
     weights = backbone_save(result.backbone, path)
     version.backbone = BackboneSpec(weights=str(weights), input_size=version.input_size, seed=config().seed).identity
-    version.artifacts = str(path)
-    version.checksums = runtime.artifacts_checksums(version.pk)  # committed before any worker loads the weights
+    version.artifacts = f"v{version.pk}"  # in the models storage (recommender.artifacts)
+    version.checksums = runtime.artifacts_publish(version.pk)  # stored and committed before any worker loads them
     version.classes = result.head.classes
     version.n_images, version.n_train, version.n_val = len(pixels.ids), len(result.train_index), len(result.val_index)
     version.history = result.history
@@ -192,6 +193,6 @@ def _embedding_scaler_fit(version: ModelVersion, train_ids: list[int], head) -> 
     _, _, _, features = features_load(backbone=version.backbone, image_ids=train_ids, active_only=False)
     head.embedding_scaler_fit(features)
     head.preprocessing_save(runtime.artifacts_dir(version.pk))
-    version.checksums = runtime.artifacts_checksums(version.pk)  # the rewritten file's
+    version.checksums = runtime.artifacts_publish(version.pk)  # the rewritten file's (a new stored object)
     ModelVersion.objects.filter(pk=version.pk).update(checksums=version.checksums)
     runtime.forget_head(version.pk)

@@ -11,7 +11,6 @@ embeddings, and records the reason on the row.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass
 
@@ -50,8 +49,9 @@ def _version_fields(kind: str) -> dict:
         hyper = {**asdict(runtime.backbone_training_config(from_scratch=serving.is_random)),
                  "starting_backbone": identity}
         placeholder = f"{identity.rsplit(':', 1)[0]}:{size}"  # the starting backbone at this size, until saved
-        return {"backbone": placeholder, "weights": serving.weights, "input_size": size, "hyperparameters": hyper}
-    return {"backbone": identity, "weights": serving.weights, "input_size": serving.input_size,
+        return {"backbone": placeholder, "weights": runtime.weights_portable(serving.weights), "input_size": size,
+                "hyperparameters": hyper}
+    return {"backbone": identity, "weights": runtime.weights_portable(serving.weights), "input_size": serving.input_size,
             "hyperparameters": asdict(runtime.head_config())}
 
 
@@ -173,11 +173,7 @@ def model_version_finish(*, version: ModelVersion) -> str:
 
 
 def _files_remove(version_id: int) -> None:
-    path = runtime.artifacts_dir(version_id)
-    shutil.rmtree(path, ignore_errors=True)
-    for leftover in path.parent.glob(f".{path.name}.tmp-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
-    runtime.forget_head(version_id)
+    runtime.artifacts_remove(version_id)  # stored objects and this host's cache
 
 
 # --------------------------------------------------------------------------- the phases
@@ -277,8 +273,8 @@ def _head_save(version: ModelVersion, catalog: _Catalog, result) -> None:
     head.save(path, meta={"version": version.pk, "backbone": version.backbone, "weights": version.weights,
                           "input_size": version.input_size, "classes": head.classes,
                           "hyperparameters": version.hyperparameters})
-    version.artifacts = str(path)
-    version.checksums = runtime.artifacts_checksums(version.pk)  # verified before any load (runtime)
+    version.artifacts = f"v{version.pk}"  # in the models storage (recommender.artifacts)
+    version.checksums = runtime.artifacts_publish(version.pk)  # stored first: verified before any load
     version.classes = head.classes
     version.n_images = len(catalog.ids)
     version.n_train = len(result.train_index)

@@ -8,13 +8,12 @@ status its caller saw, and refused with the current status when another process 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from recommender import publishing
+from recommender import publishing, runtime
 from recommender.conf import config
 from recommender.locks import serving_lock
 from recommender.models import ModelVersion
@@ -90,7 +89,7 @@ def model_version_activate(*, version: ModelVersion) -> ModelVersion:
         if locked.status != seen:
             raise _changed(locked, seen, locked.status, "it was not activated")
         # Under the row lock: a failure marks the row failed (and commits) before it removes files.
-        if not locked.artifacts or not Path(locked.artifacts).is_dir():
+        if not locked.artifacts or not runtime.artifacts_stored(locked):
             raise ValidationError(f"v{version.pk} has no model files; it cannot be activated.")
         previous = list(ModelVersion.objects.select_for_update().filter(status=ModelVersion.Status.ACTIVE)
                         .values_list("pk", flat=True))

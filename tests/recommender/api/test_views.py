@@ -166,14 +166,16 @@ def test_search_by_image_with_the_active_model(clients, trained_catalog, fashion
     assert (media_files(settings), ProductImage.objects.count()) == before  # nothing stored
 
 
-def test_search_by_image_is_503_when_the_model_files_cannot_be_loaded(anon_client, trained_catalog, fashion_mnist):
+def test_search_by_image_is_503_when_the_model_files_cannot_be_loaded(anon_client, trained_catalog, fashion_mnist,
+                                                                    settings):
     import shutil
 
     from recommender import runtime
 
     _, version = trained_catalog
     (x_train, _), _ = fashion_mnist
-    shutil.rmtree(version.artifacts)  # a lost volume, a half-restored backup
+    shutil.rmtree(settings.MODELS_STORAGE_ROOT)  # a lost bucket, a half-restored backup
+    shutil.rmtree(runtime.artifacts_dir(version.pk))
     runtime.forget_head(version.pk)
     response = anon_client.post(SEARCH, {"image": upload(png(x_train[0]))}, format="multipart")
     assert response.status_code == 503

@@ -12,6 +12,7 @@ from django.utils import timezone
 from PIL import Image
 
 from catalog.models import ProductImage
+from recommender import artifacts, runtime
 from recommender.models import FEATURE_DIM, BackboneFeature, Embedding, ModelVersion
 from recommender.selectors.similarity import search_by_image, similar_products
 from recommender.selectors.versions import retrain_reason, serving_backbone, serving_identity, training_kind
@@ -159,13 +160,13 @@ def test_a_backbone_version_is_trained_reextracted_gated_and_served(settings, ea
     assert version.backbone.startswith(f"resnet50:ft-v{version.pk}-") and version.backbone.endswith(":32")
     assert version.progress["gate"].startswith(f"passed against v{head.pk}: accuracy")
     assert {"training", "saving", "extracting", "embedding", "evaluating"} <= set(version.progress["phase_seconds"])
-    assert sorted(p.name for p in Path(version.artifacts).iterdir()) == [
+    folder = runtime.artifacts_dir(version.pk)
+    assert sorted(p.name for p in folder.iterdir()) == [
         "backbone.weights.h5", "head.keras", "meta.json", "preprocessing.joblib"]
     # Each file's checksum, recorded after the last write (the embedding scaler's rewrite of the
-    # preprocessing file): the loads of this test were verified against them.
-    from recommender.runtime import artifacts_checksums
-
-    assert version.checksums == artifacts_checksums(version.pk) and len(version.checksums) == 4
+    # preprocessing file, a new stored object): the loads of this test were verified against them.
+    assert version.checksums == {p.name: artifacts.sha256_file(p) for p in folder.iterdir()}
+    assert runtime.artifacts_stored(version) and len(version.checksums) == 4
     images = ProductImage.objects.count()
     assert BackboneFeature.objects.filter(backbone=version.backbone).count() == images
     assert Embedding.objects.filter(version=version).count() == images
@@ -187,6 +188,6 @@ def test_a_backbone_version_is_trained_reextracted_gated_and_served(settings, ea
     head = model_version_train(version_id=model_version_start(trigger="test", publish=False).pk)
     assert head.kind == "head" and f"v{version.pk}'s trained backbone" in head.kind_reason
     assert (head.backbone, head.input_size) == (version.backbone, 32)
-    assert head.weights == str(Path(version.artifacts) / "backbone.weights.h5")
+    assert head.weights == f"models:v{version.pk}/backbone.weights.h5"  # by version: any host finds it
     assert head.status == "active", head.error
     assert serving_identity() == version.backbone and Embedding.objects.filter(version=head).count() == images + 5

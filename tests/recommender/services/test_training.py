@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
+from recommender import runtime
 from recommender.locks import training_alive
 from recommender.models import Embedding, ModelVersion
 from recommender.services.training import model_version_start, model_version_train
@@ -51,6 +52,8 @@ def test_a_training_that_fails_its_quality_gate_keeps_the_active_version(setting
     assert ModelVersion.objects.get(status="active").pk == good.pk
     assert not Path(settings.MODELS_ROOT, f"v{bad.pk}").exists()
     assert not list(Path(settings.MODELS_ROOT).glob(".*tmp*"))
+    assert runtime.artifacts_stored(good) and not runtime.artifacts_stored(bad)  # its stored files removed too
+    assert not list(Path(settings.MODELS_STORAGE_ROOT, f"v{bad.pk}").glob("*"))
     assert not Embedding.objects.filter(version=bad).exists()
 
 
@@ -111,5 +114,5 @@ def test_a_version_retired_by_staff_during_its_activating_phase_stays_retired(se
     new = train_inline(settings, epochs=2)
     assert (new.status, new.error) == ("retired", "")
     assert ModelVersion.objects.get(pk=old.pk).status == "active"
-    assert Path(new.artifacts, "head.keras").exists()
+    assert runtime.artifacts_stored(new) and "head.keras" in new.checksums
     assert f"v{new.pk} was retired while it was being activated" in caplog.text
