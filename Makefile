@@ -9,7 +9,7 @@ KERAS_HOME ?= $(HOME)/.keras
 FASHION_MNIST_DIR ?= $(abspath ../shared/data/fashion-mnist)
 export KERAS_HOME FASHION_MNIST_DIR
 
-.PHONY: run test test-fast bench bench-backbone bench-runtimes bench-deps install browser-deps prime-keras clean
+.PHONY: run test test-fast bench bench-backbone bench-runtimes bench-deps install browser-deps prime-keras clean deploy-check
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -85,6 +85,14 @@ bench-runtimes: install prime-keras
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) -m pip install --quiet --no-deps nncf==3.4.0
 	$(PY) bench/runtimes.py
+
+# The deployment files (deploy/, docs/deployment.md), without a Docker engine or systemd running:
+# what they name (tests/config/test_deploy_files.py), then `docker compose config` and
+# `systemd-analyze verify` (deploy/check.sh). Needs: apt-get install -y --no-install-recommends
+# docker-compose systemd (or Docker's docker-compose-plugin instead of docker-compose).
+deploy-check: install
+	$(PY) -m pytest -q tests/config/test_deploy_files.py
+	bash deploy/check.sh
 
 clean:
 	rm -rf var .pytest_cache

@@ -42,7 +42,14 @@ threads = int(os.environ.get("WEB_THREADS", 4))
 keepalive = int(os.environ.get("WEB_KEEPALIVE", 5))
 # The first search by photo in a worker loads TensorFlow and the model (seconds on 2 cores).
 timeout = int(os.environ.get("WEB_TIMEOUT", 120))
-graceful_timeout = 10
+# Stopping (SIGTERM: a deploy, a scale-in): the master stops listening and each worker finishes
+# its in-flight requests for at most this long, then is killed. Bounded below by the slowest
+# legitimate request: a worker's first search by photo loads TensorFlow and the model, 9-14 s
+# measured on 2 cores (tests/config/test_shutdown.py keeps one in flight through a stop; the former
+# 10 s cut it short). Bounded above by the supervisor's own stop timeout, which must be longer or
+# it kills the server mid-drain: Kubernetes' terminationGracePeriodSeconds (30 s by default),
+# docker compose's stop_grace_period (10 s by default), systemd's TimeoutStopSec (90 s).
+graceful_timeout = int(os.environ.get("WEB_GRACEFUL_TIMEOUT", 25))
 accesslog = os.environ.get("WEB_ACCESS_LOG") or None  # e.g. "-" (stdout); off by default
 # Persistent database connections for every worker thread (settings.CONN_MAX_AGE; CONN_HEALTH_CHECKS
 # is on, so a connection PostgreSQL dropped is replaced instead of failing a request). Set in the
@@ -58,6 +65,7 @@ gc_mode = os.environ.get("WEB_GC", "freeze")
 
 
 def post_worker_init(worker):
+    _refuse_new_connections_once_stopping(worker)
     from django.apps import apps
 
     # bench/web_floor.py serves a plain WSGI app with this file: no Django to load.
@@ -70,3 +78,24 @@ def post_worker_init(worker):
     get_resolver().url_patterns  # imports every view module now, not on the first request
     gc.collect()
     gc.freeze()
+
+
+def _refuse_new_connections_once_stopping(worker):
+    """A stopping gthread worker stops accepting but keeps its copy of the listening socket open
+    until its last request is answered: the kernel goes on completing connections that nobody
+    accepts, so a client (or a proxy choosing an upstream) waits out the whole drain and then gets
+    a reset. Measured: connections made during a stop hung ~9 s, then were reset. Closed as the
+    worker stops accepting, they are refused at once (the master closed its own copy first), and a
+    proxy retries another server. Only the worker's own file descriptor is closed: a reload (HUP),
+    whose new workers share the socket, is unaffected."""
+    set_accept_enabled = getattr(worker, "set_accept_enabled", None)
+    if set_accept_enabled is None:  # another worker class, or no worker (tests call the hook)
+        return
+
+    def accept_or_close(enabled):
+        set_accept_enabled(enabled)
+        if not enabled and not worker.alive:
+            for listener in worker.sockets:
+                listener.close()
+
+    worker.set_accept_enabled = accept_or_close

@@ -1,4 +1,5 @@
-"""The health endpoint (/api/v1/health/): database, Redis, workers and the active model.
+"""Health: the status endpoint (/api/v1/health/: database, Redis, workers and the active model) and
+the orchestrators' probes (/healthz: liveness, /readyz: readiness; docs/deployment.md).
 
 Project-level, not an app's: it probes the services every app relies on; the recommender is read
 through its selectors and shown in its API's reference shape.
@@ -15,8 +16,13 @@ import logging
 import time
 import uuid
 
+from django.contrib.auth.decorators import login_not_required
 from django.core.cache import cache
-from django.db import connection
+from django.db import connection, transaction
+from django.db.migrations.executor import MigrationExecutor
+from django.http import HttpResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_safe
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
@@ -131,3 +137,81 @@ class HealthView(APIView):
         response = Response(body, status=status.HTTP_200_OK if database_ok else status.HTTP_503_SERVICE_UNAVAILABLE)
         response["Cache-Control"] = "no-store"
         return response
+
+
+# --------------------------------------------------------------------------- orchestrators' probes
+# Plain Django views, routed at the root (config/urls.py): no REST framework, no authentication (and
+# exempt from LoginRequiredMiddleware should it be added), never cached (never_cache: "no-store" and
+# "private"; Django's page cache middleware skips such responses), GET and HEAD only.
+
+READY_STATEMENT_TIMEOUT_MS = 2000  # the database part of /readyz, server-side
+NOT_READY_STATUS = 503
+
+
+def _probe_response(text: str, status_code: int = 200) -> HttpResponse:
+    return HttpResponse(text, status=status_code, content_type="text/plain; charset=utf-8")
+
+
+@login_not_required
+@never_cache
+@require_safe
+def liveness(request):
+    """/healthz: this process answers. Touches no database, Redis or model: a failure of those must not
+    get a working process restarted (that is /readyz's business: taken out of rotation, not killed)."""
+    return _probe_response("ok\n")
+
+
+class MigrationsApplied:
+    """Has the default database every migration this code knows of? Cached per process once it has:
+    a release migrates before its processes serve, and nothing unapplies migrations under them."""
+
+    def __init__(self):
+        self.clean = False
+
+    def __call__(self) -> bool:
+        if not self.clean:
+            executor = MigrationExecutor(connection)
+            self.clean = not executor.migration_plan(executor.loader.graph.leaf_nodes())
+        return self.clean
+
+
+migrations_applied = MigrationsApplied()
+
+
+def _database_ready() -> str | None:
+    """None when the database answers and is migrated, else the short reason."""
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(READY_STATEMENT_TIMEOUT_MS)])
+                cursor.execute("SELECT 1")
+                cursor.fetchone()
+            if not migrations_applied():
+                return "migrations not applied"
+    except Exception:  # a finding, not an error of this endpoint: the exception goes to the log only
+        logger.warning("readiness: database check failed", exc_info=True)
+        return "database unavailable"
+    return None
+
+
+def _cache_ready() -> str | None:
+    try:
+        ok, _ = _redis()
+    except Exception:
+        logger.warning("readiness: cache check failed", exc_info=True)
+        return "cache unavailable"
+    return None if ok else "cache unavailable"
+
+
+@login_not_required
+@never_cache
+@require_safe
+def readiness(request):
+    """/readyz: 200 "ready" when this process can serve pages: the database answers (a statement timeout
+    of READY_STATEMENT_TIMEOUT_MS; the connection itself is bounded by DATABASE_URL's connect_timeout)
+    and has no unapplied migration, and the cache (Redis) answers (settings.CACHES: 1 s to connect, 1 s
+    a command). 503 with one short fixed reason a line otherwise. No worker ping, no model."""
+    reasons = [reason for reason in (_database_ready(), _cache_ready()) if reason]
+    if reasons:
+        return _probe_response("".join(f"{reason}\n" for reason in reasons), NOT_READY_STATUS)
+    return _probe_response("ready\n")

@@ -39,7 +39,11 @@ def celery_worker_command(*, queues: str = CELERY_QUEUES, concurrency: int = 1, 
                           beat_schedule: str | os.PathLike | None = None, heartbeat: bool = False,
                           loglevel: str = "INFO") -> list[str]:
     """``python -m celery -A config worker`` for these queues, without gossip and mingle (workers
-    need not know each other); ``beat_schedule`` embeds beat (``-B``) with that schedule file."""
+    need not know each other); ``beat_schedule`` embeds beat (``-B``) with that schedule file (``-s``).
+
+    The project's scheduler (config/beat.py, settings.CELERY_BEAT_SCHEDULER) keeps the schedule and
+    its lock in Redis and does not read the file: any number of workers may embed beat, one sends.
+    The file is still passed, for a configuration that names Celery's file-based scheduler."""
     cmd = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, "-c", str(concurrency),
            "--without-gossip", "--without-mingle", *([] if heartbeat else ["--without-heartbeat"]), "-l", loglevel]
     if node_name:

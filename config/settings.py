@@ -7,38 +7,15 @@ asked for (``DEBUG=1``; ``make run`` asks for it for its web server).
 when the project runs its own servers.
 """
 
-import json
-import os
 import re
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from config.env import env, env_bool, env_float, env_int, env_list, storage_from_env
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-
-
-def env(name, default=None):
-    return os.environ.get(name, default)
-
-
-def env_bool(name, default=False):
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
-
-
-def env_int(name, default):
-    return int(os.environ.get(name, default))
-
-
-def env_float(name, default):
-    return float(os.environ.get(name, default))
-
-
-def env_list(name, default=""):
-    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
 DJANGO_ENV = env("DJANGO_ENV", "local")
@@ -156,32 +133,16 @@ STATIC_URL = "static/"
 STATIC_ROOT = Path(env("STATIC_ROOT", VAR_DIR / "static"))
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env("MEDIA_ROOT", VAR_DIR / "media"))
-# Model versions' files (heads, scalers, trained backbones) are saved through the "models" storage
-# below, the one place every host reads them from; MODELS_ROOT is this host's own cache of them
-# (recommender/artifacts.py: fetched on first use, checked against the version's SHA-256, evicted
-# past MODELS_CACHE_MAX_BYTES). Never share MODELS_ROOT between hosts: share the storage.
+# Model versions' files go through the "models" storage, the one place every host reads them from;
+# MODELS_ROOT is this host's cache of them, never shared (recommender/artifacts.py). A trained
+# backbone is ~95 MB and a head ~5 MB: 2 GiB keeps ~20 versions' files on a host.
 MODELS_ROOT = Path(env("MODELS_ROOT", VAR_DIR / "models"))
 MODELS_STORAGE_ROOT = Path(env("MODELS_STORAGE_ROOT", VAR_DIR / "model-store"))
-# A trained backbone is ~95 MB and a head ~5 MB: 2 GiB keeps ~20 versions' files on a host.
 MODELS_CACHE_MAX_BYTES = env_int("MODELS_CACHE_MAX_BYTES", 2 * 1024**3)
-
-
-def _storage(prefix: str, **local_options) -> dict:
-    """A STORAGES entry from <prefix>_STORAGE_BACKEND (a dotted class, e.g. django-storages'
-    "storages.backends.s3.S3Storage") and <prefix>_STORAGE_OPTIONS (JSON, e.g. {"bucket_name": ...});
-    by default the local file system."""
-    backend = env(f"{prefix}_STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage")
-    options = json.loads(env(f"{prefix}_STORAGE_OPTIONS", "{}"))
-    if backend == "django.core.files.storage.FileSystemStorage":
-        options = {**local_options, **options}
-    return {"BACKEND": backend, "OPTIONS": options}
-
-
 STORAGES = {
-    # Uploaded images and thumbnails (a FileSystemStorage follows MEDIA_ROOT).
-    "default": _storage("MEDIA"),
+    "default": storage_from_env("MEDIA"),  # images and thumbnails (a FileSystemStorage follows MEDIA_ROOT)
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    "models": _storage("MODELS", location=str(MODELS_STORAGE_ROOT)),
+    "models": storage_from_env("MODELS", location=str(MODELS_STORAGE_ROOT)),
 }
 
 # Uploads: reject before decoding (see catalog/validators.py).
@@ -256,6 +217,16 @@ CELERY_TASK_ROUTES = {
     "recommender.tasks.recover_lost_work": {"queue": "celery"},
     "recommender.tasks.retrain_if_needed": {"queue": "celery"},
 }
+# One beat across hosts (config/beat.py): schedule and lock in the broker's Redis (database 0); a beat
+# sends only while it holds the lock, any other (a second host's, a worker's -B) stands by.
+CELERY_BEAT_SCHEDULER = "config.beat.Scheduler"
+CELERY_REDBEAT_REDIS_URL = env("REDBEAT_REDIS_URL", _redis_url(REDIS_URL, 0))
+CELERY_REDBEAT_KEY_PREFIX = env("REDBEAT_KEY_PREFIX", "redbeat:")
+CELERY_REDBEAT_REDIS_OPTIONS = {"socket_connect_timeout": 5, "socket_timeout": 5}  # a hung Redis: retried
+# A standby takes over from a beat that died holding the lock within timeout + one loop, 35 s: of the
+# recoveries (every 60 s) one at most comes late, sent on takeover. Renewed every loop (5 s).
+CELERY_REDBEAT_LOCK_TIMEOUT = env_int("BEAT_LOCK_TIMEOUT_SECONDS", 30)
+CELERY_BEAT_MAX_LOOP_INTERVAL = max(1, CELERY_REDBEAT_LOCK_TIMEOUT // 6)
 CELERY_BEAT_SCHEDULE = {
     "recover-lost-work": {
         "task": "recommender.tasks.recover_lost_work",
