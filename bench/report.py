@@ -19,7 +19,7 @@ from bench import common, heldout  # noqa: E402
 
 DOC = common.ROOT / "docs" / "benchmarks.md"
 ORDER = ["quality", "backbone_training", "extraction_speed", "runtimes", "query_speed", "web_load", "web_shapes", "web_floor", "ingestion", "ingestion_shop",
-         "soak", "heldout", "demo"]
+         "model_storage", "soak", "heldout", "demo"]
 
 
 def load(name: str) -> dict | None:
@@ -342,6 +342,16 @@ def _headline_web_floor(f: dict) -> list[str]:
                "the pages' longer tail is the work of Django's request path, not of the machine.")]
 
 
+def _headline_model_storage(m: dict) -> list[str]:
+    local = [r for r in m["results"] if r["storage"] == "file system"]
+    if not local:
+        return []
+    big = max(local, key=lambda r: r["megabytes"])
+    return [f"**A new host's first use of a version** (models storage on the file system): {big['megabytes']} MB of a "
+            f"trained-backbone version fetched and verified in {big['cold_s']:.2f} s against {big['warm_s']:.2f} s to "
+            f"verify the cached copy on a warm host (worst of {big['repeats']}); published in {big['publish_s']:.2f} s."]
+
+
 def _headline_demo(d: dict) -> list[str]:
     events = d.get("events", {})
     served = [v for v in d.get("versions", []) if v["kind"] == "backbone" and v["status"] == "active"]
@@ -357,7 +367,8 @@ HEADLINES = [("quality", _headline_quality), ("backbone_training", _headline_bac
              ("extraction_speed_gpu", _headline_gpu), ("runtimes", _headline_runtimes),
              ("query_speed", _headline_query_speed),
              ("web_load", _headline_web), ("web_shapes", _headline_web_shapes), ("web_floor", _headline_web_floor), ("ingestion", _headline_ingestion),
-             ("ingestion_shop", _headline_ingestion_shop), ("soak", _headline_soak),
+             ("ingestion_shop", _headline_ingestion_shop), ("model_storage", _headline_model_storage),
+             ("soak", _headline_soak),
              ("heldout", heldout.headline), ("demo", _headline_demo)]
 
 
@@ -388,6 +399,7 @@ TITLES = {
     "web_floor": "4c. The floor: the same server setup returning fixed bytes (`bench/web_floor.py`)",
     "ingestion": "5. Ingestion and retraining",
     "ingestion_shop": "5b. The shop path at each input size (`bench/ingestion.py --shop-only --input-size N`)",
+    "model_storage": "5c. Model files through the models storage: a cold host's first load (`bench/model_storage.py`)",
     "soak": "6. Soak: reads during uploads and a retraining (the suite's slow-tier test)",
     "backbone_training": "1b. The trained backbone, Fashion-MNIST protocol, a longer schedule",
     "heldout": "7. Held-out catalogs: search by photo on catalogs the model was never tuned on",

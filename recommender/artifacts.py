@@ -19,14 +19,19 @@ Contract:
   under the real name, and two processes fetching at once both rename identical bytes. The caller
   (``runtime.artifacts_verify``) checks the SHA-256 on the bytes it loads; a cached copy that does
   not match is fetched again (:func:`file_refetch`) and a stored one that does not match is refused.
-- **Bounded cache.** After a fetch, folders of versions that no longer exist go, then the least
-  recently used others until the cache is under MODELS_CACHE_MAX_BYTES (never the folder in use,
-  nor one of a version that is training: its files may not be stored yet).
-- :func:`files_remove` removes a version's stored objects and its cached folder (a failed training).
+- **Bounded cache.** After a fetch or a publish, folders of versions that no longer exist or
+  failed go, then the least recently used others until the cache is under MODELS_CACHE_MAX_BYTES:
+  never the folder in use, one of a version that is training (its files may not be stored yet), nor
+  the only copy of a version saved before the storage existed (``artifacts`` a local path, not
+  ``v<N>``: published by the recovery, :func:`legacy_publish`, on the host that has it). Best
+  effort, one process of a host at a time (a lock file): an error trimming never fails a load.
+- :func:`files_remove` removes a version's stored objects and its cached folder (a failed
+  training); an object the storage refuses to delete then is swept later (:func:`storage_sweep`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -56,6 +61,11 @@ def storage():
     return storages[STORAGE_ALIAS]
 
 
+def published(version) -> bool:
+    """Its files are in the models storage (saved since it exists), not only in one host's folder."""
+    return version.artifacts == f"v{version.pk}"
+
+
 def cache_dir(version_id: int) -> Path:
     """This host's cache folder of a version (where its training writes, and fetches land)."""
     return Path(settings.MODELS_ROOT) / f"v{version_id}"
@@ -73,11 +83,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def files_publish(*, version_id: int) -> dict[str, str]:
-    """Upload every file of the version's cache folder (temporary dot-files of an unfinished write
-    left out) and return their SHA-256s by name, for the version to record."""
+def files_publish(*, version_id: int, folder: Path | None = None) -> dict[str, str]:
+    """Upload every file of the version's cache folder (or ``folder``; temporary dot-files of an
+    unfinished write left out) and return their SHA-256s by name, for the version to record."""
     checksums = {}
-    for path in sorted(cache_dir(version_id).iterdir()):
+    for path in sorted((folder or cache_dir(version_id)).iterdir()):
         if not path.is_file() or path.name.startswith("."):
             continue
         digest = checksums[path.name] = sha256_file(path)
@@ -88,6 +98,7 @@ def files_publish(*, version_id: int) -> dict[str, str]:
             saved = storage().save(name, File(handle, name=path.name))
         if saved != name:  # a storage that renamed it: the record would point at nothing
             raise RuntimeError(f"the models storage saved {name} as {saved}")
+    cache_evict(keep=version_id)  # a training host trims its cache too
     return checksums
 
 
@@ -96,7 +107,7 @@ def file_local(*, version_id: int, name: str, digest: str) -> Path:
     caller hashes what it loads."""
     path = cache_dir(version_id) / name
     if path.is_file():
-        _touch(path.parent)
+        cache_touch(version_id)
         return path
     _fetch(version_id, name, digest, path)
     cache_evict(keep=version_id)
@@ -132,9 +143,10 @@ def _fetch(version_id: int, name: str, digest: str, path: Path) -> None:
                 path.stat().st_size / 1e6, time.monotonic() - started)
 
 
-def _touch(folder: Path) -> None:
+def cache_touch(version_id: int) -> None:
+    """Mark a version's cached folder as used now (least recently used is by its modification time)."""
     try:
-        os.utime(folder)  # least recently used is by the folder's modification time
+        os.utime(cache_dir(version_id))
     except FileNotFoundError:
         pass
 
@@ -142,17 +154,43 @@ def _touch(folder: Path) -> None:
 def files_remove(*, version_id: int) -> None:
     """Remove a version's stored objects and this host's cache of them (other hosts' caches are
     evicted when the version no longer exists, or by size)."""
-    store = storage()
     try:
-        _, names = store.listdir(f"v{version_id}")
-    except FileNotFoundError:
-        names = []
-    for name in names:
-        store.delete(f"v{version_id}/{name}")
+        _objects_delete(version_id)
+    except Exception:  # an unreachable store: the sweep removes them later; the local copy goes now
+        logger.exception("v%s: could not remove its files from the models storage; swept later", version_id)
     folder = cache_dir(version_id)
     shutil.rmtree(folder, ignore_errors=True)
     for leftover in folder.parent.glob(f".{folder.name}.tmp-*"):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _objects_delete(version_id: int) -> int:
+    store = storage()
+    try:
+        _, names = store.listdir(f"v{version_id}")
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        store.delete(f"v{version_id}/{name}")
+    return len(names)
+
+
+def storage_sweep() -> list[int]:
+    """Remove the stored objects of versions that no longer exist or failed (a removal that met an
+    unreachable store, a version deleted in the admin). Returns their ids."""
+    try:
+        folders, _ = storage().listdir("")
+    except FileNotFoundError:
+        return []
+    stored = {int(m.group(1)) for name in folders if (m := _FOLDER.fullmatch(name.rstrip("/")))}
+    if not stored:
+        return []
+    kept = set(ModelVersion.objects.filter(pk__in=stored).exclude(status=ModelVersion.Status.FAILED)
+               .values_list("pk", flat=True))
+    swept = [version_id for version_id in sorted(stored - kept) if _objects_delete(version_id)]
+    if swept:
+        logger.info("models storage: removed the files of %s", ", ".join(f"v{pk}" for pk in swept))
+    return swept
 
 
 def _cached() -> dict[int, Path]:
@@ -163,19 +201,44 @@ def _cached() -> dict[int, Path]:
 
 
 def _size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except FileNotFoundError:  # a fetch's temporary file, renamed meanwhile
+            pass
+    return total
 
 
 def cache_evict(*, keep: int | None = None) -> list[int]:
-    """Remove cached folders of deleted versions, then the least recently used others while the
-    cache is over MODELS_CACHE_MAX_BYTES. Returns the versions whose folders were removed."""
+    """Remove cached folders of deleted or failed versions, then the least recently used others
+    while the cache is over MODELS_CACHE_MAX_BYTES. Returns the versions whose folders were removed
+    (none when another process of this host is trimming, or on an error: logged, never raised)."""
+    root = Path(settings.MODELS_ROOT)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / ".evict.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return []  # another process of this host is trimming right now
+            return _evict(keep)
+    except Exception:
+        logger.exception("model cache: trimming %s failed; it is tried again after the next fetch", root)
+        return []
+
+
+def _evict(keep: int | None) -> list[int]:
     cached = _cached()
     if not cached:
         return []
-    rows = dict(ModelVersion.objects.filter(pk__in=cached).values_list("pk", "status"))
-    removed = [pk for pk in cached if pk not in rows and pk != keep]
-    spared = {pk for pk, status in rows.items() if status == ModelVersion.Status.TRAINING} | {keep}
-    others = sorted((pk for pk in cached if pk in rows and pk not in spared),
+    rows = {pk: (status, artifacts) for pk, status, artifacts in
+            ModelVersion.objects.filter(pk__in=cached).values_list("pk", "status", "artifacts")}
+    Status = ModelVersion.Status
+    removed = [pk for pk in cached if pk != keep and (pk not in rows or rows[pk][0] == Status.FAILED)]
+    # Spared: in use, training (not stored yet), and the only copy of a version not yet published.
+    spared = {pk for pk, (status, artifacts) in rows.items() if status == Status.TRAINING or artifacts != f"v{pk}"}
+    others = sorted((pk for pk in cached if pk in rows and pk not in spared | {keep} and pk not in removed),
                     key=lambda pk: cached[pk].stat().st_mtime)
     total = sum(_size(cached[pk]) for pk in cached if pk not in removed)
     for pk in others:

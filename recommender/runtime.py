@@ -114,7 +114,7 @@ def artifacts_remove(version_id: int) -> None:
 def artifacts_stored(version) -> bool:
     """Every recorded file of the version is in the models storage (a legacy version without
     checksums: its folder is on this host)."""
-    if not version.checksums:
+    if not artifacts.published(version):
         return bool(version.artifacts) and _legacy_dir(version).is_dir()
     store = artifacts.storage()
     return all(store.exists(artifacts.object_name(version.pk, name, digest))
@@ -185,6 +185,9 @@ def artifacts_verify(version, *, names, copy_to: Path | None = None) -> None:
 
 
 def _file_verify(version, name: str, digest: str, copy_to: Path | None) -> None:
+    if not artifacts.published(version):  # saved before the models storage: on this host only
+        _legacy_file_verify(version, name, digest, copy_to)
+        return
     where = artifacts.object_name(version.pk, name, digest)
     try:
         path = artifacts.file_local(version_id=version.pk, name=name, digest=digest)
@@ -199,6 +202,16 @@ def _file_verify(version, name: str, digest: str, copy_to: Path | None) -> None:
             f"v{version.pk}: model file {name} in the models storage ({where}) does not match the SHA-256 "
             "recorded when it was saved (changed or replaced since); it is not loaded. Restore the version's "
             "files or train a new one.")
+
+
+def _legacy_file_verify(version, name: str, digest: str, copy_to: Path | None) -> None:
+    path = _legacy_dir(version) / name
+    if not path.is_file():
+        raise ModelFilesError(f"v{version.pk}: model file {path} is missing; the version cannot be loaded.")
+    if _sha256(path, copy_to=copy_to) != digest:
+        raise ModelFilesError(
+            f"v{version.pk}: model file {path} does not match the SHA-256 recorded when it was saved (changed or "
+            "replaced since); it is not loaded. Restore the version's files or train a new one.")
 
 
 _PORTABLE = re.compile(rf"models:v(\d+)/{re.escape(TRAINED_WEIGHTS_FILE)}")
@@ -241,6 +254,7 @@ def weights_verify(weights: str) -> None:
     path = trained_weights_path(owner)
     key = _file_state(path)
     if key is not None and key in _VERIFIED_WEIGHTS:
+        artifacts.cache_touch(owner)  # in use: the last folder the cache trims
         return
     version = ModelVersion.objects.filter(pk=owner).only("pk", "artifacts", "checksums").first()
     if version is None:

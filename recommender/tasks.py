@@ -68,4 +68,5 @@ def retrain_if_needed():
 
 @app.task(**COMMON)
 def prune_embeddings():
-    return {**embeddings.embeddings_prune(), "features": features.features_prune()}
+    return {**embeddings.embeddings_prune(), "features": features.features_prune(),
+            "model_files": maintenance.model_files_sweep()}

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from pathlib import Path
 
 from django.core.cache import cache
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from catalog.models import ProductImage
-from recommender import db, publishing, runtime
+from recommender import artifacts, db, publishing, runtime
 from recommender.conf import config
 from recommender.locks import training_alive, vector_index_lock
 from recommender.models import ModelVersion
@@ -181,14 +182,46 @@ def _damaged_vector_index_heal() -> list[str]:
     return rebuilt
 
 
+def model_files_publish_legacy() -> list[int]:
+    """Versions saved before the models storage existed (``artifacts`` a folder of one host): the
+    host that has the folder checks its files against the recorded checksums, publishes them, and
+    points the row at the storage (``v<N>``, its trained backbone recorded by version), so every host
+    can load the version and its cache may trim it. Files that do not match stay unpublished (the
+    version keeps refusing to load: logged). Idempotent: publishing is content-addressed."""
+    done = []
+    legacy = (ModelVersion.objects.exclude(artifacts="").exclude(artifacts__regex=r"^v[0-9]+$")
+              .exclude(status=ModelVersion.Status.FAILED))
+    for version in legacy:
+        folder = Path(version.artifacts)
+        if not folder.is_dir():
+            continue  # another host's, or lost: left as it is
+        checksums = artifacts.files_publish(version_id=version.pk, folder=folder)
+        changed = {n for n, digest in (version.checksums or {}).items() if checksums.get(n) != digest}
+        if changed:
+            logger.error("v%s: %s in %s do not match the checksums recorded when they were saved: not published",
+                         version.pk, ", ".join(sorted(changed)), folder)
+            continue
+        ModelVersion.objects.filter(pk=version.pk, artifacts=version.artifacts).update(
+            artifacts=f"v{version.pk}", checksums=checksums, weights=runtime.weights_portable(version.weights))
+        runtime.forget_head(version.pk)
+        done.append(version.pk)
+    return done
+
+
+def model_files_sweep() -> list[int]:
+    """Remove the stored files of versions that failed or no longer exist (artifacts.storage_sweep)."""
+    return artifacts.storage_sweep()
+
+
 def recover_lost_work() -> dict:
-    """Rebuild a damaged vector index; re-publish lost ingestion, missing embeddings and lost
+    """Rebuild a damaged vector index; publish versions saved before the models storage; re-publish lost ingestion, missing embeddings and lost
     trainings; fail dead trainings;
     finish versions a lost worker left ready; refit the cold start's scaler when its window
     skipped a refit."""
     now = timezone.now()
     stale = now - timedelta(seconds=config().stale_seconds)
     reindexed = _damaged_vector_index_heal()  # first: until then every embedding insert may fail
+    published = model_files_publish_legacy()
     requeued = _lost_images_requeue(stale)
     dead, republished = _lost_trainings_heal(now, stale)
     ready = _ready_versions_finish()  # before the healers below, which follow the active version
@@ -199,7 +232,7 @@ def recover_lost_work() -> dict:
     scale = feature_scale_refresh(backbone=runtime.backbone_spec().identity)
     return {"requeued": requeued, "reembed": reembed, "reextract": reextract, "dead_trainings": dead,
             "republished_trainings": republished, "ready_versions": ready, "neighbours": neighbours,
-            "scale_refitted": scale, "vector_indexes_rebuilt": reindexed}
+            "scale_refitted": scale, "vector_indexes_rebuilt": reindexed, "model_files_published": published}
 
 
 def retrain_if_needed(*, force_reason: str | None = None) -> ModelVersion | None:

@@ -12,8 +12,12 @@ pytestmark = pytest.mark.django_db
 
 
 def version_row(status="ready") -> ModelVersion:
-    return ModelVersion.objects.create(status=status, backbone="resnet50:random-seed1234:32", weights="random",
-                                       input_size=32)
+    """A version whose files are (to be) in the models storage, as every training saves them now."""
+    version = ModelVersion.objects.create(status=status, backbone="resnet50:random-seed1234:32", weights="random",
+                                          input_size=32)
+    ModelVersion.objects.filter(pk=version.pk).update(artifacts=f"v{version.pk}")
+    version.artifacts = f"v{version.pk}"
+    return version
 
 
 def written(version, **files) -> dict[str, str]:
@@ -86,7 +90,7 @@ def test_the_cache_drops_deleted_versions_then_the_least_recently_used_past_its_
     settings.MODELS_CACHE_MAX_BYTES = 2_500
     # Over it: the least recently used first, never the one in use nor one that is training.
     assert artifacts.cache_evict(keep=in_use.pk) == [old.pk, recent.pk]
-    assert {p.name for p in Path(settings.MODELS_ROOT).iterdir()} == {f"v{training.pk}", f"v{in_use.pk}"}
+    assert {p.name for p in Path(settings.MODELS_ROOT).iterdir() if p.is_dir()} == {f"v{training.pk}", f"v{in_use.pk}"}
     assert len(stored_names(settings, old)) == 1  # the storage keeps them: fetched again when needed
 
 
@@ -122,3 +126,59 @@ def test_the_models_storage_works_on_s3(s3_models_storage):
         artifacts.file_local(version_id=version.pk, name="other", digest="0" * 64)
     artifacts.files_remove(version_id=version.pk)
     assert s3_models_storage.list_objects_v2(Bucket="lookalike-models").get("KeyCount") == 0
+
+
+def test_the_cache_drops_failed_versions_and_spares_the_only_copy_of_an_unpublished_one(settings):
+    failed, legacy, other = version_row(), version_row("retired"), version_row()
+    for version in (failed, legacy, other):
+        written(version, weights=os.urandom(1000))
+    ModelVersion.objects.filter(pk=failed.pk).update(status="failed")
+    # Saved before the models storage: its folder is its only copy (the recovery publishes it).
+    ModelVersion.objects.filter(pk=legacy.pk).update(artifacts=str(artifacts.cache_dir(legacy.pk)))
+    settings.MODELS_CACHE_MAX_BYTES = 0
+    assert sorted(artifacts.cache_evict()) == sorted([failed.pk, other.pk])
+    assert {p.name for p in Path(settings.MODELS_ROOT).iterdir() if p.is_dir()} == {f"v{legacy.pk}"}
+
+
+def test_one_process_of_a_host_trims_at_a_time(settings):
+    import fcntl
+
+    version = version_row()
+    written(version, weights=b"x" * 100)
+    settings.MODELS_CACHE_MAX_BYTES = 0
+    with open(Path(settings.MODELS_ROOT, ".evict.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process trimming
+        assert artifacts.cache_evict() == []
+    assert artifacts.cache_evict() == [version.pk]
+
+
+class UnreachableStorage:
+    """A models storage whose service is down: every call fails."""
+
+    def __init__(self, **options):
+        pass
+
+    def __getattr__(self, name):
+        def fail(*args, **kwargs):
+            raise ConnectionError("the models storage is unreachable")
+        return fail
+
+
+def test_removing_files_while_the_storage_is_down_removes_the_local_copy_and_the_sweep_the_rest(settings, caplog):
+    version, kept = version_row(), version_row()
+    written(version, head_keras=b"a")
+    written(kept, head_keras=b"b")
+    location = settings.STORAGES["models"]
+    settings.STORAGES = {**settings.STORAGES, "models": {"BACKEND": f"{__name__}.UnreachableStorage"}}
+    artifacts.files_remove(version_id=version.pk)  # a failed training's clean-up: must not raise
+    assert not artifacts.cache_dir(version.pk).exists()
+    assert "could not remove its files from the models storage" in caplog.text
+    settings.STORAGES = {**settings.STORAGES, "models": location}
+    ModelVersion.objects.filter(pk=version.pk).update(status="failed")
+    gone = version_row()
+    written(gone, head_keras=b"c")
+    ModelVersion.objects.filter(pk=gone.pk).delete()
+    assert artifacts.storage_sweep() == sorted([version.pk, gone.pk])
+    assert stored_names(settings, version) == [] and stored_names(settings, gone) == []
+    assert len(stored_names(settings, kept)) == 1
+    assert artifacts.storage_sweep() == []

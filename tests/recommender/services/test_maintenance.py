@@ -3,6 +3,7 @@ lost is sent again, and a retraining starts only when none runs. With a real wor
 tests/recommender/test_pipeline.py (lost ingestion) and test_faults.py (a killed training)."""
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -302,3 +303,65 @@ def test_no_rebuild_is_tried_inside_a_transaction():
     with pytest.raises(RuntimeError, match="outside any transaction"):
         vector_index_rebuild()
     cache.delete(db.VECTOR_INDEX_DAMAGED_FLAG)
+
+
+def legacy(version, folder):
+    """As a version saved before the models storage existed: its files only in this host's folder."""
+    import shutil
+
+    from django.conf import settings
+
+    shutil.rmtree(Path(settings.MODELS_STORAGE_ROOT, f"v{version.pk}"), ignore_errors=True)
+    ModelVersion.objects.filter(pk=version.pk).update(artifacts=str(folder))
+    return ModelVersion.objects.get(pk=version.pk)
+
+
+def test_the_recovery_publishes_a_version_saved_before_the_models_storage(settings):
+    import shutil
+
+    from recommender import artifacts, runtime
+    from tests.recommender.helpers import import_products, process_all, train_inline
+
+    import_products(30)
+    process_all()
+    trained = train_inline(settings, epochs=1)
+    version = legacy(trained, runtime.artifacts_dir(trained.pk))
+    assert version.status == "active" and runtime.artifacts_stored(version)  # its folder is here
+    runtime.forget_head(version.pk)
+    assert runtime.load_head(version).classes == version.classes  # verified against its checksums, locally
+    settings.MODELS_CACHE_MAX_BYTES = 0
+    artifacts.cache_evict()
+    assert runtime.artifacts_dir(version.pk).is_dir()  # its only copy: never trimmed
+    assert recover_lost_work()["model_files_published"] == [version.pk]
+    published = ModelVersion.objects.get(pk=version.pk)
+    assert published.artifacts == f"v{version.pk}" and published.checksums == version.checksums
+    shutil.rmtree(runtime.artifacts_dir(version.pk))  # now any host loads it from the storage
+    runtime.forget_head(version.pk)
+    assert runtime.load_head(published).classes == version.classes
+    assert recover_lost_work()["model_files_published"] == []
+
+
+def test_legacy_files_that_do_not_match_their_checksums_are_not_published(settings, caplog):
+    import hashlib
+
+    trained = ModelVersion.objects.create(status="retired", kind="backbone", backbone="resnet50:ft-v0-x:32",
+                                          weights="random", input_size=32)
+    folder = Path(settings.MODELS_ROOT, f"v{trained.pk}")
+    folder.mkdir(parents=True)
+    (folder / "backbone.weights.h5").write_bytes(b"weights")
+    ModelVersion.objects.filter(pk=trained.pk).update(
+        artifacts=str(folder), checksums={"backbone.weights.h5": hashlib.sha256(b"weights").hexdigest()})
+    head = ModelVersion.objects.create(status="retired", backbone="resnet50:ft-v0-x:32", input_size=32,
+                                       weights=str(folder / "backbone.weights.h5"))  # a path of this host
+    head_folder = Path(settings.MODELS_ROOT, f"v{head.pk}")
+    head_folder.mkdir()
+    (head_folder / "head.keras").write_bytes(b"changed since")
+    ModelVersion.objects.filter(pk=head.pk).update(
+        artifacts=str(head_folder), checksums={"head.keras": hashlib.sha256(b"as saved").hexdigest()})
+    with caplog.at_level("ERROR"):
+        assert recover_lost_work()["model_files_published"] == [trained.pk]
+    assert f"v{head.pk}: head.keras in {head_folder} do not match" in caplog.text
+    assert ModelVersion.objects.get(pk=head.pk).artifacts == str(head_folder)  # left as it was
+    ModelVersion.objects.filter(pk=head.pk).update(checksums={"head.keras": hashlib.sha256(b"changed since").hexdigest()})
+    assert recover_lost_work()["model_files_published"] == [head.pk]
+    assert ModelVersion.objects.get(pk=head.pk).weights == f"models:v{trained.pk}/backbone.weights.h5"
