@@ -1,5 +1,6 @@
 """The health endpoint (config/health.py): each part's check, and 503 only when the database is down."""
 
+import contextlib
 import logging
 import os
 
@@ -57,20 +58,26 @@ def test_a_redis_failure_answers_a_short_reason_and_logs_the_exception(anon_clie
     assert record.exc_info and "127.0.0.1" in str(record.exc_info[1]) and "redis" in record.getMessage()
 
 
-@pytest.mark.django_db(transaction=True)  # the default connection is closed and reopened: no test transaction
-def test_health_is_503_with_a_short_reason_when_the_database_is_down(anon_client, caplog):
-    # A real failure: the default connection pointed at a closed TCP port (psycopg: "connection to server
-    # at "127.0.0.1", port 1 failed: Connection refused").
+@contextlib.contextmanager
+def database_down():
+    """The default connection pointed at a closed TCP port while the block runs (a real failure)."""
     saved = dict(connection.settings_dict)
     connection.close()
     connection.settings_dict.update(HOST="127.0.0.1", PORT="1")
     try:
-        with caplog.at_level(logging.WARNING, logger="config.health"):
-            response = anon_client.get("/api/v1/health/")
+        yield
     finally:
         connection.close()
         connection.settings_dict.clear()
         connection.settings_dict.update(saved)
+
+
+@pytest.mark.django_db(transaction=True)  # the default connection is closed and reopened: no test transaction
+def test_health_is_503_with_a_short_reason_when_the_database_is_down(anon_client, caplog):
+    # A real failure: the default connection pointed at a closed TCP port (psycopg: "connection to server
+    # at "127.0.0.1", port 1 failed: Connection refused").
+    with database_down(), caplog.at_level(logging.WARNING, logger="config.health"):
+        response = anon_client.get("/api/v1/health/")
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "down"
@@ -186,17 +193,10 @@ def test_behind_the_tls_redirect_a_probe_sends_x_forwarded_proto(client, setting
 
 @pytest.mark.django_db(transaction=True)  # the default connection is closed and reopened: no test transaction
 def test_readiness_is_503_when_the_database_is_down_and_liveness_still_answers(client, caplog):
-    saved = dict(connection.settings_dict)
-    connection.close()
-    connection.settings_dict.update(HOST="127.0.0.1", PORT="1")
-    try:
+    with database_down():
         with caplog.at_level(logging.WARNING, logger="config.health"):
             ready = client.get("/readyz")
         live = client.get("/healthz")  # (no query counter here: it would connect to the closed port itself)
-    finally:
-        connection.close()
-        connection.settings_dict.clear()
-        connection.settings_dict.update(saved)
     assert (ready.status_code, ready.content) == (503, b"database unavailable\n")
     assert not _leaks(ready.content.decode())
     assert any(r.exc_info and "Connection refused" in str(r.exc_info[1]) for r in caplog.records
