@@ -76,14 +76,17 @@ class ModelVersion(models.Model):
         "Identity of the backbone whose features this version reads; for the backbone kind, its own "
         "trained backbone (set once saved)."))
     weights = models.CharField(max_length=255, help_text=(
-        "Backbone weights the version started from: 'imagenet', 'random' or a file."))
+        "Backbone weights the version started from: 'imagenet', 'random', a file, or a version's trained "
+        "backbone ('models:v<N>/backbone.weights.h5')."))
     input_size = models.PositiveIntegerField()
     classes = models.JSONField(default=list, blank=True)
     hyperparameters = models.JSONField(default=dict, blank=True)
-    artifacts = models.CharField(max_length=500, blank=True, help_text="Folder of the persisted head.")
+    artifacts = models.CharField(max_length=500, blank=True, help_text=(
+        "Where its files are: 'v<N>' in the models storage (recommender.artifacts), or the folder of a "
+        "version saved before that storage existed."))
     checksums = models.JSONField(default=dict, blank=True, help_text=(
-        "SHA-256 of each file in the artifacts folder, recorded when it was saved and verified before "
-        "any of them is loaded (the joblib files are pickles: a changed file must never be unpickled)."))
+        "SHA-256 of each of its files, recorded once they are stored and verified before any of them is "
+        "loaded (the joblib files are pickles: a changed file must never be unpickled)."))
     trigger = models.CharField(max_length=200, blank=True, help_text="Why this version was trained.")
     n_train = models.PositiveIntegerField(default=0)
     n_val = models.PositiveIntegerField(default=0)

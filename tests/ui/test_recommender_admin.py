@@ -173,6 +173,9 @@ def test_train_activate_and_retire_real_versions_from_the_admin(admin_client, se
 
     page = admin_client.get(reverse("admin:recommender_modelversion_change", args=[first.pk])).content.decode()
     assert f"Activate v{first.pk}" in page and 'data-chart="accuracy"' in page
+    # Its files: where they are stored, and which ones have a recorded checksum.
+    files = page[page.index(f"<code>v{first.pk}</code> (3 files, SHA-256 recorded: "):].split(")", 1)[0]
+    assert {"head.keras", "meta.json", "preprocessing.joblib"} <= set(files.split(": ", 1)[1].split(", "))
     response = admin_client.post(reverse("admin:recommender_modelversion_activate", args=[first.pk]), follow=True)
     assert f"Version v{first.pk} is now active" in " ".join(messages_of(response))
     assert dict(ModelVersion.objects.values_list("pk", "status")) == {first.pk: "active", second.pk: "retired"}
