@@ -160,8 +160,10 @@ class ZipImages:
 
 
 class BulkUploadForm(forms.Form):
-    """A ZIP of images plus a catalog CSV (the ``import_catalog`` format). ``clean`` validates every
-    row and every image; nothing is written here."""
+    """A ZIP of images plus a catalog CSV (any format ``import_catalog`` reads: ours, a Shopify or a
+    WooCommerce product export). ``clean`` validates every row and every image; nothing is written
+    here. Once valid, ``format_note`` says which format was recognised and how its columns were read
+    (also shown in the catalog field's help, and after the file's name in ``csv_name``)."""
 
     archive = forms.FileField(
         label="Images (ZIP)",
@@ -169,7 +171,8 @@ class BulkUploadForm(forms.Form):
     catalog = forms.FileField(
         label="Catalog (CSV)", required=False,
         help_text="Columns sku, title, category, images (several separated by ; or |), optional price and "
-                  "description. Leave empty if the ZIP contains exactly one .csv file.")
+                  "description; or a Shopify or WooCommerce product export as it is, with its pictures in the ZIP "
+                  "under the file names of their URLs. Leave empty if the ZIP contains exactly one .csv file.")
     skip_invalid = forms.BooleanField(
         label="Import the valid rows even if other rows have errors", required=False,
         help_text="Unticked (the default), a single bad row means nothing is imported.")
@@ -180,6 +183,7 @@ class BulkUploadForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.parsed = None
         self.csv_name = ""
+        self.format_note = ""
 
     @staticmethod
     def limits() -> dict:
@@ -226,4 +230,14 @@ class BulkUploadForm(forms.Form):
             raise ValidationError({"catalog": str(exc)})
         if not self.parsed.rows and not self.parsed.errors:
             raise ValidationError({"catalog": "The CSV has a header but no rows."})
+        self._format_show(self.parsed.layout)
         return data
+
+    def _format_show(self, layout):
+        """Say which format the CSV was read as: the admin's result message names the file by
+        ``csv_name``, and the page shows the catalog field's help."""
+        name, field = self.csv_name, self.fields["catalog"]
+        self.format_note = layout.describe()
+        self.csv_name = f"{name} ({layout.name})"
+        field.help_text = f"{name} was read as a {self.format_note}. {field.help_text}"
+        self["catalog"].help_text = field.help_text  # the bound field copied it when the form was cleaned

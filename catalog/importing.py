@@ -1,5 +1,8 @@
-"""The shop catalog format: a CSV (sku, title, category, images, optional price and description)
-plus a set of image files. Shared by ``manage.py import_catalog`` and the admin's bulk upload.
+"""Importing a catalog: a CSV plus a set of image files. Shared by ``manage.py import_catalog``
+and the admin's bulk upload. The CSV is our format (sku, title, category, images, optional price
+and description, also under common aliases such as image or name), a Shopify product export or a
+WooCommerce product export, recognised from its header (catalog.formats); every format reads into
+the same products, validated and imported alike.
 
 Parsing validates the whole file (NUL bytes, csv's field limit) and every row (fields, numbers,
 duplicates, image files, image content) before anything is written: a file that cannot be read
@@ -14,7 +17,6 @@ from __future__ import annotations
 import csv
 import functools
 import io
-import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -23,22 +25,22 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 
+from catalog.formats import CatalogFormatError, ImageRef, Layout, RowError, SourceProduct, detect_layout
+from catalog.formats.base import header_key
 from catalog.models import Product
 from catalog.services import (category_get_or_create, files_removed_on_error, product_image_get_or_add,
                               product_images_add_new)
 from catalog.validators import NormalisedImage, normalise_image
 
-REQUIRED_COLUMNS = ("sku", "title", "category", "images")
-OPTIONAL_COLUMNS = ("price", "description")
-IMAGE_SEPARATORS = re.compile(r"[;|]")
-
-
-class CatalogFormatError(ValueError):
-    """The file as a whole cannot be read (not a CSV, missing columns)."""
+__all__ = ["CatalogFormatError", "CatalogRow", "ImportSummary", "ParseResult", "RowError", "catalog_import",
+           "catalog_parse", "folder_images"]
 
 
 @dataclass
 class CatalogRow:
+    """A validated product: ``images`` are the pictures read, as (file name, normalised image);
+    ``image_refs`` what the CSV named, file or URL (see catalog.formats.base.ImageRef)."""
+
     line: int
     sku: str
     title: str
@@ -46,22 +48,14 @@ class CatalogRow:
     price: Decimal
     description: str
     images: list[tuple[str, NormalisedImage]] = field(default_factory=list)
-
-
-@dataclass
-class RowError:
-    line: int
-    sku: str
-    message: str
-
-    def __str__(self):
-        return f"line {self.line}" + (f" ({self.sku})" if self.sku else "") + f": {self.message}"
+    image_refs: list[ImageRef] = field(default_factory=list)
 
 
 @dataclass
 class ParseResult:
     rows: list[CatalogRow]
     errors: list[RowError]
+    layout: Layout | None = None  # the format recognised, and how its columns were read
 
 
 def _decode(data: bytes) -> str:
@@ -92,8 +86,9 @@ def _csv_error(exc: csv.Error, line: int) -> CatalogFormatError:
     return CatalogFormatError(f"line {line}: the CSV cannot be read ({exc}); nothing was imported.")
 
 
-def _records(reader: csv.DictReader):
-    """(line, record) pairs; a csv.Error (a field over csv.field_size_limit()) is a whole-file error."""
+def _records(reader: csv.DictReader, *, max_rows: int, errors: list, progress=None):
+    """(line, record) pairs, at most ``max_rows`` (past them, an error in ``errors``); a csv.Error
+    (a field over csv.field_size_limit()) is a whole-file error."""
     number = 1  # line 1 is the header
     rows = iter(reader)
     while True:
@@ -104,7 +99,12 @@ def _records(reader: csv.DictReader):
             return
         except csv.Error as exc:
             raise _csv_error(exc, number)
-        yield number, raw
+        if number - 1 > max_rows:
+            errors.append(RowError(number, "", f"more than {max_rows} rows; the rest was not read"))
+            return
+        if progress:
+            progress(1)
+        yield number, {key: text or "" for key, text in raw.items() if key}  # not the extra fields (key None)
 
 
 def _image_loader(open_image):
@@ -141,31 +141,25 @@ def _image_load(open_image, name) -> tuple[NormalisedImage | None, str | None]:
 
 
 def catalog_parse(*, csv_bytes: bytes, open_image, max_rows: int = 100_000, progress=None) -> ParseResult:
-    """Validate a whole catalog CSV before anything is written. ``open_image(name)`` returns the
-    bytes of an image named in the CSV or raises ``FileNotFoundError``/``ValueError`` (unknown,
-    unsafe or too large); its optional ``resolve(name)`` names the file a name means (see
+    """Validate a whole catalog CSV before anything is written. Its format is recognised from its
+    header (``ParseResult.layout``: which, and how its columns were read). ``open_image(name)``
+    returns the bytes of an image named in the CSV or raises ``FileNotFoundError``/``ValueError``
+    (unknown, unsafe or too large); its optional ``resolve(name)`` names the file a name means (see
     :func:`_image_loader`). A file that cannot be read as a whole raises CatalogFormatError."""
     _check_text(csv_bytes)
     reader = csv.DictReader(io.StringIO(_decode(csv_bytes), newline=""))
     try:
-        header = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
+        header = list(reader.fieldnames or [])
     except csv.Error as exc:
         raise _csv_error(exc, 1)
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise CatalogFormatError(f"The CSV is missing the column(s): {', '.join(missing)}. "
-                                 f"Expected: {', '.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)}.")
-    reader.fieldnames = header
+    layout = detect_layout(header)
+    reader.fieldnames = [header_key(name) for name in header]
     rows, errors, seen, load = [], [], {}, _image_loader(open_image)
-    for number, raw in _records(reader):
-        if number - 1 > max_rows:
-            errors.append(RowError(number, "", f"more than {max_rows} rows; the rest was not read"))
-            break
-        if progress:
-            progress(1)
-        parsed = _row_parse(number=number, raw=raw, seen=seen, load=load)
+    for item in layout.read(_records(reader, max_rows=max_rows, errors=errors, progress=progress)):
+        parsed = item if isinstance(item, RowError) else _row_parse(source=item, seen=seen, load=load)
         (errors if isinstance(parsed, RowError) else rows).append(parsed)
-    return ParseResult(rows=rows, errors=errors)
+    errors.sort(key=lambda error: error.line)  # a format that groups rows reports some after reading them all
+    return ParseResult(rows=rows, errors=errors, layout=layout)
 
 
 def _price_parse(text: str) -> tuple[Decimal, str | None]:
@@ -180,35 +174,48 @@ def _price_parse(text: str) -> tuple[Decimal, str | None]:
         return Decimal("0"), f"price {text!r} is not a non-negative number"
 
 
-def _row_parse(*, number: int, raw: dict, seen: dict, load) -> CatalogRow | RowError:
-    values = {k: (v or "").strip() for k, v in raw.items() if k}
-    sku = values.get("sku", "")
-    problems = [f"{column} is empty" for column in ("sku", "title", "category") if not values.get(column)]
+def _row_parse(*, source: SourceProduct, seen: dict, load) -> CatalogRow | RowError:
+    number, sku = source.line, source.sku
+    problems = [f"{column} is empty" for column in ("sku", "title", "category") if not getattr(source, column)]
     if len(sku) > 64:
         problems.append("sku is longer than 64 characters")
     if sku and sku in seen:
         problems.append(f"duplicate sku (first on line {seen[sku]})")
-    price, problem = _price_parse(values.get("price", ""))
+    price, problem = _price_parse(source.price)
     if problem:
         problems.append(problem)
-    names = [n.strip() for n in IMAGE_SEPARATORS.split(values.get("images", "")) if n.strip()]
-    if not names:
+    if not source.images:
         problems.append("no image given")
-    images = []
-    for name in names:
-        normalised, problem = load(name)
-        if problem == "not found":
-            problems.append(f"image {name!r} not found")
-        elif problem:
-            problems.append(f"image {name!r}: {problem}")
-        else:
-            images.append((name, normalised))
+    images, image_problems = _images_load(source.images, load)
+    problems += image_problems
     if sku and sku not in seen:
         seen[sku] = number
     if problems:
         return RowError(number, sku, "; ".join(problems))
-    return CatalogRow(line=number, sku=sku, title=values["title"][:200], category=values["category"][:120],
-                      price=price, description=values.get("description", ""), images=images)
+    return CatalogRow(line=number, sku=sku, title=source.title[:200], category=source.category[:120],
+                      price=price, description=source.description, images=images, image_refs=list(source.images))
+
+
+def _images_load(refs: list[ImageRef], load) -> tuple[list, list[str]]:
+    """The pictures ``refs`` name, read from the provided files, and the problems. A URL is looked
+    up by its file name; one without such a file is a problem for now (the place where a later
+    step downloads it instead: see ImageRef)."""
+    images, problems = [], []
+    for ref in refs:
+        if ref.problem:
+            problems.append(f"image {ref.text}: {ref.problem}")
+            continue
+        normalised, problem = load(ref.name)
+        if problem == "not found" and ref.is_url:
+            problems.append(f"image {ref.text} is not among the uploaded files (none is named {ref.name!r}); "
+                            "importing images by URL is not supported yet")
+        elif problem == "not found":
+            problems.append(f"image {ref.name!r} not found")
+        elif problem:
+            problems.append(f"image {ref.text if ref.is_url else repr(ref.name)}: {problem}")
+        else:
+            images.append((ref.name, normalised))
+    return images, problems
 
 
 def folder_images(root: Path, *, max_bytes: int | None = None):

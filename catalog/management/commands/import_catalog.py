@@ -7,14 +7,17 @@ from catalog.importing import CatalogFormatError, catalog_import, catalog_parse,
 
 
 class Command(BaseCommand):
-    help = ("Import products from a CSV (sku, title, category, images[, price, description]) and a "
-            "folder of images. Several images per row are separated by ';' or '|'. Bad rows are "
-            "reported with their line number and skipped; re-running updates instead of duplicating.")
+    help = ("Import products from a CSV and a folder of images: our format (sku, title, category, images[, price, "
+            "description]; several images per row separated by ';' or '|'; common column names such as image or "
+            "name are read too), a Shopify product export or a WooCommerce product export, recognised from the "
+            "header (the format and its column mapping are printed first). Images named by URL are looked up in "
+            "the folder by their file name. Bad rows are reported with their line number and skipped; re-running "
+            "updates instead of duplicating.")
 
     def add_arguments(self, parser):
         parser.add_argument("csv", type=Path)
-        parser.add_argument("--images", type=Path, help="folder the image paths are relative to "
-                            "(default: the CSV's folder)")
+        parser.add_argument("--images", type=Path, help="folder the image paths are relative to, and where images "
+                            "named by URL are looked up by file name (default: the CSV's folder)")
 
     def handle(self, *args, csv, images=None, **options):
         if not csv.is_file():
@@ -25,6 +28,7 @@ class Command(BaseCommand):
                 parsed = catalog_parse(csv_bytes=csv.read_bytes(), open_image=open_image, progress=bar.update)
             except CatalogFormatError as exc:
                 raise CommandError(str(exc))
+        self.stdout.write(f"Format: {parsed.layout.describe()}")
         for error in parsed.errors:
             self.stderr.write(f"skipped {error}")
         with tqdm(total=len(parsed.rows), desc="importing", unit="product",
