@@ -320,7 +320,7 @@ def bulk_report(parsed) -> dict:
     skus = [row.sku for row in parsed.rows]
     existing = set(Product.objects.filter(sku__in=skus).values_list("sku", flat=True))
     lines = [{"line": row.line, "sku": row.sku, "title": row.title, "category": row.category, "price": row.price,
-              "images": len(row.images), "ok": True, "outcome": "update" if row.sku in existing else "create"}
+              "images": len(row.images) + len(row.urls), "ok": True, "outcome": "update" if row.sku in existing else "create"}
              for row in parsed.rows]
     lines += [{"line": e.line, "sku": e.sku, "ok": False, "message": e.message} for e in parsed.errors]
     lines.sort(key=lambda item: item["line"])

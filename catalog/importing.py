@@ -25,6 +25,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 
+from catalog.downloads import downloads_record
 from catalog.formats import CatalogFormatError, ImageRef, Layout, RowError, SourceProduct, detect_layout
 from catalog.formats.base import header_key
 from catalog.models import Product
@@ -39,7 +40,8 @@ __all__ = ["CatalogFormatError", "CatalogRow", "ImportSummary", "ParseResult", "
 @dataclass
 class CatalogRow:
     """A validated product: ``images`` are the pictures read, as (file name, normalised image);
-    ``image_refs`` what the CSV named, file or URL (see catalog.formats.base.ImageRef)."""
+    ``urls`` those named by a URL with no such file, downloaded by the worker after the import
+    (catalog.downloads); ``image_refs`` what the CSV named, file or URL (see ImageRef)."""
 
     line: int
     sku: str
@@ -49,6 +51,7 @@ class CatalogRow:
     description: str
     images: list[tuple[str, NormalisedImage]] = field(default_factory=list)
     image_refs: list[ImageRef] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -186,36 +189,42 @@ def _row_parse(*, source: SourceProduct, seen: dict, load) -> CatalogRow | RowEr
         problems.append(problem)
     if not source.images:
         problems.append("no image given")
-    images, image_problems = _images_load(source.images, load)
+    images, urls, image_problems = _images_load(source.images, load)
     problems += image_problems
     if sku and sku not in seen:
         seen[sku] = number
     if problems:
         return RowError(number, sku, "; ".join(problems))
     return CatalogRow(line=number, sku=sku, title=source.title[:200], category=source.category[:120],
-                      price=price, description=source.description, images=images, image_refs=list(source.images))
+                      price=price, description=source.description, images=images, image_refs=list(source.images),
+                      urls=urls)
 
 
-def _images_load(refs: list[ImageRef], load) -> tuple[list, list[str]]:
-    """The pictures ``refs`` name, read from the provided files, and the problems. A URL is looked
-    up by its file name; one without such a file is a problem for now (the place where a later
-    step downloads it instead: see ImageRef)."""
-    images, problems = [], []
+# The longest URL a row may name (ImageDownload.url, whose unique index takes at most ~2,700 bytes).
+MAX_URL_BYTES = 2000
+
+
+def _images_load(refs: list[ImageRef], load) -> tuple[list, list[str], list[str]]:
+    """The pictures ``refs`` name, read from the provided files; the URLs to download; the
+    problems. A URL is looked up among the files by its file name; one without such a file is
+    downloaded by the worker once the row is imported (catalog.downloads)."""
+    images, urls, problems = [], [], []
     for ref in refs:
         if ref.problem:
             problems.append(f"image {ref.text}: {ref.problem}")
             continue
         normalised, problem = load(ref.name)
-        if problem == "not found" and ref.is_url:
-            problems.append(f"image {ref.text} is not among the uploaded files (none is named {ref.name!r}); "
-                            "importing images by URL is not supported yet")
+        if problem == "not found" and ref.is_url and len(ref.text.encode()) > MAX_URL_BYTES:
+            problems.append(f"image {ref.text[:100]}…: the address is longer than {MAX_URL_BYTES:,} bytes")
+        elif problem == "not found" and ref.is_url:
+            urls.append(ref.text)
         elif problem == "not found":
             problems.append(f"image {ref.name!r} not found")
         elif problem:
             problems.append(f"image {ref.text if ref.is_url else repr(ref.name)}: {problem}")
         else:
             images.append((ref.name, normalised))
-    return images, problems
+    return images, list(dict.fromkeys(urls)), problems
 
 
 def folder_images(root: Path, *, max_bytes: int | None = None):
@@ -232,7 +241,11 @@ def folder_images(root: Path, *, max_bytes: int | None = None):
         path = _resolved(name)
         if not path.is_relative_to(root):
             raise ValueError("the path leaves the images folder")
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError:  # a name no file can have (longer than 255 bytes: a URL's long file name)
+            found = False
+        if not found:
             raise FileNotFoundError(name)
         return path
 
@@ -259,6 +272,7 @@ class ImportSummary:
     created: int = 0
     updated: int = 0
     images_added: int = 0
+    downloads_queued: int = 0  # pictures named by URL the worker is to download (catalog.downloads)
 
 
 # Rows written per transaction. One transaction per row cost ~11 queries and a commit per row
@@ -288,6 +302,7 @@ def catalog_import(*, rows, progress=None, chunk: int = IMPORT_CHUNK) -> ImportS
         summary.created += counts.created
         summary.updated += counts.updated
         summary.images_added += counts.images_added
+        summary.downloads_queued += counts.downloads_queued
         if progress:
             progress(len(part))
     return summary
@@ -303,17 +318,20 @@ def _chunk_import(*, rows, categories) -> ImportSummary:
     created = _products_insert(rows=[row for row in rows if row.sku not in existing], categories=categories)
     existing.update(_products_locked(skus=[sku for sku in skus if sku not in existing and sku not in created]))
     counts = ImportSummary()
-    new_pictures = []
+    new_pictures, downloads = [], []
     for row in rows:
         product = created.get(row.sku)
         if product is not None:
             new_pictures += _pictures_of_new(product=product, row=row)
             counts.created += 1
         else:
-            counts.images_added += _product_refresh(product=existing[row.sku], row=row,
-                                                    category=categories[row.category])
+            product = existing[row.sku]
+            counts.images_added += _product_refresh(product=product, row=row, category=categories[row.category])
             counts.updated += 1
+        downloads += [(product, url) for url in row.urls]
     counts.images_added += product_images_add_new(pictures=new_pictures)
+    # Pictures named by URL: recorded here, downloaded by the worker after the commit.
+    counts.downloads_queued = len(downloads_record(pairs=downloads))
     return counts
 
 

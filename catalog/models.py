@@ -106,3 +106,35 @@ class ProductImage(models.Model):
             best = next((s for s in sizes if s >= size), sizes[-1])
             return settings.MEDIA_URL + self.thumbnails[str(best)]
         return self.image.url if self.image else ""
+
+
+class ImageDownload(models.Model):
+    """A picture a catalog row named by an http(s) URL that was not among the given files: the
+    worker downloads it (catalog.downloads), never the web request. Pending -> downloading -> done
+    (``image`` the picture, added like an upload) or, after an error, pending again with a backoff
+    (``next_attempt_at``), failed after the last attempt or at once when retrying cannot help (a
+    refused address, not an image). One row per (product, URL): a re-import adds none."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DOWNLOADING = "downloading", "Downloading"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="downloads")
+    url = models.CharField("URL", max_length=2000)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, help_text="When a failed attempt is retried.")
+    image = models.ForeignKey(ProductImage, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["product", "url"], name="unique_download_per_product")]
+        indexes = [models.Index(fields=["status", "updated_at"])]
+
+    def __str__(self):
+        return f"download {self.pk} of {self.product_id}: {self.url[:80]}"

@@ -148,6 +148,7 @@ STORAGES = {
 # Uploads: reject before decoding (see catalog/validators.py).
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
 MAX_IMAGE_PIXELS = env_int("MAX_IMAGE_PIXELS", 40_000_000)
+IMAGE_DOWNLOAD_ALLOWED_NETWORKS = env_list("IMAGE_DOWNLOAD_ALLOWED_NETWORKS")  # CIDRs the URL fetcher may reach though private
 # Search by photo decodes at most this many pixels (catalog/validators.py search_photo_open): 12 Mi =
 # 4096x3072, a 12 Mpx phone photo; a JPEG counts as decoded at up to 1/8 scale. Peak ~50 MiB a
 # request, where a 6300x6300 PNG took 455 MiB and 2.8 s of CPU through the upload path.
@@ -208,6 +209,7 @@ CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_ROUTES = {
     "recommender.tasks.process_images": {"queue": "features"},
     "recommender.tasks.drain_backlog": {"queue": "features"},
+    "recommender.tasks.download_images": {"queue": "features"},  # pictures named by URL (catalog.downloads)
     "recommender.tasks.extract_features": {"queue": "features"},
     "recommender.tasks.train_model_version": {"queue": "training"},
     "recommender.tasks.embed_missing": {"queue": "training"},

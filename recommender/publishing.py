@@ -19,6 +19,10 @@ TRAIN_MODEL_VERSION = "recommender.tasks.train_model_version"
 EMBED_MISSING = "recommender.tasks.embed_missing"
 EXTRACT_FEATURES = "recommender.tasks.extract_features"
 REFRESH_NEIGHBOURS = "recommender.tasks.refresh_neighbours"
+DOWNLOAD_IMAGES = "recommender.tasks.download_images"
+# Downloads per task: one download takes up to catalog.downloads.DEADLINE_SECONDS (30 s), so a task
+# holds a features worker for minutes at most, and a slow host delays only its own chunk.
+DOWNLOAD_CHUNK = 8
 
 
 def publish(task: str, *, args: list, countdown: float = 0, waiting: str) -> bool:
@@ -37,6 +41,17 @@ def publish(task: str, *, args: list, countdown: float = 0, waiting: str) -> boo
         logger.warning("broker unavailable (%s); %s wait for the periodic recovery", exc, waiting)
         return False
     return True
+
+
+def downloads_publish(*, download_ids: list[int]) -> int:
+    """Send ``download_images`` in chunks of DOWNLOAD_CHUNK; returns how many downloads were sent
+    (a broker outage leaves them pending for the periodic recovery)."""
+    ids, sent = sorted(set(download_ids)), 0
+    for start in range(0, len(ids), DOWNLOAD_CHUNK):
+        chunk = ids[start:start + DOWNLOAD_CHUNK]
+        if publish(DOWNLOAD_IMAGES, args=[chunk], waiting=f"{len(chunk)} image downloads"):
+            sent += len(chunk)
+    return sent
 
 
 def images_publish(*, image_ids: list[int], countdown: float = 0) -> bool:

@@ -1,4 +1,5 @@
-"""Saving a product image enqueues its processing after the transaction commits.
+"""Saving a product image enqueues its processing after the transaction commits; so does an
+import's recording of pictures to download (catalog.downloads.downloads_queued).
 
 One wake-up per transaction, whatever it saved (an admin form with several inlines, an
 importer's chunk): the drains claim the images themselves, in full batches
@@ -8,8 +9,11 @@ from django.db import connection, transaction
 from django.db.models.signals import post_save
 from django.dispatch import receiver
 
-from catalog.models import ProductImage
+from catalog.downloads import downloads_queued
+from catalog.models import ImageDownload, ProductImage
 from catalog.signals import images_created
+from recommender import publishing
+
 
 def _wake():
     from recommender.services.ingestion import ingestion_wake
@@ -35,3 +39,10 @@ def _wake_on_commit():
     # rollback drops it from run_on_commit.
     if not any(entry[1] is _wake for entry in connection.run_on_commit):
         transaction.on_commit(_wake)
+
+
+@receiver(downloads_queued, sender=ImageDownload, dispatch_uid="recommender_enqueue_downloads")
+def enqueue_downloads(sender, download_ids, **kwargs):
+    # After the commit (the worker must find the rows); a rollback drops it.
+    ids = list(download_ids)
+    transaction.on_commit(lambda: publishing.downloads_publish(download_ids=ids))

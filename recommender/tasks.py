@@ -10,6 +10,7 @@ TensorFlow is not imported here: the services import it lazily, in the worker's 
 
 from django.db import DatabaseError, InterfaceError, OperationalError
 
+from catalog import downloads
 from config.celery import app
 from recommender.services import embeddings, features, ingestion, maintenance, neighbours, training
 
@@ -28,6 +29,11 @@ COMMON = {
 @app.task(bind=True, **COMMON)
 def process_images(self, image_ids):
     return ingestion.images_process(image_ids=image_ids, token=self.request.id or "eager")
+
+
+@app.task(**COMMON)
+def download_images(download_ids):
+    return downloads.image_downloads_process(download_ids=download_ids)
 
 
 @app.task(bind=True, **COMMON)

@@ -34,11 +34,11 @@ class ImageRef:
 
     ``kind`` FILE: a path relative to the images folder (or to the CSV's folder in the ZIP); it is
     its own ``name``. ``kind`` URL: an http(s) address, as Shopify and WooCommerce exports name
-    pictures. For now a URL is looked up among the provided files by its file name (the last
+    pictures. A URL is first looked up among the provided files by its file name (the last
     segment of its path, percent-decoded, without the query string): a shop that saved its
-    pictures next to the export, or zipped them, imports offline. A URL with no such file is the
-    row's error; downloading it instead (in the worker, with SSRF protection) is a later step, for
-    which the kind is kept here. ``problem``: why the reference can name no file at all."""
+    pictures next to the export, or zipped them, imports offline. A URL with no such file is
+    downloaded by the worker after the import (catalog.downloads, with SSRF protection).
+    ``problem``: why the reference can name no file at all."""
 
     kind: str
     text: str

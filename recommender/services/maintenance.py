@@ -15,6 +15,7 @@ from django.core.cache import cache
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
+from catalog.downloads import downloads_due
 from catalog.models import ProductImage
 from recommender import artifacts, db, publishing, runtime
 from recommender.conf import config
@@ -64,6 +65,16 @@ def _republish_forget() -> None:
         cache.delete(RECOVERY_DRAIN_FLAG)
     except Exception as exc:
         logger.warning("cache unavailable (%s); the recovery's drain flag stays", exc)
+
+
+def _lost_downloads_publish(stale) -> int:
+    # Pictures to download whose task was lost (pending since before the stale time, or claimed by
+    # a worker that died) or whose retry is due (catalog.downloads: the backoff's next_attempt_at).
+    # Sending one twice is harmless: a download is claimed once.
+    due = downloads_due(stale=stale, limit=RECOVER_BATCH)
+    if due:
+        publishing.downloads_publish(download_ids=due)
+    return len(due)
 
 
 def _missing_embeddings_publish() -> int:
@@ -223,6 +234,7 @@ def recover_lost_work() -> dict:
     reindexed = _damaged_vector_index_heal()  # first: until then every embedding insert may fail
     published = model_files_publish_legacy()
     requeued = _lost_images_requeue(stale)
+    downloads = _lost_downloads_publish(stale)
     dead, republished = _lost_trainings_heal(now, stale)
     ready = _ready_versions_finish()  # before the healers below, which follow the active version
     reembed = _missing_embeddings_publish()
@@ -232,7 +244,8 @@ def recover_lost_work() -> dict:
     scale = feature_scale_refresh(backbone=runtime.backbone_spec().identity)
     return {"requeued": requeued, "reembed": reembed, "reextract": reextract, "dead_trainings": dead,
             "republished_trainings": republished, "ready_versions": ready, "neighbours": neighbours,
-            "scale_refitted": scale, "vector_indexes_rebuilt": reindexed, "model_files_published": published}
+            "scale_refitted": scale, "vector_indexes_rebuilt": reindexed, "model_files_published": published,
+            "downloads": downloads}
 
 
 def retrain_if_needed(*, force_reason: str | None = None) -> ModelVersion | None:

@@ -1,6 +1,7 @@
 """The exports shops already have (issue 16): a Shopify or a WooCommerce product CSV, and our own
 format under other column names, through ``import_catalog`` and the admin's bulk upload. The
-exports name pictures by URL; these tests give the files under the URLs' file names."""
+exports name pictures by URL; these tests give the files under the URLs' file names, and a URL
+without its file is queued for the worker to download (tests/catalog/test_downloads.py)."""
 
 import io
 import shutil
@@ -13,7 +14,7 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 from PIL import Image
 
-from catalog.models import Category, Product, ProductImage
+from catalog.models import Category, ImageDownload, Product, ProductImage
 from tests.factories import upload
 from tests.ui.data import fast_passwords, media_files, zip_bytes  # noqa: F401 (fast_passwords: autouse)
 
@@ -68,8 +69,14 @@ def originals(sku: str) -> list[str]:
 # --------------------------------------------------------------------------- Shopify
 
 
+def downloads_of(sku: str) -> list[str]:
+    return list(ImageDownload.objects.filter(product__sku=sku, status="pending").values_list("url", flat=True))
+
+
 def check_shopify_products():
-    assert sorted(Product.objects.values_list("sku", flat=True)) == ["LIN-S", "canvas-tote"]
+    assert sorted(Product.objects.values_list("sku", flat=True)) == ["BEANIE-1", "LIN-S", "canvas-tote"]
+    # Its picture is not among the files: the product is imported, the picture queued for download.
+    assert originals("BEANIE-1") == [] and downloads_of("BEANIE-1") == [f"{SHOPIFY_CDN}beanie-missing.jpg?v=1"]
     shirt = Product.objects.select_related("category").get(sku="LIN-S")  # the first variant's SKU
     assert (shirt.title, shirt.category.name, shirt.price) == ("Classic Linen Shirt", "Shirts", Decimal("49.00"))
     assert shirt.description == ("Breezy linen shirt – pre-washed & soft.\n\n• 100% European flax\n"
@@ -87,37 +94,38 @@ def test_a_shopify_export_imports_one_product_per_handle(tmp_path, settings):
     out, err = run(csv_path)
     assert ("Format: Shopify product export, one product per Handle: sku <- Variant SKU of the first variant, else "
             "Handle; title <- Title; category <- Type, else the last level of Product Category;") in out
-    assert "2 created, 0 updated, 4 images added, 1 rows skipped" in out
-    assert (f"skipped line 7 (BEANIE-1): image {SHOPIFY_CDN}beanie-missing.jpg?v=1 is not among the uploaded files "
-            "(none is named 'beanie-missing.jpg'); importing images by URL is not supported yet") in err
+    assert out.splitlines()[-2:] == ["1 pictures named by URL queued for download by the worker.",
+                                     "3 created, 0 updated, 4 images added, 0 rows skipped."]
+    assert err == ""
     check_shopify_products()
     files = media_files(settings)
     assert len(files) == 4
 
     out, _ = run(csv_path)  # the same export again: no duplicates
-    assert "0 created, 2 updated, 0 images added, 1 rows skipped" in out
+    assert "0 created, 3 updated, 0 images added, 0 rows skipped" in out
     check_shopify_products()
+    assert ImageDownload.objects.count() == 1
     assert media_files(settings) == files
 
 
-def test_a_shopify_export_without_its_pictures_reports_each_product(tmp_path):
+def test_a_shopify_export_without_its_pictures_queues_them_for_download(tmp_path):
     out, err = run(export_folder(tmp_path, SHOPIFY_CSV, []))
-    assert "0 created" in out and "3 rows skipped" in out
-    # One error per product (not per row), on the line of its first row, naming every missing picture.
-    assert err.count("skipped line") == 3
-    shirt = next(line for line in err.splitlines() if "(LIN-S)" in line)
-    assert shirt.startswith("skipped line 2 (LIN-S): ")
-    for name in ("linen-front.jpg", "linen-back.jpg", "linen-detail.png"):
-        assert f"{SHOPIFY_CDN}{name}?v=1699999999 is not among the uploaded files" in shirt
-    assert "skipped line 6 (canvas-tote)" in err and "(none is named 'canvas tote.jpg')" in err
-    assert not Product.objects.exists()
+    assert out.splitlines()[-2:] == ["5 pictures named by URL queued for download by the worker.",
+                                     "3 created, 0 updated, 0 images added, 0 rows skipped."]
+    assert err == "" and not ProductImage.objects.exists()
+    # One download per picture of a product (not per row), in the export's order.
+    assert downloads_of("LIN-S") == [f"{SHOPIFY_CDN}{name}?v=1699999999"
+                                     for name in ("linen-front.jpg", "linen-detail.png", "linen-back.jpg")]
+    tote = "https://cdn.shopify.com/s/files/1/0533/2089/1234/files/canvas%20tote.jpg?v=1700000000"
+    assert downloads_of("canvas-tote") == [tote]
 
 
 # --------------------------------------------------------------------------- WooCommerce
 
 
 def check_woo_products():
-    assert sorted(Product.objects.values_list("sku", flat=True)) == ["woo-53", "woo-vneck-tee"]
+    assert sorted(Product.objects.values_list("sku", flat=True)) == ["woo-53", "woo-album", "woo-vneck-tee"]
+    assert downloads_of("woo-album") == [f"{WOO_UPLOADS}album-1.jpg"]  # not among the files: queued
     tee = Product.objects.select_related("category").get(sku="woo-vneck-tee")
     # The variable product's own row has no price: its first variation's (20, not the green one's 22).
     assert (tee.title, tee.category.name, tee.price) == ("V-Neck T-Shirt", "Tshirts", Decimal("20.00"))
@@ -139,15 +147,14 @@ def test_a_woocommerce_export_imports_products_with_their_variations_folded_in(t
     out, err = run(csv_path)
     assert ("Format: WooCommerce product export, variations folded into their parent: sku <- SKU, else woo-<ID>; "
             "title <- Name; category <- the last level of the first Categories path;") in out
-    assert "2 created, 0 updated, 4 images added, 2 rows skipped" in out
-    assert (f"skipped line 6 (woo-album): image {WOO_UPLOADS}album-1.jpg is not among the uploaded files (none is "
-            "named 'album-1.jpg'); importing images by URL is not supported yet") in err
+    assert "1 pictures named by URL queued for download by the worker.\n3 created, 0 updated, 4 images added, " \
+        "1 rows skipped" in out
     assert "skipped line 7 (woo-hoodie-blue): a variation of 'id:98', which is not in this file" in err
     check_woo_products()
     files = media_files(settings)
 
     out, _ = run(csv_path)
-    assert "0 created, 2 updated, 0 images added, 2 rows skipped" in out
+    assert "0 created, 3 updated, 0 images added, 1 rows skipped" in out
     check_woo_products()
     assert media_files(settings) == files
 
@@ -165,23 +172,27 @@ def post_bulk(client, archive: bytes, csv: bytes | None = None, csv_name="catalo
 def test_the_bulk_upload_imports_a_shopify_export_twice_without_duplicates(admin_client, settings):
     archive = zip_bytes(pictures(SHOPIFY_PICTURES))
     csv = SHOPIFY_CSV.read_bytes()
-    refused = post_bulk(admin_client, archive, csv, csv_name=SHOPIFY_CSV.name)
-    assert refused.status_code == 400  # a row has an error: nothing is imported unless asked
-    html = refused.content.decode()
-    assert "Nothing was imported: 1 row of 3 has errors" in html
-    assert f"image {SHOPIFY_CDN}beanie-missing.jpg?v=1 is not among the uploaded files" in html
+    checked = admin_client.post(reverse(BULK_URL), {
+        "archive": upload(archive, "images.zip", "application/zip"),
+        "catalog": upload(csv, SHOPIFY_CSV.name, "text/csv"), "_check": "1"})
+    assert checked.status_code == 200
+    html = checked.content.decode()
+    # The beanie's picture is not in the ZIP: its row is valid, the picture to be downloaded.
+    assert "All 3 rows are valid: 3 new products, 0 updates, 5 images." in html
     assert ("shopify_products_export.csv was read as a Shopify product export, one product per Handle: "
             "sku &lt;- Variant SKU") in html
     assert '<p class="lk-detail" id="format">Read as Shopify product export, one product per Handle: ' in html
     assert not Product.objects.exists()
 
-    for created, updated, images in [(2, 0, 4), (0, 2, 0)]:
-        response = post_bulk(admin_client, archive, csv, csv_name=SHOPIFY_CSV.name, skip_invalid="on")
+    for created, updated, images in [(3, 0, 4), (0, 3, 0)]:
+        response = post_bulk(admin_client, archive, csv, csv_name=SHOPIFY_CSV.name)
         assert response.status_code == 200
         html = response.content.decode()
         assert f"{created} products created, {updated} updated, {images} image" in html
+        assert ('<span id="downloads-queued">1 picture named by URL queued for download by the worker</span>'
+                in html)
         assert [str(m) for m in get_messages(response.wsgi_request)] == [
-            "Imported 2 of 3 rows from shopify_products_export.csv (Shopify product export)."]
+            "Imported 3 of 3 rows from shopify_products_export.csv (Shopify product export)."]
         check_shopify_products()
     assert len(media_files(settings)) == 4
 
@@ -191,11 +202,11 @@ def test_the_bulk_upload_imports_a_woocommerce_export_from_inside_the_zip(admin_
     files = {f"shop/{name}": data for name, data in pictures(WOO_PICTURES).items()}
     files["shop/wc-product-export-1-5-2024.csv"] = WOO_CSV.read_bytes()
     archive = zip_bytes(files)
-    for created in (2, 0):
+    for created in (3, 0):
         response = post_bulk(admin_client, archive, skip_invalid="on")
         assert response.status_code == 200, response.content.decode()[:3000]
         html = response.content.decode()
-        assert f"{created} products created" in html and "2 rows with errors skipped" in html
+        assert f"{created} products created" in html and "1 row with errors skipped" in html
         assert "wc-product-export-1-5-2024.csv was read as a WooCommerce product export" in html
         assert "a variation of &#x27;id:98&#x27;, which is not in this file" in html
         check_woo_products()

@@ -11,7 +11,7 @@ class Command(BaseCommand):
             "description]; several images per row separated by ';' or '|'; common column names such as image or "
             "name are read too), a Shopify product export or a WooCommerce product export, recognised from the "
             "header (the format and its column mapping are printed first). Images named by URL are looked up in "
-            "the folder by their file name. Bad rows are reported with their line number and skipped; re-running "
+            "the folder by their file name; those not there are downloaded by the worker. Bad rows are reported with their line number and skipped; re-running "
             "updates instead of duplicating.")
 
     def add_arguments(self, parser):
@@ -34,6 +34,8 @@ class Command(BaseCommand):
         with tqdm(total=len(parsed.rows), desc="importing", unit="product",
                   disable=options["verbosity"] == 0) as bar:
             summary = catalog_import(rows=parsed.rows, progress=bar.update)
+        if summary.downloads_queued:
+            self.stdout.write(f"{summary.downloads_queued} pictures named by URL queued for download by the worker.")
         self.stdout.write(self.style.SUCCESS(
             f"{summary.created} created, {summary.updated} updated, {summary.images_added} images added, "
             f"{len(parsed.errors)} rows skipped."))
