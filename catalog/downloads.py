@@ -18,10 +18,13 @@ must decode within the uploads' limits (``normalise_image``).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import io
 import logging
+import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,8 +33,8 @@ from urllib.parse import unquote, urljoin, urlsplit
 import urllib3
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.db.models import Q
+from django.db import DatabaseError, transaction
+from django.db.models import F, Q
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -88,6 +91,7 @@ def _allowed_networks():
                                                                           ())]
 
 
+_TUNNELS = ipaddress.ip_network("fec0::/10")
 _REFUSED_KINDS = {"unspecified": "an unspecified", "loopback": "a loopback", "link_local": "a link-local",
                   "multicast": "a multicast", "private": "a private", "reserved": "a reserved"}
 
@@ -98,6 +102,10 @@ def address_refusal(address: str, allowed=None) -> str | None:
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone ("fe80::1%eth0") is link-local anyway
     if getattr(ip, "ipv4_mapped", None):
         ip = ip.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
+    if ip.version == 6 and (ip.sixtofour or ip.teredo or ip in _TUNNELS):
+        # 6to4 (2002::/16) and Teredo embed an IPv4 address (2002:a00:1:: is 10.0.0.1); Python
+        # before 3.12.4 calls 2002::/16 global. Site-local fec0::/10 is deprecated but routable.
+        return f"{ip} is a tunnelled or site-local IPv6 address"
     allowed = _allowed_networks() if allowed is None else allowed
     if any(ip.version == network.version and ip in network for network in allowed):
         return None
@@ -119,6 +127,10 @@ def target_resolve(url: str) -> Target:
     scheme, host = parts.scheme.lower(), (parts.hostname or "")
     if scheme not in ("http", "https") or not host:
         raise DownloadError("only http and https addresses with a host can be downloaded")
+    try:  # an internationalised name: its ASCII form for the lookup, the Host header and the certificate
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise DownloadError(f"the host name {host!r} is not a valid internationalised name ({exc})")
     if parts.username or parts.password:
         raise DownloadError("addresses with a user name or password are not downloaded")
     try:
@@ -163,7 +175,9 @@ def _body(response, *, limit: int, deadline: float) -> bytes:
         raise DownloadError(f"the file is too large ({int(declared):,} bytes declared); the limit is {limit:,} bytes")
     data = bytearray()
     try:
-        for chunk in response.stream(CHUNK_BYTES):
+        # read1: whatever one socket read returns, so the deadline is checked at least every
+        # TIMEOUT_SECONDS (stream() would wait for a whole chunk: 1 byte per 9 s took days).
+        while chunk := response.read1(CHUNK_BYTES):
             data += chunk
             if len(data) > limit:
                 raise DownloadError(f"the file is larger than the limit of {limit:,} bytes (cut while downloading)")
@@ -174,10 +188,42 @@ def _body(response, *, limit: int, deadline: float) -> bytes:
     return bytes(data)
 
 
+class _DeadlinePassed(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _watchdog(seconds: float):
+    """Interrupt whatever blocks past ``seconds`` (a DNS lookup, headers trickled a byte at a time):
+    an alarm in the main thread, where a prefork worker runs its tasks. Elsewhere (tests' threads)
+    only the per-read timeouts and the checks between reads bound it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def passed(signum, frame):
+        raise _DeadlinePassed()
+
+    previous = signal.signal(signal.SIGALRM, passed)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def fetch(url: str) -> bytes:
     """The bytes of an image at ``url``, following at most MAX_REDIRECTS redirects, each target
-    validated; DownloadError says why not."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
+    validated, in DEADLINE_SECONDS at most; DownloadError says why not."""
+    try:
+        with _watchdog(DEADLINE_SECONDS + 1):
+            return _fetch(url, time.monotonic() + DEADLINE_SECONDS)
+    except _DeadlinePassed:
+        raise DownloadError(f"took longer than {DEADLINE_SECONDS} s", final=False) from None
+
+
+def _fetch(url: str, deadline: float) -> bytes:
     for _ in range(MAX_REDIRECTS + 1):
         response = _response(target_resolve(url), deadline)
         try:
@@ -225,11 +271,12 @@ def downloads_record(*, pairs) -> list[int]:
     ImageDownload.objects.bulk_create([ImageDownload(product_id=pk, url=url) for pk, url in pairs],
                                       ignore_conflicts=True)
     mine = Q(product_id__in={pk for pk, _ in pairs}, url__in={url for _, url in pairs})
-    ImageDownload.objects.filter(mine).filter(Q(status=Status.FAILED) | Q(status=Status.DONE, image=None)).update(
+    wanted = set(pairs)  # the query above matches every product with every URL: keep the named pairs
+    named = [pk for pk, product_id, url in ImageDownload.objects.filter(mine).values_list("pk", "product_id", "url")
+             if (product_id, url) in wanted]
+    ImageDownload.objects.filter(pk__in=named).filter(Q(status=Status.FAILED) | Q(status=Status.DONE, image=None)).update(
         status=Status.PENDING, attempts=0, next_attempt_at=None, last_error="", updated_at=timezone.now())
-    wanted = set(pairs)
-    ids = sorted(pk for pk, product_id, url in ImageDownload.objects.filter(mine, status=Status.PENDING)
-                 .values_list("pk", "product_id", "url") if (product_id, url) in wanted)
+    ids = sorted(ImageDownload.objects.filter(pk__in=named, status=Status.PENDING).values_list("pk", flat=True))
     if ids:
         downloads_queued.send(sender=ImageDownload, download_ids=ids)
     return ids
@@ -244,18 +291,32 @@ def downloads_due(*, stale, limit: int) -> list[int]:
     """Downloads whose task may have been lost (pending since before ``stale``, or a claim gone
     stale) or whose retry is due: what the periodic recovery publishes again."""
     now = timezone.now()
-    lost = Q(status=Status.PENDING, next_attempt_at__isnull=True, updated_at__lt=stale)
-    retry = Q(status=Status.PENDING, next_attempt_at__lte=now)
+    lost = Q(status=Status.PENDING, updated_at__lt=stale) & (Q(next_attempt_at__isnull=True) |
+                                                              Q(next_attempt_at__lte=now))
+    retry = Q(status=Status.PENDING, next_attempt_at__lte=now, updated_at__lt=F("next_attempt_at"))
     stuck = Q(status=Status.DOWNLOADING, updated_at__lt=now - timedelta(seconds=CLAIM_STALE_SECONDS))
     return list(ImageDownload.objects.filter(lost | retry | stuck).order_by("pk").values_list("pk", flat=True)[:limit])
 
 
+def downloads_resent(*, download_ids) -> None:
+    """The recovery sent these again: each is sent again only after another stale period (or its
+    next retry), not on every run while a busy queue holds the first message."""
+    ImageDownload.objects.filter(pk__in=download_ids, status=Status.PENDING).update(updated_at=timezone.now())
+
+
 def _claim(download_id: int) -> ImageDownload | None:
     with transaction.atomic():
-        download = (ImageDownload.objects.select_for_update(skip_locked=True).select_related("product")
+        download = (ImageDownload.objects.select_for_update(skip_locked=True, of=("self",)).select_related("product")
                     .filter(_claimable(timezone.now()), pk=download_id).first())
         if download is None:
             return None  # done, failed, not due yet, held by another worker, or its product deleted
+        if download.status == Status.DOWNLOADING and download.attempts >= MAX_ATTEMPTS:
+            # Its worker was lost (killed, or hung past the claim) on every attempt: stop here.
+            download.status, download.last_error = Status.FAILED, (
+                f"the worker downloading it was lost {download.attempts} times (killed, or stuck past "
+                f"{CLAIM_STALE_SECONDS} s)")
+            download.save(update_fields=["status", "last_error", "updated_at"])
+            return None
         download.status, download.attempts = Status.DOWNLOADING, download.attempts + 1
         download.save(update_fields=["status", "attempts", "updated_at"])
     return download
@@ -298,6 +359,13 @@ def image_downloads_process(*, download_ids) -> dict:
             normalised = fetch_image(download.url)
         except DownloadError as exc:
             outcome["failed" if _fail(download, exc) == Status.FAILED else "retry"] += 1
+            continue
+        except DatabaseError:
+            raise  # the task's retry with backoff; the claim is healed by the recovery
+        except Exception as exc:  # a bug or an odd input must not leave the row claimed forever
+            logger.exception("download %s (%s) failed unexpectedly", download.pk, download.url[:200])
+            error = DownloadError(f"unexpected error ({type(exc).__name__}: {exc})"[:500], final=False)
+            outcome["failed" if _fail(download, error) == Status.FAILED else "retry"] += 1
             continue
         outcome["done" if _succeed(download, normalised) else "skipped"] += 1
     return outcome

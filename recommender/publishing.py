@@ -49,8 +49,9 @@ def downloads_publish(*, download_ids: list[int]) -> int:
     ids, sent = sorted(set(download_ids)), 0
     for start in range(0, len(ids), DOWNLOAD_CHUNK):
         chunk = ids[start:start + DOWNLOAD_CHUNK]
-        if publish(DOWNLOAD_IMAGES, args=[chunk], waiting=f"{len(chunk)} image downloads"):
-            sent += len(chunk)
+        if not publish(DOWNLOAD_IMAGES, args=[chunk], waiting=f"{len(chunk)} image downloads"):
+            break  # the broker is down: one failed attempt, not one per chunk (the recovery sends the rest)
+        sent += len(chunk)
     return sent
 
 

@@ -15,7 +15,7 @@ from django.core.cache import cache
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
-from catalog.downloads import downloads_due
+from catalog.downloads import downloads_due, downloads_resent
 from catalog.models import ProductImage
 from recommender import artifacts, db, publishing, runtime
 from recommender.conf import config
@@ -74,6 +74,7 @@ def _lost_downloads_publish(stale) -> int:
     due = downloads_due(stale=stale, limit=RECOVER_BATCH)
     if due:
         publishing.downloads_publish(download_ids=due)
+        downloads_resent(download_ids=due)
     return len(due)
 
 

@@ -61,10 +61,27 @@ class Handler(BaseHTTPRequestHandler):
             self.send(body=b"", headers=[("Content-Length", str(HUGE_BODY_BYTES))], length=False)
         elif path == "/page.png":
             self.send(body=b"<html><body>Not found, but nicely</body></html>", kind="text/html; charset=utf-8")
+        elif path == "/trickle.png":  # a picture a byte at a time, each byte well within the read timeout
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+            self.drip(RED)
+        elif path == "/slow-headers.png":  # even the headers a byte at a time
+            self.wfile.write(b"HTTP/1.0 200 OK\r\n")
+            self.drip(b"X-Padding: " + b"a" * 200 + b"\r\n")
         elif path == "/garbage.png":
             self.send(body=b"these bytes are not a picture at all" * 10)
         else:  # /flaky.png and anything else
             self.send(503, body=b"try later", kind="text/plain")
+
+    def drip(self, data: bytes):
+        try:
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:  # the client hung up
+            pass
 
     def stream_endless(self):
         self.send_response(200)
@@ -196,7 +213,9 @@ def test_a_failure_is_retried_with_backoff_then_stays_failed(server, allowed):
         delays.append(round((row.next_attempt_at - before).total_seconds() / 60))
         assert image_downloads_process(download_ids=[row.pk])["skipped"] == 1  # not due yet
         assert row.pk not in downloads.downloads_due(stale=timezone.now() - timedelta(hours=1), limit=10)
-        ImageDownload.objects.filter(pk=row.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+        # Its backoff has passed (the clock moved on from the failure to past the retry time).
+        ImageDownload.objects.filter(pk=row.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1),
+                                                       updated_at=timezone.now() - timedelta(minutes=10))
         assert row.pk in downloads.downloads_due(stale=timezone.now() - timedelta(hours=1), limit=10)
     assert delays == [1, 2, 4, 8]
     row = run_one(row)
@@ -262,10 +281,14 @@ def test_the_recovery_republishes_lost_and_due_downloads_only():
 
     fresh, due, lost = download("https://img.example.com/a.png"), download("https://img.example.com/b.png"), \
         download("https://img.example.com/c.png")
-    ImageDownload.objects.filter(pk=due.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1), attempts=1)
+    # As a failed attempt leaves it: updated then, its retry due one backoff later (now past).
+    ImageDownload.objects.filter(pk=due.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1), attempts=1,
+                                                   updated_at=timezone.now() - timedelta(seconds=61))
     ImageDownload.objects.filter(pk=lost.pk).update(updated_at=timezone.now() - timedelta(hours=1))
     assert sorted(downloads.downloads_due(stale=timezone.now() - timedelta(minutes=5), limit=10)) == [due.pk, lost.pk]
     assert recover_lost_work()["downloads"] == 2 and fresh.pk
+    # Sent once: not again on every run while a busy queue still holds the message.
+    assert recover_lost_work()["downloads"] == 0
 
 
 def test_a_url_too_long_to_record_is_the_rows_error(tmp_path):
@@ -287,3 +310,54 @@ def test_a_worker_downloads_an_imported_url(server, tmp_path, start_worker):
     assert row.image.product.sku == "W-1"
     wait_for(lambda: ProductImage.objects.filter(status="ready").exists(), timeout=120,
              message="the downloaded image to be processed")
+
+
+@pytest.fixture
+def short_deadline(monkeypatch):
+    monkeypatch.setattr(downloads, "DEADLINE_SECONDS", 1.5)
+
+
+@pytest.mark.parametrize("path", ["/trickle.png", "/slow-headers.png"])
+def test_a_server_that_trickles_is_cut_at_the_deadline(server, allowed, short_deadline, path):
+    started = time.monotonic()
+    assert "took longer than 1.5 s" in refused(server.url + path)
+    assert time.monotonic() - started < 4  # a byte every 0.2 s would last 14 s (the body) or 40 s (headers)
+
+
+def test_an_internationalised_host_name_is_looked_up_and_sent_in_ascii(server, allowed):
+    # Fullwidth "localhost": IDNA maps it to "localhost" (an IDN sent raw broke the Host header).
+    port = server.server_address[1]
+    assert fetch_image(f"http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54:{port}/red.png").width == 40
+
+
+def test_an_unexpected_error_is_the_rows_not_a_claim_held_forever(monkeypatch):
+    def broken(url):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(downloads, "fetch_image", broken)
+    row = run_one(download("https://img.example.com/a.png"))
+    assert (row.status, row.attempts) == ("pending", 1)
+    assert row.last_error == "unexpected error (RuntimeError: boom)" and row.next_attempt_at is not None
+
+
+def test_a_download_whose_worker_was_lost_every_time_fails():
+    row = download("https://img.example.com/a.png")
+    ImageDownload.objects.filter(pk=row.pk).update(status="downloading", attempts=downloads.MAX_ATTEMPTS,
+                                                   updated_at=timezone.now() - timedelta(hours=1))
+    row = run_one(row)
+    assert row.status == "failed" and f"lost {downloads.MAX_ATTEMPTS} times" in row.last_error
+
+
+@pytest.mark.parametrize("address", ["2002:a00:1::1", "2001:0:4136:e378:8000:63bf:3fff:fdd2", "fec0::1"])
+def test_tunnelled_and_site_local_ipv6_addresses_are_refused(address):
+    assert "tunnelled or site-local" in address_refusal(address, [])
+
+
+def test_recording_downloads_resets_only_the_named_pairs():
+    one, two = ProductFactory(), ProductFactory()
+    a, b = "https://img.example.com/a.png", "https://img.example.com/b.png"
+    failed = ImageDownload.objects.create(product=one, url=a, status="failed", last_error="404")
+    other = ImageDownload.objects.create(product=two, url=b, status="failed", last_error="404")
+    downloads.downloads_record(pairs=[(one, b), (two, a)])  # the cross product would name (one, a) and (two, b)
+    assert set(ImageDownload.objects.filter(pk__in=[failed.pk, other.pk]).values_list("status", flat=True)) == {"failed"}
+    assert ImageDownload.objects.filter(status="pending").count() == 2
