@@ -184,5 +184,9 @@ def stop_all(processes: Iterable[ManagedProcess], timeout: float = 30, kill_time
                 p.kill(signal.SIGKILL, timeout=kill_timeout)
             except subprocess.TimeoutExpired as exc:
                 stuck = stuck or exc
+    for p in running:
+        # Stragglers in the group whose leader has exited (a fork of a gunicorn worker keeps the
+        # worker's SIGTERM handler, which only flips a flag): nothing of the group outlives stop().
+        p.send_signal(signal.SIGKILL)
     if stuck is not None:
         raise stuck

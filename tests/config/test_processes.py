@@ -25,6 +25,16 @@ print("ready.", flush=True)
 time.sleep(60)
 """
 
+# A child whose grandchild ignores SIGTERM (as a fork of a gunicorn worker keeps the worker's handler,
+# which only flips a flag): the child exits on SIGTERM, its grandchild would be left behind.
+ABANDONS = r"""
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                  "time.sleep(60)"])
+print("ready.", flush=True)
+time.sleep(60)
+"""
+
 
 def python(code, tmp_path, **kwargs):
     return ManagedProcess([sys.executable, "-c", code], log=tmp_path / "child.log", **kwargs)
@@ -117,3 +127,12 @@ def test_celery_worker_command():
     assert cmd[6:] == ["-Q", "celery,features,training", "-c", "2", "--without-gossip", "--without-mingle",
                        "--without-heartbeat", "-l", "INFO", "-n", "n@%h", "-B", "-s", ".beat"]
     assert "--without-heartbeat" not in celery_worker_command(heartbeat=True)
+
+
+def test_stop_leaves_nothing_of_the_group_behind(tmp_path):
+    proc = python(ABANDONS, tmp_path)
+    proc.wait_ready("ready.", timeout=30)
+    [grandchild] = proc.child_pids()
+    assert proc.stop(timeout=10) == -signal.SIGTERM  # the child itself went at the SIGTERM
+    psutil.wait_procs([psutil.Process(grandchild)] if not gone(grandchild) else [], timeout=10)
+    assert gone(grandchild)  # the straggler that ignored it was killed with the group
