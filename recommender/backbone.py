@@ -214,10 +214,34 @@ def default_runtime() -> str:
     return os.environ.get("RECOMMENDER_BACKBONE_RUNTIME", "auto")
 
 
+_OVC_TELEMETRY_USERS = ("openvino.tools.ovc.convert_impl", "openvino.tools.ovc.telemetry_utils",
+                        "openvino.tools.ovc.utils", "openvino.tools.ovc.main")
+
+
+def openvino_telemetry_off() -> None:
+    """OpenVINO's model converter sends usage telemetry (Google Analytics) unless the machine's user
+    declined it in ~/intel/openvino_telemetry, each event from a forked process: 25 forks of the
+    converting process (a web worker, a Celery child: ~0.5 GB each) per conversion, which in a
+    threaded process can deadlock and outlive it (a CI run was left with 24 of a web worker's), and
+    a shop's servers must send nothing out. The converter's own stub, what it uses when
+    openvino-telemetry is not installed (openvino requires that package), replaces it: for modules
+    not imported yet through the import system (None in sys.modules makes the import fail), for
+    those imported already by replacing their reference."""
+    sys.modules.setdefault("openvino_telemetry", None)
+    loaded = [sys.modules[name] for name in _OVC_TELEMETRY_USERS if sys.modules.get(name) is not None]
+    if loaded:
+        from openvino.tools.ovc import telemetry_stub
+
+        for module in loaded:
+            if hasattr(module, "tm"):
+                module.tm = telemetry_stub
+
+
 def _openvino_infer(model, input_size: int, threads: int | None):
     """An fp32 OpenVINO compilation of the Keras ``model`` (batch size left open) -> a callable
     batch -> features. The precision is set explicitly: on a CPU with bf16 support OpenVINO would
     otherwise run in bf16, whose features differ (and would need an identity of their own)."""
+    openvino_telemetry_off()
     import openvino as ov
 
     with warnings.catch_warnings():
