@@ -217,7 +217,7 @@ def cache_evict(*, keep: int | None = None) -> list[int]:
     root = Path(settings.MODELS_ROOT)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        with open(root / ".evict.lock", "w") as lock:
+        with open(root / "evict.lock", "w") as lock:  # not a dot-file: dot-files here are unfinished writes
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

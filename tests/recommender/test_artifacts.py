@@ -146,7 +146,7 @@ def test_one_process_of_a_host_trims_at_a_time(settings):
     version = version_row()
     written(version, weights=b"x" * 100)
     settings.MODELS_CACHE_MAX_BYTES = 0
-    with open(Path(settings.MODELS_ROOT, ".evict.lock"), "w") as lock:
+    with open(Path(settings.MODELS_ROOT, "evict.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process trimming
         assert artifacts.cache_evict() == []
     assert artifacts.cache_evict() == [version.pk]
