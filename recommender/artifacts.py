@@ -31,6 +31,7 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -75,11 +76,15 @@ def object_name(version_id: int, name: str, digest: str) -> str:
     return f"v{version_id}/{digest[:16]}-{name}"
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, *, copy_to: Path | None = None) -> str:
+    """SHA-256 of a file; with ``copy_to``, the bytes hashed are also written there (load those:
+    a file swapped after the check is never the one loaded)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open(path, "rb") as handle, (open(copy_to, "wb") if copy_to else contextlib.nullcontext()) as copy:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+            if copy is not None:
+                copy.write(block)
     return digest.hexdigest()
 
 

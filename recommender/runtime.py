@@ -17,8 +17,6 @@ A version's ``weights`` names a trained backbone portably (``models:v<N>/backbon
 it. Paths recorded before (under this host's MODELS_ROOT) are still understood.
 """
 
-import contextlib
-import hashlib
 import logging
 import re
 import tempfile
@@ -155,16 +153,6 @@ _VERIFIED_WEIGHTS: set[tuple] = set()  # (path, size, mtime_ns) of weights files
 _UNVERIFIED_WARNED: set[int] = set()
 
 
-def _sha256(path: Path, *, copy_to: Path | None = None) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle, (open(copy_to, "wb") if copy_to else contextlib.nullcontext()) as copy:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-            if copy is not None:
-                copy.write(block)
-    return digest.hexdigest()
-
-
 def artifacts_verify(version, *, names, copy_to: Path | None = None) -> None:
     """Raise ModelFilesError unless each of ``names`` has the checksum recorded on the version,
     fetching it from the models storage first where this host has no copy (or a copy that does not
@@ -191,13 +179,13 @@ def _file_verify(version, name: str, digest: str, copy_to: Path | None) -> None:
     where = artifacts.object_name(version.pk, name, digest)
     try:
         path = artifacts.file_local(version_id=version.pk, name=name, digest=digest)
-        if _sha256(path, copy_to=copy_to) == digest:
+        if artifacts.sha256_file(path, copy_to=copy_to) == digest:
             return
         path = artifacts.file_refetch(version_id=version.pk, name=name, digest=digest)
     except artifacts.ArtifactMissingError:
         raise ModelFilesError(f"v{version.pk}: model file {name} is missing from the models storage ({where}); "
                               "the version cannot be loaded.") from None
-    if _sha256(path, copy_to=copy_to) != digest:
+    if artifacts.sha256_file(path, copy_to=copy_to) != digest:
         raise ModelFilesError(
             f"v{version.pk}: model file {name} in the models storage ({where}) does not match the SHA-256 "
             "recorded when it was saved (changed or replaced since); it is not loaded. Restore the version's "
@@ -208,7 +196,7 @@ def _legacy_file_verify(version, name: str, digest: str, copy_to: Path | None) -
     path = _legacy_dir(version) / name
     if not path.is_file():
         raise ModelFilesError(f"v{version.pk}: model file {path} is missing; the version cannot be loaded.")
-    if _sha256(path, copy_to=copy_to) != digest:
+    if artifacts.sha256_file(path, copy_to=copy_to) != digest:
         raise ModelFilesError(
             f"v{version.pk}: model file {path} does not match the SHA-256 recorded when it was saved (changed or "
             "replaced since); it is not loaded. Restore the version's files or train a new one.")
