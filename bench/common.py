@@ -410,7 +410,8 @@ def load_fashion_mnist():
 def to_pictures(images):
     from PIL import Image
 
-    return [Image.fromarray(np.asarray(a, dtype=np.uint8), mode="L") for a in images]
+    # 2-D arrays are grey levels, (h, w, 3) ones RGB: Pillow infers the mode from the shape.
+    return [Image.fromarray(np.asarray(a, dtype=np.uint8)) for a in images]
 
 
 def cache_key(identity: str, name: str) -> Path:

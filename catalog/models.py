@@ -4,6 +4,11 @@ from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.urls import reverse
+from pgvector.django import BitField, HnswIndex
+
+# catalog.perceptual.BITS (not imported: that module pulls numpy's DCT set-up into every start-up);
+# tests/catalog/test_duplicates.py checks they agree.
+PERCEPTUAL_BITS = 256
 
 
 class Category(models.Model):
@@ -87,6 +92,12 @@ class ProductImage(models.Model):
     # may take it back at once; anyone else waits until the claim is stale.
     processing_token = models.CharField(max_length=64, blank=True, editable=False)
     status_changed_at = models.DateTimeField(auto_now_add=True, editable=False)
+    # Near-duplicate detection (catalog.duplicates): the picture's perceptual hash and its mirror
+    # image's (catalog.perceptual), written by the worker with the thumbnails; checked against the
+    # catalog once the image is ready (null: not yet, and the periodic recovery will).
+    perceptual_hash = BitField(length=PERCEPTUAL_BITS, null=True, blank=True, editable=False)
+    mirror_hash = BitField(length=PERCEPTUAL_BITS, null=True, blank=True, editable=False)
+    duplicates_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -94,7 +105,15 @@ class ProductImage(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["product", "content_hash"], name="unique_image_per_product"),
         ]
-        indexes = [models.Index(fields=["status", "status_changed_at"])]
+        indexes = [
+            models.Index(fields=["status", "status_changed_at"]),
+            # The nearest hashes of a new image (catalog.duplicates): an index scan, not a scan of
+            # every image.
+            HnswIndex(name="image_perceptual_hash_hnsw", fields=["perceptual_hash"], m=16, ef_construction=64,
+                      opclasses=["bit_hamming_ops"]),
+            models.Index(fields=["status_changed_at"], name="image_duplicates_unchecked",
+                         condition=models.Q(status="ready", duplicates_checked_at__isnull=True)),
+        ]
 
     def __str__(self):
         return f"image {self.pk} of {self.product_id}"
@@ -138,3 +157,49 @@ class ImageDownload(models.Model):
 
     def __str__(self):
         return f"download {self.pk} of {self.product_id}: {self.url[:80]}"
+
+
+class DuplicatePair(models.Model):
+    """Two products whose pictures are the same file, or near-duplicates (catalog.duplicates), and
+    what staff decided. One row per pair of products, ``product_a`` the older (lower id): a pair
+    found again (another image, a re-check, a new model version) never reopens a decision; only an
+    open pair's match is updated."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "To review"
+        MERGED = "merged", "Merged"
+        NOT_DUPLICATE = "not_duplicate", "Not a duplicate"
+        IGNORED = "ignored", "Ignored (duplicates kept)"
+
+    class Kind(models.TextChoices):
+        EXACT = "exact", "Same file"
+        NEAR = "near", "Near-duplicate"
+
+    product_a = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="+")
+    product_b = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="+")
+    image_a = models.ForeignKey(ProductImage, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    image_b = models.ForeignKey(ProductImage, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    distance = models.PositiveSmallIntegerField(help_text=(
+        f"Bits of the {PERCEPTUAL_BITS}-bit perceptual hashes that differ (0: the same picture)."))
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN, db_index=True)
+    kept = models.ForeignKey(Product, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+                             help_text="The product a merge kept.")
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
+    decided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["distance", "id"]
+        verbose_name = "possible duplicate"
+        constraints = [
+            models.UniqueConstraint(fields=["product_a", "product_b"], name="one_duplicate_pair_per_products"),
+            models.CheckConstraint(condition=models.Q(product_a__lt=models.F("product_b")),
+                                   name="duplicate_pair_ordered"),
+        ]
+        indexes = [models.Index(fields=["product_b", "status"])]
+
+    def __str__(self):
+        return f"possible duplicate {self.product_a_id} / {self.product_b_id} ({self.status})"

@@ -12,7 +12,7 @@ import numpy as np
 from django.db import connection, transaction
 from django.db.models import Prefetch
 
-from catalog import selectors as catalog_selectors
+from catalog import duplicates, selectors as catalog_selectors
 from catalog.models import Product, ProductImage
 from recommender import db, runtime
 from recommender.conf import config
@@ -54,11 +54,15 @@ def _vector_literal(vector) -> str:
     return "[" + ",".join(f"{float(x):.7g}" for x in np.asarray(vector).ravel()) + "]"
 
 
-def _filter_sql(*, exclude_product=None, category=None, min_price=None, max_price=None, predicted=None):
+def _filter_sql(*, exclude_product=None, category=None, min_price=None, max_price=None, predicted=None,
+                exclude_products=()):
     where, params = ["p.is_active"], []
     if exclude_product is not None:
         where.append("e.product_id <> %s")
         params.append(exclude_product)
+    if exclude_products:  # the product's duplicates (catalog.duplicates)
+        where.append("p.id <> ALL(%s)")
+        params.append(list(exclude_products))
     if category is not None:
         where.append("p.category_id = %s")
         params.append(category.pk if hasattr(category, "pk") else int(category))
@@ -243,63 +247,84 @@ def _products_in_order(rows, *, category=None, min_price=None, max_price=None, *
 
 
 def _cache_key(*parts) -> str:
-    # "similar2": entries are (rows, fingerprint, items) since the products themselves are cached.
-    return cache_key("similar2", *parts)
+    # "similar3": entries are (rows, fingerprint, items, the asking product's own fingerprint).
+    return cache_key("similar3", *parts)
 
 
-def _cached_answer(key, filters) -> tuple[list, str, list[SimilarItem]] | None:
-    """A cached (rows, fingerprint, items) still true of the products now, or None.
+def _cached_answer(key, filters, product_id) -> tuple | None:
+    """A cached (rows, fingerprint, items, own) still true of the products now, or None.
 
-    Unchanged products (same fingerprint: one query) are served as cached, without reading them;
-    changed ones are read again and filtered (_products_in_order), and the answer is recomputed if
-    one of them was hidden, deleted or moved out of the filters."""
+    The asking product changed (its duplicates are decided on it: catalog.duplicates touches both
+    products): recomputed. Unchanged products shown (same fingerprint) are served as cached, without
+    reading them; changed ones are read again and filtered (_products_in_order), and the answer is
+    recomputed if one of them was hidden, deleted or moved out of the filters. One query."""
     cached = cache_get(key)
-    if not isinstance(cached, tuple) or len(cached) != 3:
+    if not isinstance(cached, tuple) or len(cached) != 4:
         return None
-    rows, fingerprint, items = cached
+    rows, fingerprint, items, own = cached
     ids = [pid for pid, _ in rows]
-    now = catalog_selectors.products_fingerprint(ids)
+    hashes = catalog_selectors.product_row_hashes([product_id, *ids])
+    if catalog_selectors.products_fingerprint([product_id], hashes) != own:
+        return None
+    now = catalog_selectors.products_fingerprint(ids, hashes)
     if now == fingerprint:
         return cached
     items = _products_in_order(rows, **filters)
     if len(items) != len(rows):
         return None
-    answer = (rows, now, items)
+    answer = (rows, now, items, own)
     cache_set(key, answer)
     return answer
 
 
-def _fresh_answer(rows, filters) -> tuple[list, str, list[SimilarItem]]:
+def _fresh_answer(rows, filters, own) -> tuple:
     # The fingerprint is read before the products: a change in between makes it stale, not the items.
     fingerprint = catalog_selectors.products_fingerprint([pid for pid, _ in rows])
-    return rows, fingerprint, _products_in_order(rows, **filters)
+    return rows, fingerprint, _products_in_order(rows, **filters), own
+
+
+def _version_answer(*, version, product, k, same_category, filters) -> tuple:
+    """A product's panel under ``version``: (rows, fingerprint, items, own fingerprint); None when
+    the product has no embedding under it."""
+    own = catalog_selectors.products_fingerprint([product.pk])  # before its duplicates are read
+    # The query image's id, not its vector: the list answers without it (the index reads it).
+    query = (Embedding.objects.filter(version=version, product=product)
+             .order_by("image__position", "image_id").values_list("image_id", "predicted").first())
+    if query is None:
+        return None
+    image, predicted = query
+    exclude = duplicates.product_duplicate_ids(product_id=product.pk)
+    rows = duplicates.nearest_without_duplicates(lambda n: nearest_products(
+        version=version, image=image, k=n, exclude_product=product.pk, exclude_products=exclude,
+        predicted=predicted if same_category else None, **filters), k)
+    return _fresh_answer(rows, filters, own)
 
 
 def similar_products(*, product: Product, k: int = 6, same_category: bool = False, category=None,
                      min_price=None, max_price=None, use_cache: bool = True) -> SimilarResult:
     """The k nearest other active products (one entry per product), by the active version's
-    embeddings, or by standardised backbone features before any version is trained."""
+    embeddings, or by standardised backbone features before any version is trained; never the
+    product's own duplicates, nor two products paired as duplicates (catalog.duplicates)."""
     filters = {"category": category, "min_price": min_price, "max_price": max_price}
     version = active_version()
     if version is not None:
         key = _cache_key("v", version.pk, product.pk, k, same_category, filters)
-        answer = _cached_answer(key, filters) if use_cache else None
+        answer = _cached_answer(key, filters, product.pk) if use_cache else None
         if answer is None:
-            # The query image's id, not its vector: the list answers without it (the index reads it).
-            query = (Embedding.objects.filter(version=version, product=product)
-                     .order_by("image__position", "image_id").values_list("image_id", "predicted").first())
-            if query is None:
+            answer = _version_answer(version=version, product=product, k=k, same_category=same_category,
+                                     filters=filters)
+            if answer is None:
                 return SimilarResult(items=[], version=version, source="none",
                                      fingerprint=catalog_selectors.products_fingerprint([]))
-            image, predicted = query
-            rows = nearest_products(version=version, image=image, k=k, exclude_product=product.pk,
-                                    predicted=predicted if same_category else None, **filters)
-            answer = _fresh_answer(rows, filters)
             if use_cache:
                 cache_set(key, answer)
-        rows, fingerprint, items = answer
+        rows, fingerprint, items, _ = answer
         return SimilarResult(items=items, version=version, source="model", fingerprint=fingerprint)
+    return _cold_start_similar(product=product, k=k, same_category=same_category, filters=filters,
+                               use_cache=use_cache)
 
+
+def _cold_start_similar(*, product, k, same_category, filters, use_cache) -> SimilarResult:
     backbone = runtime.backbone_spec().identity
     image = (BackboneFeature.objects.filter(backbone=backbone, image__product=product)
              .order_by("image__position", "image_id").values_list("image_id", flat=True).first())
@@ -307,16 +332,18 @@ def similar_products(*, product: Product, k: int = 6, same_category: bool = Fals
         return SimilarResult(items=[], version=None, source="none")
     if same_category:
         filters["category"] = product.category_id  # no predictions yet: use the catalog's own category
-    # Cold start scans every feature, so it is cached too, with the scaler it used: new images are
-    # taken in when the cache expires (as with a version) or the scaler is refitted
-    # (services.features.SCALE_REFIT_SHARE), not at each new image. One request computes a
-    # missing answer; the others wait for it.
+    # Cold start scans every feature, so it is cached too, with the scaler it used and the
+    # product's own row (its duplicates are decided on it): new images are taken in when the cache
+    # expires (as with a version) or the scaler is refitted (services.features.SCALE_REFIT_SHARE),
+    # not at each new image. One request computes a missing answer; the others wait for it.
     scale = feature_scale_state(backbone=backbone)
-    key = _cache_key("b", backbone, scale, product.pk, k, filters)
+    key = _cache_key("b", backbone, scale, product.pk, k, filters, catalog_selectors.products_fingerprint([product.pk]))
 
     def compute():
-        return _cold_start_nearest(backbone=backbone, k=k, scale=scale, image=image, exclude_product=product.pk,
-                                   **filters)
+        exclude = duplicates.product_duplicate_ids(product_id=product.pk)
+        return duplicates.nearest_without_duplicates(lambda n: _cold_start_nearest(
+            backbone=backbone, k=n, scale=scale, image=image, exclude_product=product.pk, exclude_products=exclude,
+            **filters), k)
 
     rows = cache_get_or_compute(key, compute) if use_cache else compute()
     items = _products_in_order(rows, **filters)
@@ -349,15 +376,16 @@ def search_by_image(*, picture, k: int = 6, same_category: bool = False, categor
             features = runtime.backbone().extract([picture])
     if version is None:
         backbone = runtime.backbone_spec().identity
-        rows = _cold_start_nearest(backbone=backbone, k=k, scale=feature_scale_state(backbone=backbone),
-                                   vector=features[0], **filters)
+        scale = feature_scale_state(backbone=backbone)
+        rows = duplicates.nearest_without_duplicates(lambda n: _cold_start_nearest(backbone=backbone, k=n, scale=scale,
+                                                                 vector=features[0], **filters), k)
         return ImageSearchResult(predicted=None, probabilities={}, items=_products_in_order(rows, **filters),
                                  version=None, source="backbone" if rows else "none")
     classes = head.classes
     probabilities = {c: float(p) for c, p in sorted(zip(classes, proba), key=lambda cp: -cp[1])}
     predicted = classes[int(np.argmax(proba))]
-    rows = nearest_products(version=version, vector=vector, k=k,
-                            predicted=predicted if same_category else None, **filters)
+    rows = duplicates.nearest_without_duplicates(lambda n: nearest_products(
+        version=version, vector=vector, k=n, predicted=predicted if same_category else None, **filters), k)
     return ImageSearchResult(predicted=predicted, probabilities=probabilities,
                              items=_products_in_order(rows, **filters),
                              version=version, source="model")

@@ -35,6 +35,7 @@ from django.db.models import DateTimeField, ExpressionWrapper, F, Q, Value
 from django.db.models.functions import Power
 from django.utils import timezone
 
+from catalog import duplicates, perceptual
 from catalog.models import ProductImage
 from recommender import db, publishing, runtime
 from recommender.conf import config
@@ -115,6 +116,7 @@ class _Batch:
     pictures: dict = field(default_factory=dict)  # image id -> decoded PIL image
     errors: dict[int, str] = field(default_factory=dict)  # image id -> what went wrong
     extracted: int = 0
+    hashed: dict = field(default_factory=dict)  # image id -> (perceptual hash, mirror hash)
 
     def fail(self, image_ids, message: str) -> None:
         for image_id in image_ids:
@@ -145,7 +147,7 @@ class _Batch:
 def _pictures_open(batch: _Batch) -> None:
     """Decode what still needs features or thumbnails (a redelivery skips finished images)."""
     for image_id, image in batch.images.items():
-        if image_id in batch.have and image.thumbnails:
+        if image_id in batch.have and image.thumbnails and image.perceptual_hash is not None:
             continue
         try:
             batch.pictures[image_id] = picture_open(image)
@@ -168,6 +170,27 @@ def _features_extract(batch: _Batch) -> None:
     db.bulk_insert_binary([BackboneFeature(image_id=i, backbone=batch.identity, vector=f)
                            for i, f in zip(need, features)])
     feature_scale_refresh(backbone=batch.identity)  # the cold start's scaler, when these moved it
+
+
+def _hashes_make(batch: _Batch) -> None:
+    """The perceptual hashes near-duplicate detection compares (~0.4 ms a picture); the same file
+    always gives the same hash, so a lost claim's write is harmless."""
+    for image_id, picture in batch.pictures.items():
+        if batch.images[image_id].perceptual_hash is None:
+            try:
+                batch.hashed[image_id] = perceptual.hashes(picture)  # None: a flat picture
+            except Exception as exc:  # a decoder quirk must not cost the image its place in search
+                logger.warning("image %s could not be hashed: %s", image_id, exc)
+    duplicates.image_hashes_record(hashes=batch.hashed)
+
+
+def _duplicates_check(batch: _Batch) -> None:
+    """Pair the ready images with near-duplicates of other products (catalog.duplicates). An error
+    here leaves them unchecked for the periodic recovery, never failed."""
+    try:
+        duplicates.duplicates_detect(image_ids=batch.ok)
+    except DatabaseError as exc:
+        logger.warning("duplicate detection of %d image(s) deferred to the recovery: %s", len(batch.ok), exc)
 
 
 def _thumbnails_make(batch: _Batch, token: str) -> None:
@@ -352,9 +375,11 @@ def _claimed_process(*, claimed: list[int], token: str) -> dict:
                             .values_list("image_id", flat=True)))
     _pictures_open(batch)
     _features_extract(batch)
+    _hashes_make(batch)
     _thumbnails_make(batch, token)
     _embed_with_active(batch)
     _outcome_record(batch, token)
+    _duplicates_check(batch)
     return {"claimed": len(claimed), "ready": len(batch.ok), "errors": len(batch.errors),
             "extracted": batch.extracted}
 

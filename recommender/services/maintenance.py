@@ -15,6 +15,7 @@ from django.core.cache import cache
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
+from catalog import duplicates
 from catalog.downloads import downloads_due, downloads_resent
 from catalog.models import ProductImage
 from recommender import artifacts, db, publishing, runtime
@@ -228,8 +229,8 @@ def model_files_sweep() -> list[int]:
 def recover_lost_work() -> dict:
     """Rebuild a damaged vector index; publish versions saved before the models storage; re-publish lost ingestion, missing embeddings and lost
     trainings; fail dead trainings;
-    finish versions a lost worker left ready; refit the cold start's scaler when its window
-    skipped a refit."""
+    finish versions a lost worker left ready; check images for duplicates that no worker checked;
+    refit the cold start's scaler when its window skipped a refit."""
     now = timezone.now()
     stale = now - timedelta(seconds=config().stale_seconds)
     reindexed = _damaged_vector_index_heal()  # first: until then every embedding insert may fail
@@ -241,12 +242,13 @@ def recover_lost_work() -> dict:
     reembed = _missing_embeddings_publish()
     reextract = _missing_features_publish(stale)
     neighbours = _neighbours_publish()
+    duplicates_checked = duplicates.duplicates_backlog_check(before=stale)
     # Last: a refit the ingestion skipped inside its window (services.features.SCALE_REFIT_MIN_SECONDS).
     scale = feature_scale_refresh(backbone=runtime.backbone_spec().identity)
     return {"requeued": requeued, "reembed": reembed, "reextract": reextract, "dead_trainings": dead,
             "republished_trainings": republished, "ready_versions": ready, "neighbours": neighbours,
             "scale_refitted": scale, "vector_indexes_rebuilt": reindexed, "model_files_published": published,
-            "downloads": downloads}
+            "downloads": downloads, "duplicates_checked": duplicates_checked}
 
 
 def retrain_if_needed(*, force_reason: str | None = None) -> ModelVersion | None:
