@@ -7,8 +7,9 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from catalog.downloads import downloads_retry
 from catalog.forms import BulkUploadForm
-from catalog.models import Category, Product, ProductImage
+from catalog.models import Category, ImageDownload, Product, ProductImage
 from catalog.services import (
     files_removed_on_error,
     is_unique_violation,
@@ -315,6 +316,35 @@ class ProductImageAdmin(admin.ModelAdmin):
         self.message_user(request, f"{count} failed images queued again.", messages.SUCCESS)
 
 
+@admin.register(ImageDownload)
+class ImageDownloadAdmin(admin.ModelAdmin):
+    """Pictures that catalog rows named by URL (catalog.downloads): what failed and why, retried."""
+
+    list_display = ["id", "product", "short_url", "status", "attempts", "short_error", "next_attempt_at", "updated_at"]
+    list_filter = ["status"]
+    list_select_related = ["product"]
+    search_fields = ["url", "product__sku", "last_error"]
+    readonly_fields = ["product", "url", "status", "attempts", "last_error", "next_attempt_at", "image",
+                       "created_at", "updated_at"]
+    actions = ["retry"]
+
+    def has_add_permission(self, request):
+        return False  # recorded by imports
+
+    @admin.display(description="URL")
+    def short_url(self, obj):
+        return format_html('<a href="{}" rel="noopener noreferrer">{}</a>', obj.url, obj.url[:60])
+
+    @admin.display(description="Last error")
+    def short_error(self, obj):
+        return (obj.last_error[:80] + "…") if len(obj.last_error) > 80 else obj.last_error
+
+    @admin.action(description="Retry the selected failed downloads", permissions=["change"])
+    def retry(self, request, queryset):
+        count = len(downloads_retry(download_ids=list(queryset.values_list("id", flat=True))))
+        self.message_user(request, f"{count} failed downloads queued again.", messages.SUCCESS)
+
+
 def bulk_report(parsed) -> dict:
     """Per-row report of a parsed catalog: what each line would do, or why it cannot."""
     skus = [row.sku for row in parsed.rows]
@@ -328,3 +358,6 @@ def bulk_report(parsed) -> dict:
             "create": sum(1 for item in lines if item.get("outcome") == "create"),
             "update": sum(1 for item in lines if item.get("outcome") == "update"),
             "images": sum(item.get("images", 0) for item in lines)}
+
+
+from catalog import admin_duplicates  # noqa: E402,F401 (registers the possible duplicates' list)

@@ -282,6 +282,16 @@ def downloads_record(*, pairs) -> list[int]:
     return ids
 
 
+def downloads_retry(*, download_ids) -> list[int]:
+    """Staff action: failed downloads start again with fresh attempts (sent after the commit)."""
+    ids = sorted(ImageDownload.objects.filter(pk__in=download_ids, status=Status.FAILED).values_list("pk", flat=True))
+    ImageDownload.objects.filter(pk__in=ids).update(status=Status.PENDING, attempts=0, next_attempt_at=None,
+                                                    last_error="", updated_at=timezone.now())
+    if ids:
+        downloads_queued.send(sender=ImageDownload, download_ids=ids)
+    return ids
+
+
 def _claimable(now) -> Q:
     due = Q(status=Status.PENDING) & (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
     return due | Q(status=Status.DOWNLOADING, updated_at__lt=now - timedelta(seconds=CLAIM_STALE_SECONDS))

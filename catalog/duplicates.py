@@ -192,11 +192,14 @@ def duplicate_pair_decide(*, pair: DuplicatePair, status: str, user=None) -> Dup
 def _images_move(*, source: Product, target: Product) -> int:
     """Move ``source``'s images to ``target`` after its own; a file ``target`` already has is
     deleted instead (with its thumbnails); returns the images moved."""
-    have = set(target.images.values_list("content_hash", flat=True))
+    have = dict(target.images.values_list("content_hash", "id"))
     start = (target.images.aggregate(m=Max("position"))["m"] or 0) + 1
     moved = []
     for offset, image in enumerate(source.images.order_by("position", "id")):
         if image.content_hash in have:
+            # Pairs that show this picture show the kept product's copy of it from now on.
+            DuplicatePair.objects.filter(image_a=image).update(image_a_id=have[image.content_hash])
+            DuplicatePair.objects.filter(image_b=image).update(image_b_id=have[image.content_hash])
             product_image_delete(image=image)
             continue
         ProductImage.objects.filter(pk=image.pk).update(product=target, position=start + offset)

@@ -1,14 +1,15 @@
-"""The catalog's API routes (categories, products and their images, API tokens); config/api_urls.py
+"""The catalog's API routes (categories, products and their images, possible duplicates, API tokens); config/api_urls.py
 mounts them under /api/v1/ beside the recommender's."""
 
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from catalog.api import views
+from catalog.api import duplicates, views
 
 router = SimpleRouter()
 router.register("categories", views.CategoryViewSet, basename="category")
 router.register("products", views.ProductViewSet, basename="product")
+router.register("duplicates", duplicates.DuplicatePairViewSet, basename="duplicate")
 
 urlpatterns = [
     path("auth/token/", views.AuthTokenView.as_view(), name="auth-token"),

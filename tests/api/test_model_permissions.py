@@ -9,7 +9,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.urls import URLPattern, URLResolver
 
-from catalog.models import Product, ProductImage
+from catalog.models import DuplicatePair, Product, ProductImage
 from recommender.models import ModelVersion
 from tests.api.conftest import PASSWORD, _client_for, app_permissions, grant, media_files
 from tests.factories import CategoryFactory, ProductFactory, ProductImageFactory, png_bytes, upload
@@ -85,6 +85,19 @@ WRITES = {
     ("modelversion-retire", "post"): [
         ("retire", {"recommender.activate_modelversion"}, lambda w: (
             f"/api/v1/model-versions/{w['active'].pk}/retire/", None, None))],
+    # A merge moves images and hides a product: the admin asks for both changes too.
+    ("duplicate-merge", "post"): [
+        ("merge", {"catalog.change_duplicatepair", "catalog.change_product"}, lambda w: (
+            f"/api/v1/duplicates/{w['pair'].pk}/merge/", {"keep": w["product"].pk}, "json"))],
+    ("duplicate-not-duplicate", "post"): [
+        ("not-duplicate", {"catalog.change_duplicatepair"}, lambda w: (
+            f"/api/v1/duplicates/{w['pair'].pk}/not-duplicate/", None, None))],
+    ("duplicate-ignore", "post"): [
+        ("ignore", {"catalog.change_duplicatepair"}, lambda w: (
+            f"/api/v1/duplicates/{w['pair'].pk}/ignore/", None, None))],
+    ("duplicate-reopen", "post"): [
+        ("reopen", {"catalog.change_duplicatepair"}, lambda w: (
+            f"/api/v1/duplicates/{w['pair'].pk}/reopen/", None, None))],
 }
 SCENARIOS = [pytest.param(endpoint, needs, build, id=name)
              for endpoint, scenarios in WRITES.items() for name, needs, build in scenarios]
@@ -98,7 +111,9 @@ def world(tmp_path):
     artifacts = tmp_path / "model-files"
     artifacts.mkdir()
     version = {"backbone": "resnet50:random:32", "weights": "random", "input_size": 32, "artifacts": str(artifacts)}
-    return {"category": category, "product": product, "image": image,
+    other = ProductFactory(category=category, title="Its twin")
+    pair = DuplicatePair.objects.create(product_a=product, product_b=other, kind="near", distance=12)
+    return {"category": category, "product": product, "image": image, "pair": pair,
             "active": ModelVersion.objects.create(status="active", **version),
             "retired": ModelVersion.objects.create(status="retired", **version)}
 
@@ -108,6 +123,7 @@ def _state(settings):
     return {"products": list(Product.objects.order_by("pk").values()),
             "images": list(ProductImage.objects.order_by("pk").values()),
             "versions": list(ModelVersion.objects.order_by("pk").values("pk", "status", "activated_at")),
+            "pairs": list(DuplicatePair.objects.order_by("pk").values()),
             "files": media_files(settings)}
 
 

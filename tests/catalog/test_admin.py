@@ -582,3 +582,19 @@ def test_bulk_upload_decodes_a_member_named_by_thousands_of_rows_once(settings, 
     summary = catalog_import(rows=form.parsed.rows)
     assert (summary.created, summary.images_added) == (5000, 5000)
     assert ProductImage.objects.count() == 5000 and len(media_files(settings)) == 5000
+
+
+def test_downloads_list_shows_failures_and_retries_them(admin_client, django_capture_on_commit_callbacks):
+    from catalog.models import ImageDownload
+    from tests.factories import ProductFactory
+
+    failed = ImageDownload.objects.create(product=ProductFactory(), url="https://shop.example/a.jpg", status="failed",
+                                          attempts=5, last_error="HTTP 404 from shop.example")
+    url = reverse("admin:catalog_imagedownload_changelist")
+    html = admin_client.get(url, {"status__exact": "failed"}).content.decode()
+    assert "HTTP 404 from shop.example" in html and "https://shop.example/a.jpg" in html
+    with django_capture_on_commit_callbacks() as sent:
+        admin_client.post(url, {"action": "retry", "_selected_action": [failed.pk]})
+    failed.refresh_from_db()
+    assert failed.status == "pending" and failed.attempts == 0 and failed.last_error == ""
+    assert sent  # published to the workers after the commit
