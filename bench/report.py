@@ -19,7 +19,7 @@ from bench import common, heldout  # noqa: E402
 
 DOC = common.ROOT / "docs" / "benchmarks.md"
 ORDER = ["quality", "backbone_training", "extraction_speed", "runtimes", "query_speed", "web_load", "web_shapes", "web_floor", "ingestion", "ingestion_shop",
-         "model_storage", "soak", "heldout", "demo"]
+         "model_storage", "soak", "heldout", "demo", "duplicates"]
 
 
 def load(name: str) -> dict | None:
@@ -352,6 +352,18 @@ def _headline_model_storage(m: dict) -> list[str]:
             f"verify the cached copy on a warm host (worst of {big['repeats']}); published in {big['publish_s']:.2f} s."]
 
 
+def _headline_duplicates(d: dict) -> list[str]:
+    chosen = d["results"].get(d.get("chosen"))
+    if not chosen:
+        return []
+    best_other = max((r["f1"], name) for name, r in d["results"].items() if "hash" not in name) \
+        if any("hash" not in name for name in d["results"]) else None
+    return [f"**Near-duplicate detection** ({d['chosen']}, threshold {chosen['threshold']:g} bits, calibrated on one "
+            f"labelled set and scored on another, 4 unlike catalogs): precision {chosen['precision']:.3f}, recall "
+            f"{chosen['recall']:.3f} (F1 {chosen['f1']:.3f})"
+            + (f"; the best embedding signal ({best_other[1]}) reached F1 {best_other[0]:.3f}." if best_other else ".")]
+
+
 def _headline_demo(d: dict) -> list[str]:
     events = d.get("events", {})
     served = [v for v in d.get("versions", []) if v["kind"] == "backbone" and v["status"] == "active"]
@@ -368,6 +380,7 @@ HEADLINES = [("quality", _headline_quality), ("backbone_training", _headline_bac
              ("query_speed", _headline_query_speed),
              ("web_load", _headline_web), ("web_shapes", _headline_web_shapes), ("web_floor", _headline_web_floor), ("ingestion", _headline_ingestion),
              ("ingestion_shop", _headline_ingestion_shop), ("model_storage", _headline_model_storage),
+             ("duplicates", _headline_duplicates),
              ("soak", _headline_soak),
              ("heldout", heldout.headline), ("demo", _headline_demo)]
 
@@ -400,6 +413,7 @@ TITLES = {
     "ingestion": "5. Ingestion and retraining",
     "ingestion_shop": "5b. The shop path at each input size (`bench/ingestion.py --shop-only --input-size N`)",
     "model_storage": "5c. Model files through the models storage: a cold host's first load (`bench/model_storage.py`)",
+    "duplicates": "9. Near-duplicate detection, calibrated on a labelled set (`bench/duplicates.py`)",
     "soak": "6. Soak: reads during uploads and a retraining (the suite's slow-tier test)",
     "backbone_training": "1b. The trained backbone, Fashion-MNIST protocol, a longer schedule",
     "heldout": "7. Held-out catalogs: search by photo on catalogs the model was never tuned on",

@@ -35,7 +35,7 @@ from bench import common  # noqa: E402
 # Run only when named with --only (make bench-backbone): the backbone kind on the whole protocol with
 # a 12-epoch schedule, ~30 min on 2 cores (quality.py's row trains the product's default, 6 epochs).
 ON_REQUEST = ["backbone_training", "runtimes"]
-SCRIPTS = ["quality", "extraction_speed", "query_speed", "web_load", "web_floor", "ingestion", "model_storage", "soak",
+SCRIPTS = ["quality", "extraction_speed", "query_speed", "web_load", "web_floor", "ingestion", "model_storage", "duplicates", "soak",
            "heldout", "demo"]
 # TensorFlow's and absl's start-up chatter: kept in the logs, not on the console.
 NOISE = re.compile(r"^([IWE]\d{4} |WARNING: All log messages before absl|.*oneDNN custom operations|"

@@ -34,10 +34,13 @@ from catalog.services import product_image_delete
 logger = logging.getLogger(__name__)
 
 # Calibrated by bench/duplicates.py (docs/benchmarks.md, section 9) on re-encodes, resizes, crops,
-# mirror images and recolourings of four unlike catalogs against distinct products: at 68 of 256
-# bits, precision 0.92 and recall 0.82 on the test set (F1 0.865; the trained head's embeddings
-# reached 0.72 at their best threshold). Lower it for fewer false pairs, raise it for more crops.
-MAX_BITS = 68
+# mirror images and recolourings of four unlike catalogs against distinct products: the largest
+# threshold with a precision of at least 0.97 on the calibration set, because an open pair hides
+# two products from each other's panels until staff decide. On the test set at 56 of 256 bits:
+# precision 0.971, recall 0.748 (re-encodes, resizes and mirror images all found; small crops are
+# what it misses). 64-68 bits would have the highest F1 (0.865; precision 0.92-0.95); the trained
+# head's embeddings reached F1 0.70-0.72 at best. DUPLICATES_MAX_BITS overrides it.
+MAX_BITS = 56
 CANDIDATES = 4  # nearest images looked at per hash (and per mirror hash) of a new image
 # The periodic recovery checks at most this many images a run (those a worker missed, and images
 # stored before detection existed: their hash is computed from the file, ~2 ms each).

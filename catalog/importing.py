@@ -52,6 +52,7 @@ class CatalogRow:
     images: list[tuple[str, NormalisedImage]] = field(default_factory=list)
     image_refs: list[ImageRef] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
+    is_active: bool | None = None  # None: the file does not say (SourceProduct.is_active)
 
 
 @dataclass
@@ -197,7 +198,7 @@ def _row_parse(*, source: SourceProduct, seen: dict, load) -> CatalogRow | RowEr
         return RowError(number, sku, "; ".join(problems))
     return CatalogRow(line=number, sku=sku, title=source.title[:200], category=source.category[:120],
                       price=price, description=source.description, images=images, image_refs=list(source.images),
-                      urls=urls)
+                      urls=urls, is_active=source.is_active)
 
 
 # The longest URL a row may name (ImageDownload.url, whose unique index takes at most ~2,700 bytes).
@@ -357,7 +358,7 @@ def _products_insert(*, rows, categories) -> dict[str, Product]:
                        [Product._meta.db_table, len(rows)])
         ids = [pk for (pk,) in cursor.fetchall()]
     products = [Product(pk=pk, sku=row.sku, title=row.title, category=categories[row.category], price=row.price,
-                        description=row.description)
+                        description=row.description, is_active=row.is_active is not False)
                 for pk, row in zip(ids, sorted(rows, key=lambda row: row.sku))]
     Product.objects.bulk_create(products, ignore_conflicts=True)
     inserted = set(Product.objects.filter(pk__in=ids).values_list("pk", flat=True))
@@ -376,6 +377,8 @@ def _pictures_of_new(*, product, row) -> list[tuple]:
 def _product_refresh(*, product, row, category) -> int:
     product.title, product.category, product.price, product.description = (
         row.title, category, row.price, row.description)
+    if row.is_active is not None:
+        product.is_active = row.is_active
     product.save()
     return sum(product_image_get_or_add(product=product, normalised=normalised, original_name=name)[1]
                for name, normalised in row.images)

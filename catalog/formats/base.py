@@ -90,6 +90,10 @@ class SourceProduct:
     price: str = ""
     description: str = ""
     images: list[ImageRef] = field(default_factory=list)
+    # Shown to shoppers: True/False when the export says so (a draft, an archived or a private
+    # product is imported hidden), None when it does not (a new product is shown, an existing
+    # one keeps what staff set).
+    is_active: bool | None = None
 
 
 Record = tuple[int, dict]  # (CSV line, {normalised header: value})

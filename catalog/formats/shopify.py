@@ -20,6 +20,8 @@ One product is imported per Handle:
 - Description: Body (HTML) as plain text (catalog.formats.htmltext).
 - Images: every Image Src of the Handle, by Image Position (then file order), then the variants'
   Variant Image not among them, each once.
+- Shown to shoppers: Status "active" (a draft or archived product is imported hidden), else
+  Published TRUE; neither column: shown (an existing product keeps what staff set).
 
 Columns of Shopify's newer template ("URL handle", "Product image URL", "Variant image URL", "SKU",
 "Price", "Description") are read too, where the classic names are absent.
@@ -55,6 +57,7 @@ MAPPING = {
     "price": "Variant Price of the first variant",
     "description": "Body (HTML) as text",
     "images": "Image Src by Image Position, then Variant Image",
+    "shown": "Status active (draft, archived: hidden), else Published",
 }
 
 
@@ -95,7 +98,16 @@ def _product(handle: str, rows: list[tuple[int, dict]]) -> SourceProduct:
     return SourceProduct(line=rows[0][0], sku=cell(variant, *SKU) or handle, title=_first(records, TITLE),
                          category=_first(records, TYPE) or _taxonomy_leaf(_first(records, PRODUCT_CATEGORY)),
                          price=cell(variant, *PRICE), description=html_to_text(_first(records, BODY)),
-                         images=image_refs(_pictures(records)))
+                         images=image_refs(_pictures(records)), is_active=_shown(records))
+
+
+def _shown(records: list[dict]) -> bool | None:
+    """Status (active, draft, archived: newer exports), else Published (TRUE/FALSE), else None."""
+    status = _first(records, ("status",)).lower()
+    if status:
+        return status == "active"
+    published = _first(records, ("published", "published on online store")).lower()
+    return None if not published else published == "true"
 
 
 def _taxonomy_leaf(path: str) -> str:

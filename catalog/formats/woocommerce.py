@@ -26,7 +26,8 @@ is reported as an error (export the parent too).
 
 The exporter's escapes are undone: newlines written as "\\n", commas inside a list item as
 "\\,", and the apostrophe put before a value that starts with = + - or @ (against spreadsheet
-formulas). Published and stock are not read: every product is imported as shown and in stock.
+formulas). Published: 1 is shown; 0 (private) and -1 (draft) are imported hidden; no such column,
+shown (an existing product keeps what staff set). Stock is not read: products are in stock.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ MAPPING = {
     "price": "Regular price, else the first variation's",
     "description": "Description as text, else Short description",
     "images": "Images, then the variations' Images",
+    "shown": "Published 1 (0 private, -1 draft: hidden)",
 }
 _LIST_SEPARATOR = re.compile(r"(?<!\\),")
 _NEWLINE_ESCAPE = re.compile(r"\\\\n|\\n")
@@ -123,7 +125,8 @@ def _product(line: int, record: dict, variations: list[dict]) -> SourceProduct:
     pictures = [item for source in [record, *variations] for item in listed(cell(source, "images"))]
     return SourceProduct(line=line, sku=cell(record, "sku") or (f"woo-{product_id}" if product_id else ""),
                          title=cell(record, "name"), category=last_level(categories[0]) if categories else "",
-                         price=price, description=description, images=image_refs(pictures))
+                         price=price, description=description, images=image_refs(pictures),
+                         is_active=None if not cell(record, "published") else cell(record, "published") == "1")
 
 
 def _text(html: str) -> str:

@@ -374,3 +374,36 @@ def test_rows_past_the_limit_are_not_read():
     assert [row.sku for row in parsed.rows] == ["S-0", "S-1", "S-2"]
     assert [str(error) for error in parsed.errors] == ["line 5: more than 3 rows; the rest was not read"]
     assert [(ref.kind, ref.name) for ref in parsed.rows[0].image_refs] == [("file", "a.png")]
+
+
+def _rewritten(path: Path, column: str, value: str, where) -> None:
+    """The export at ``path`` with ``column`` set to ``value`` on the rows ``where(row)`` selects."""
+    import csv
+
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows, header = list(reader), reader.fieldnames
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, header)
+        writer.writeheader()
+        writer.writerows({**row, column: value} if where(row) else row for row in rows)
+
+
+def test_drafts_are_imported_hidden_and_shown_once_the_export_says_so(tmp_path):
+    """Shopify's Status (draft, archived) and WooCommerce's Published (0 private, -1 draft)."""
+    shopify = export_folder(tmp_path, SHOPIFY_CSV, SHOPIFY_PICTURES)
+    _rewritten(shopify, "Status", "draft", lambda row: row["Handle"] == "wool-beanie" and row["Status"])
+    run(shopify)
+    beanie = Product.objects.get(title__icontains="beanie")
+    assert not beanie.is_active and Product.objects.filter(is_active=True).count() == 2
+    _rewritten(shopify, "Status", "active", lambda row: row["Handle"] == "wool-beanie" and row["Status"])
+    run(shopify)  # published in Shopify since: shown after the next import
+    beanie.refresh_from_db()
+    assert beanie.is_active
+
+    woo = tmp_path / "woo.csv"
+    shutil.copy(WOO_CSV, woo)
+    _rewritten(woo, "Published", "-1", lambda row: row["SKU"] == "woo-album")
+    run(woo)
+    assert not Product.objects.get(sku="woo-album").is_active
+    assert Product.objects.get(sku="woo-vneck-tee").is_active
