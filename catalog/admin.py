@@ -208,20 +208,20 @@ class ProductAdmin(SavedTogetherAdmin):
 
     def bulk_upload_view(self, request):
         """Validate a ZIP + CSV completely, then (and only then) import. "Check" never writes."""
-        from catalog.importing import catalog_import
+        from catalog.import_runs import catalog_import_recorded, import_report
 
         # Every row brings pictures: adding products and adding their images, as the change form asks.
         if not (self.has_add_permission(request) and request.user.has_perm("catalog.add_productimage")):
             raise PermissionDenied
         form = BulkUploadForm(request.POST or None, request.FILES or None)
-        report = summary = None
+        report = summary = run = None
         imported = False
         updates_refused, categories_refused = [], []
         status = 200
         if request.method == "POST":
             if form.is_valid():
                 parsed = form.parsed
-                report = bulk_report(parsed)
+                report = import_report(parsed)
                 wants_import = "_import" in request.POST
                 if report["update"] and not self.has_change_permission(request):
                     # Existing SKUs would be changed: that needs the change permission, not only add.
@@ -231,7 +231,8 @@ class ProductAdmin(SavedTogetherAdmin):
                 if wants_import and (updates_refused or categories_refused):
                     status = 403
                 elif wants_import and parsed.rows and (not parsed.errors or form.cleaned_data["skip_invalid"]):
-                    summary = catalog_import(rows=parsed.rows)
+                    run, summary = catalog_import_recorded(parsed=parsed, source=form.csv_name, origin="admin",
+                                                           user=request.user)
                     imported = True
                     total = len(parsed.rows) + len(parsed.errors)
                     self.message_user(request, f"Imported {len(parsed.rows)} of {total} rows from {form.csv_name}.",
@@ -248,6 +249,7 @@ class ProductAdmin(SavedTogetherAdmin):
             "report": report,
             "summary": summary,
             "imported": imported,
+            "run_url": reverse("admin:catalog_importrun_change", args=[run.pk]) if run else None,
             "updates_refused": updates_refused,
             "categories_refused": categories_refused,
             "import_refused": status == 403,
@@ -345,19 +347,4 @@ class ImageDownloadAdmin(admin.ModelAdmin):
         self.message_user(request, f"{count} failed downloads queued again.", messages.SUCCESS)
 
 
-def bulk_report(parsed) -> dict:
-    """Per-row report of a parsed catalog: what each line would do, or why it cannot."""
-    skus = [row.sku for row in parsed.rows]
-    existing = set(Product.objects.filter(sku__in=skus).values_list("sku", flat=True))
-    lines = [{"line": row.line, "sku": row.sku, "title": row.title, "category": row.category, "price": row.price,
-              "images": len(row.images) + len(row.urls), "ok": True, "outcome": "update" if row.sku in existing else "create"}
-             for row in parsed.rows]
-    lines += [{"line": e.line, "sku": e.sku, "ok": False, "message": e.message} for e in parsed.errors]
-    lines.sort(key=lambda item: item["line"])
-    return {"lines": lines, "valid": len(parsed.rows), "invalid": len(parsed.errors),
-            "create": sum(1 for item in lines if item.get("outcome") == "create"),
-            "update": sum(1 for item in lines if item.get("outcome") == "update"),
-            "images": sum(item.get("images", 0) for item in lines)}
-
-
-from catalog import admin_duplicates  # noqa: E402,F401 (registers the possible duplicates' list)
+from catalog import admin_duplicates, admin_imports  # noqa: E402,F401 (register the duplicates' and imports' lists)

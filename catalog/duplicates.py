@@ -48,7 +48,8 @@ BACKLOG_LIMIT = 500
 
 
 def max_bits() -> int:
-    return int(getattr(settings, "DUPLICATES_MAX_BITS", MAX_BITS))
+    """settings.DUPLICATES_MAX_BITS (the environment's), else MAX_BITS."""
+    return int(getattr(settings, "DUPLICATES_MAX_BITS", None) or MAX_BITS)
 
 
 # The nearest images of other active products to each image's hash and mirror hash (two index

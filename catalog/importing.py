@@ -274,6 +274,7 @@ class ImportSummary:
     updated: int = 0
     images_added: int = 0
     downloads_queued: int = 0  # pictures named by URL the worker is to download (catalog.downloads)
+    product_ids: list[int] = field(default_factory=list)  # the products written (catalog.import_runs)
 
 
 # Rows written per transaction. One transaction per row cost ~11 queries and a commit per row
@@ -304,6 +305,7 @@ def catalog_import(*, rows, progress=None, chunk: int = IMPORT_CHUNK) -> ImportS
         summary.updated += counts.updated
         summary.images_added += counts.images_added
         summary.downloads_queued += counts.downloads_queued
+        summary.product_ids += counts.product_ids
         if progress:
             progress(len(part))
     return summary
@@ -330,6 +332,7 @@ def _chunk_import(*, rows, categories) -> ImportSummary:
             counts.images_added += _product_refresh(product=product, row=row, category=categories[row.category])
             counts.updated += 1
         downloads += [(product, url) for url in row.urls]
+        counts.product_ids.append(product.pk)
     counts.images_added += product_images_add_new(pictures=new_pictures)
     # Pictures named by URL: recorded here, downloaded by the worker after the commit.
     counts.downloads_queued = len(downloads_record(pairs=downloads))

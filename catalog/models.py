@@ -2,6 +2,7 @@ import uuid
 
 from django.conf import settings
 from django.core.validators import MinValueValidator
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.urls import reverse
 from pgvector.django import BitField, HnswIndex
@@ -203,3 +204,40 @@ class DuplicatePair(models.Model):
 
     def __str__(self):
         return f"possible duplicate {self.product_a_id} / {self.product_b_id} ({self.status})"
+
+
+class ImportRun(models.Model):
+    """One catalog import (the admin's bulk upload or ``manage.py import_catalog``): its rows as
+    they are written, its per-row report, and the products it wrote, whose pictures' statuses are
+    its progress once the rows are in (catalog.import_runs)."""
+
+    class Status(models.TextChoices):
+        IMPORTING = "importing", "Importing rows"
+        DONE = "done", "Rows imported"
+        FAILED = "failed", "Failed"
+
+    source = models.CharField(max_length=255, help_text="The CSV's file name.")
+    origin = models.CharField(max_length=20, help_text="admin or command")
+    format = models.CharField(max_length=500, blank=True, help_text="The format recognised and its column mapping.")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.IMPORTING, db_index=True)
+    rows_total = models.PositiveIntegerField(default=0, help_text="Valid rows to import.")
+    rows_done = models.PositiveIntegerField(default=0)
+    rows_invalid = models.PositiveIntegerField(default=0, help_text="Rows skipped for an error (see the report).")
+    created = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    images_added = models.PositiveIntegerField(default=0)
+    downloads_queued = models.PositiveIntegerField(default=0)
+    report = models.JSONField(default=list, blank=True, help_text="Per row: line, SKU and outcome or error.")
+    product_ids = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    error = models.TextField(blank=True)
+    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name = "catalog import"
+
+    def __str__(self):
+        return f"import {self.pk} of {self.source}"

@@ -148,6 +148,9 @@ STORAGES = {
 # Uploads: reject before decoding (see catalog/validators.py).
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
 MAX_IMAGE_PIXELS = env_int("MAX_IMAGE_PIXELS", 40_000_000)
+# Near-duplicates (catalog.duplicates): Hamming bits of 256 within which two pictures pair; unset,
+# the calibrated catalog.duplicates.MAX_BITS (bench/duplicates.py).
+DUPLICATES_MAX_BITS = env_int("DUPLICATES_MAX_BITS", 0) or None
 IMAGE_DOWNLOAD_ALLOWED_NETWORKS = env_list("IMAGE_DOWNLOAD_ALLOWED_NETWORKS")  # CIDRs the URL fetcher may reach though private
 # Search by photo decodes at most this many pixels (catalog/validators.py search_photo_open): 12 Mi =
 # 4096x3072, a 12 Mpx phone photo; a JPEG counts as decoded at up to 1/8 scale. Peak ~50 MiB a

@@ -23,7 +23,7 @@ from rest_framework.response import Response
 from catalog import duplicates
 from catalog.api.exceptions import Conflict
 from catalog.api.permissions import StaffWithPermissions
-from catalog.api.serializers import _absolute
+from catalog.api.serializers import absolute_url
 from catalog.models import DuplicatePair, Product
 
 
@@ -37,7 +37,7 @@ class DuplicateSideSerializer(serializers.ModelSerializer):
 
     def get_picture(self, product) -> str | None:
         image = self.context["images"].get(product.pk)
-        return _absolute(self.context.get("request"), image.thumbnail_url(256)) if image else None
+        return absolute_url(self.context.get("request"), image.thumbnail_url(256)) if image else None
 
 
 class DuplicatePairSerializer(serializers.ModelSerializer):

@@ -34,7 +34,7 @@ class ErrorSerializer(serializers.Serializer):
 # --------------------------------------------------------------------------- catalog
 
 
-def _absolute(request, url: str) -> str | None:
+def absolute_url(request, url: str) -> str | None:
     if not url:
         return None
     return request.build_absolute_uri(url) if request is not None else url
@@ -73,19 +73,19 @@ class ProductImageSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(OpenApiTypes.URI)
     def get_url(self, image) -> str:
-        return _absolute(self.context.get("request"), image.image.url if image.image else "")
+        return absolute_url(self.context.get("request"), image.image.url if image.image else "")
 
     @extend_schema_field({"type": "object", "additionalProperties": {"type": "string", "format": "uri"}})
     def get_thumbnails(self, image) -> dict:
         request = self.context.get("request")
-        return {str(size): _absolute(request, settings.MEDIA_URL + name)
+        return {str(size): absolute_url(request, settings.MEDIA_URL + name)
                 for size, name in sorted((image.thumbnails or {}).items(), key=lambda kv: int(kv[0]))}
 
 
 def _api_url(request, name, pk):
     from django.urls import reverse
 
-    return _absolute(request, reverse(name, kwargs={"pk": pk}))
+    return absolute_url(request, reverse(name, kwargs={"pk": pk}))
 
 
 class ProductSummarySerializer(serializers.ModelSerializer):
@@ -104,7 +104,7 @@ class ProductSummarySerializer(serializers.ModelSerializer):
     @extend_schema_field({"type": "string", "format": "uri", "nullable": True})
     def get_thumbnail(self, product):
         images = list(product.images.all())  # prefetched by the selectors
-        return _absolute(self.context.get("request"), images[0].thumbnail_url(256)) if images else None
+        return absolute_url(self.context.get("request"), images[0].thumbnail_url(256)) if images else None
 
     @extend_schema_field(OpenApiTypes.URI)
     def get_url(self, product) -> str:

@@ -1,9 +1,11 @@
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
+from django.urls import reverse
 from tqdm import tqdm
 
-from catalog.importing import CatalogFormatError, catalog_import, catalog_parse, folder_images
+from catalog.import_runs import catalog_import_recorded
+from catalog.importing import CatalogFormatError, catalog_parse, folder_images
 
 
 class Command(BaseCommand):
@@ -33,7 +35,10 @@ class Command(BaseCommand):
             self.stderr.write(f"skipped {error}")
         with tqdm(total=len(parsed.rows), desc="importing", unit="product",
                   disable=options["verbosity"] == 0) as bar:
-            summary = catalog_import(rows=parsed.rows, progress=bar.update)
+            # Recorded as an ImportRun: the admin follows it (rows, then pictures, with the time left).
+            run, summary = catalog_import_recorded(parsed=parsed, source=csv.name, origin="command", progress=bar.update)
+        self.stdout.write(f"Import {run.pk}: follow its pictures in the admin, "
+                          f"{reverse('admin:catalog_importrun_change', args=[run.pk])}")
         if summary.downloads_queued:
             self.stdout.write(f"{summary.downloads_queued} pictures named by URL queued for download by the worker.")
         self.stdout.write(self.style.SUCCESS(

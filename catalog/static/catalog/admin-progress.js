@@ -3,7 +3,7 @@
  * The server renders every panel in its current state, so without JavaScript a page is complete
  * (only static). This script polls the staff-only JSON of recommender/views.py and redraws; the
  * wording comes from the server (``display``), so the two never disagree.
- * Markup: <section class="lk-progress" data-kind="training|ingestion" data-url="..."> with
+ * Markup: <section class="lk-progress" data-kind="training|ingestion|import" data-url="..."> with
  * [data-field] children and a .lk-bar[role=progressbar] whose first child is the filled part.
  */
 (function () {
@@ -40,6 +40,16 @@
       });
       panel.classList.toggle("has-failed", data.failed > 0);
       return data.backlog ? FAST : SLOW;
+    }
+    if (panel.dataset.kind === "import") {
+      // An import's rows finished while the page was open: reload once for its counts and report.
+      var before = panel.dataset.importState;  // as the page was rendered, then as last polled
+      panel.dataset.importState = data.state;
+      if (before === "importing" && data.state !== "importing" && panel.hasAttribute("data-reload-on-finish")) {
+        window.setTimeout(function () { window.location.reload(); }, 1000);
+        return null;
+      }
+      return display.state === "running" ? FAST : null;
     }
     var was = panel.dataset.runningId || "", now = data.training ? String(data.training.id) : "";
     panel.dataset.runningId = now;
