@@ -361,7 +361,8 @@ def _headline_duplicates(d: dict) -> list[str]:
     return [f"**Near-duplicate detection** ({d['chosen']}, threshold {chosen['threshold']:g} bits, calibrated on one "
             f"labelled set and scored on another, 4 unlike catalogs): precision {chosen['precision']:.3f}, recall "
             f"{chosen['recall']:.3f} (F1 {chosen['f1']:.3f})"
-            + (f"; the best embedding signal ({best_other[1]}) reached F1 {best_other[0]:.3f}." if best_other else ".")]
+            + (f"; the best of the model's signals ({best_other[1]}), calibrated the same way, F1 {best_other[0]:.3f}."
+               if best_other else ".")]
 
 
 def _headline_demo(d: dict) -> list[str]:
