@@ -41,8 +41,10 @@ class DuplicatePairAdmin(admin.ModelAdmin):
         return False  # pairs are found by the worker
 
     def changelist_view(self, request, extra_context=None):
-        # Open pairs unless another filter was asked for: the list is a review queue.
-        if not request.GET and request.method == "GET":
+        # Open pairs unless another filter was asked for (the list is a review queue); the
+        # status filter's "All" comes back from the list itself, and is kept.
+        from_list = request.path in request.META.get("HTTP_REFERER", "")
+        if not request.GET and request.method == "GET" and not from_list:
             return redirect(f"{request.path}?status__exact={DuplicatePair.Status.OPEN}")
         return super().changelist_view(request, extra_context)
 
@@ -71,12 +73,16 @@ class DuplicatePairAdmin(admin.ModelAdmin):
         if refused:
             self.message_user(request, "Not changed: " + "; ".join(refused), messages.ERROR)
 
-    @admin.action(description="Merge: keep the older product (A), hide B", permissions=["change"])
+    def has_merge_permission(self, request):
+        # A merge moves pictures and hides a product: the product change permission too (as the API).
+        return self.has_change_permission(request) and request.user.has_perm("catalog.change_product")
+
+    @admin.action(description="Merge: keep the older product (A), hide B", permissions=["merge"])
     def merge_into_older(self, request, queryset):
         self._each(request, queryset, lambda p: duplicates.duplicate_pair_merge(
             pair=p, keep=p.product_a_id, user=request.user), "merged into A")
 
-    @admin.action(description="Merge: keep the newer product (B), hide A", permissions=["change"])
+    @admin.action(description="Merge: keep the newer product (B), hide A", permissions=["merge"])
     def merge_into_newer(self, request, queryset):
         self._each(request, queryset, lambda p: duplicates.duplicate_pair_merge(
             pair=p, keep=p.product_b_id, user=request.user), "merged into B")

@@ -42,11 +42,13 @@ class ImportRunAdmin(admin.ModelAdmin):
         """The bar's JSON (catalog/static/catalog/admin-progress.js polls it)."""
         if not self.has_view_permission(request):
             return JsonResponse({"detail": "forbidden"}, status=403)
-        progress = import_run_progress(get_object_or_404(ImportRun, pk=pk))
+        progress = import_run_progress(get_object_or_404(ImportRun.objects.defer("report"), pk=pk))
         return JsonResponse({**progress, "display": import_run_display(progress)})
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        run = get_object_or_404(ImportRun, pk=object_id)
+        run = self.get_object(request, object_id)
+        if run is None:  # the admin's own answer to an unknown or malformed id
+            return super().change_view(request, object_id, form_url, extra_context)
         progress = import_run_progress(run)
         lines = run.report[:REPORT_LINES_SHOWN]
         extra = {"progress": progress, "display": import_run_display(progress), "report_lines": lines,

@@ -24,12 +24,12 @@ import logging
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.apps import apps
 from django.db.models import Max, Q
 from django.utils import timezone
 
 from catalog.models import DuplicatePair, ImageDownload, Product, ProductImage
 from catalog.services import product_image_delete
+from catalog.signals import images_moved
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,12 @@ logger = logging.getLogger(__name__)
 # what it misses). 64-68 bits would have the highest F1 (0.865; precision 0.92-0.95); the trained
 # head's embeddings, calibrated the same way, F1 0.696. DUPLICATES_MAX_BITS overrides it.
 MAX_BITS = 56
-CANDIDATES = 4  # nearest images looked at per hash (and per mirror hash) of a new image
+# Nearest images looked at per hash (and per mirror hash) of a new image: several may be of one
+# product (its other shots), so a few more than the pairs expected. Copies of the same file are
+# paired with at most SAME_FILE_PAIRS other products per image (a placeholder picture shared by
+# thousands of products is not worth thousands of pairs per new copy).
+CANDIDATES = 12
+SAME_FILE_PAIRS = 50
 # The periodic recovery checks at most this many images a run (those a worker missed, and images
 # stored before detection existed: their hash is computed from the file, ~2 ms each).
 BACKLOG_LIMIT = 500
@@ -74,7 +79,7 @@ _MATCHES_SQL = f"""
             UNION ALL
             (SELECT c.id, c.product_id, c.content_hash, 0 FROM catalog_productimage c
              JOIN catalog_product p ON p.id = c.product_id
-             WHERE {_OTHERS} AND c.content_hash = q.content_hash LIMIT %(n)s)
+             WHERE {_OTHERS} AND c.content_hash = q.content_hash LIMIT %(same)s)
         ) nearest WHERE distance <= %(bits)s
     ) m
     WHERE q.id = ANY(%(ids)s)"""
@@ -115,7 +120,7 @@ def duplicates_detect(*, image_ids) -> int:
         return 0
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-        cursor.execute(_MATCHES_SQL, {"ids": ids, "n": CANDIDATES, "bits": max_bits()})
+        cursor.execute(_MATCHES_SQL, {"ids": ids, "n": CANDIDATES, "same": SAME_FILE_PAIRS, "bits": max_bits()})
         pairs = _closest_per_pair(cursor.fetchall())
         changed = []
         if pairs:
@@ -126,7 +131,8 @@ def duplicates_detect(*, image_ids) -> int:
             changed = cursor.fetchall()
         if changed:
             Product.objects.filter(id__in={p for pair in changed for p in pair}).update(updated_at=timezone.now())
-        ProductImage.objects.filter(id__in=ids, status=ProductImage.Status.READY).update(
+        # Images of hidden products are left unchecked: compared once their product is shown.
+        ProductImage.objects.filter(id__in=ids, status=ProductImage.Status.READY, product__is_active=True).update(
             duplicates_checked_at=timezone.now())
     if changed:
         logger.info("%d possible duplicate pair(s) found for %d image(s)", len(changed), len(ids))
@@ -156,12 +162,14 @@ def _picture(image: ProductImage):
 
 def duplicates_backlog_check(*, before=None, limit: int = BACKLOG_LIMIT) -> int:
     """The periodic recovery's part: check ready images that were never checked (a worker lost
-    between ready and the check, images stored before detection existed), ready before ``before``
+    between ready and the check, images stored before detection existed, images of a product shown
+    since it was imported hidden), ready before ``before``
     (the worker that made them ready checks them itself), hashing those without a hash from their
     file; returns how many were checked."""
     from catalog import perceptual
 
-    images = ProductImage.objects.filter(status=ProductImage.Status.READY, duplicates_checked_at__isnull=True)
+    images = ProductImage.objects.filter(status=ProductImage.Status.READY, duplicates_checked_at__isnull=True,
+                                         product__is_active=True)
     if before is not None:
         images = images.filter(status_changed_at__lt=before)
     images = list(images.order_by("status_changed_at")[:limit])
@@ -193,9 +201,10 @@ def duplicate_pair_decide(*, pair: DuplicatePair, status: str, user=None) -> Dup
     return pair
 
 
-def _images_move(*, source: Product, target: Product) -> int:
-    """Move ``source``'s images to ``target`` after its own; a file ``target`` already has is
-    deleted instead (with its thumbnails); returns the images moved."""
+def _images_move(*, source: Product, target: Product) -> list[int]:
+    """Move ``source``'s images to ``target`` after its own, pending again (the worker embeds
+    them under ``target`` and checks them for duplicates: catalog.signals.images_moved); a file
+    ``target`` already has is deleted instead (with its thumbnails). Returns the ids moved."""
     have = dict(target.images.values_list("content_hash", "id"))
     start = (target.images.aggregate(m=Max("position"))["m"] or 0) + 1
     moved = []
@@ -206,14 +215,13 @@ def _images_move(*, source: Product, target: Product) -> int:
             DuplicatePair.objects.filter(image_b=image).update(image_b_id=have[image.content_hash])
             product_image_delete(image=image)
             continue
-        ProductImage.objects.filter(pk=image.pk).update(product=target, position=start + offset)
+        ProductImage.objects.filter(pk=image.pk).update(
+            product=target, position=start + offset, status=ProductImage.Status.PENDING, attempts=0, last_error="",
+            processing_token="", status_changed_at=timezone.now(), duplicates_checked_at=None)
         moved.append(image.pk)
-    if moved and apps.is_installed("recommender"):
-        # The embeddings name their product (denormalised for the vector queries).
-        with connection.cursor() as cursor:
-            cursor.execute("UPDATE recommender_embedding SET product_id = %s WHERE image_id = ANY(%s)",
-                           [target.pk, moved])
-    return len(moved)
+    if moved:
+        images_moved.send(sender=ProductImage, image_ids=moved, product=target)
+    return moved
 
 
 def _downloads_move(*, source: Product, target: Product) -> None:
@@ -221,9 +229,23 @@ def _downloads_move(*, source: Product, target: Product) -> None:
     ImageDownload.objects.filter(product=source).exclude(url__in=known).update(product=target)
 
 
+def _merge_check(*, source: Product, target: Product) -> None:
+    hidden = [p.sku for p in (source, target) if not p.is_active]
+    if hidden:
+        raise ValueError(f"{' and '.join(hidden)} {'is' if len(hidden) == 1 else 'are'} hidden already (merged "
+                         "or taken off the shop): show it again before merging.")
+    # A worker holding one of them would embed it under the product it read, after the move.
+    busy = ProductImage.objects.select_for_update().filter(
+        product=source, status__in=[ProductImage.Status.PENDING, ProductImage.Status.PROCESSING])
+    if busy.exists():
+        raise ValueError(f"{source.sku}'s pictures are still being processed: merge once they are ready.")
+
+
 def duplicate_pair_merge(*, pair: DuplicatePair, keep: Product | int, user=None) -> DuplicatePair:
-    """Merge the pair into ``keep`` (one of its two products): the other's images move to it, the
-    other is hidden (not deleted: its page, orders and SKU stay), and the pair is "merged"."""
+    """Merge the pair into ``keep`` (one of its two products): the other's images move to it (and
+    are embedded and checked again under it), the other is hidden (not deleted: its page, orders
+    and SKU stay), and the pair is "merged". Refused (ValueError) when either product is hidden
+    already or the other's pictures are still being processed."""
     keep_id = getattr(keep, "pk", keep)
     with transaction.atomic():
         pair = DuplicatePair.objects.select_for_update().get(pk=pair.pk)
@@ -234,6 +256,7 @@ def duplicate_pair_merge(*, pair: DuplicatePair, keep: Product | int, user=None)
             raise ValueError("This pair was merged already.")
         other_id = pair.product_b_id if keep_id == pair.product_a_id else pair.product_a_id
         target, source = (Product.objects.select_for_update().get(pk=pk) for pk in (keep_id, other_id))
+        _merge_check(source=source, target=target)
         _images_move(source=source, target=target)
         _downloads_move(source=source, target=target)
         Product.objects.filter(pk=source.pk).update(is_active=False, updated_at=timezone.now())

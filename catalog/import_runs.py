@@ -24,6 +24,9 @@ from catalog.models import ImageDownload, ImportRun, Product, ProductImage
 # batch marked ready a moment ago must not read as 1,000 images/s).
 RATE_WINDOW = timedelta(minutes=5)
 MIN_SECONDS = 5.0
+# A run still "importing" whose row has not moved for this long lost its process (a chunk of 200
+# rows takes seconds; SIGKILL or a machine restart leaves no chance to say so).
+STALLED = timedelta(minutes=15)
 Image = ProductImage.Status
 Download = ImageDownload.Status
 
@@ -56,13 +59,13 @@ def catalog_import_recorded(*, parsed, source: str, origin: str, user=None, prog
     run = import_run_start(source=source, origin=origin, parsed=parsed, user=user)
 
     def chunk_done(count: int) -> None:
-        ImportRun.objects.filter(pk=run.pk).update(rows_done=F("rows_done") + count)
+        ImportRun.objects.filter(pk=run.pk).update(rows_done=F("rows_done") + count, updated_at=timezone.now())
         if progress:
             progress(count)
 
     try:
         summary = catalog_import(rows=parsed.rows, progress=chunk_done)
-    except Exception as exc:
+    except BaseException as exc:  # Ctrl-C and a stopping process too: never left "importing"
         ImportRun.objects.filter(pk=run.pk).update(status=ImportRun.Status.FAILED, finished_at=timezone.now(),
                                                    error=f"{type(exc).__name__}: {exc}"[:2000])
         raise
@@ -98,7 +101,9 @@ def import_run_progress(run: ImportRun, *, now=None) -> dict:
     """Rows then pictures: counts, percent, rate, seconds left (None: unknown yet) and state
     ("importing", "processing", "done" or "failed")."""
     now = now or timezone.now()
-    run.refresh_from_db()
+    run.refresh_from_db(fields=[f.attname for f in ImportRun._meta.concrete_fields if f.name != "report"])
+    if run.status == ImportRun.Status.IMPORTING and now - run.updated_at > STALLED:
+        return _stalled(run)
     elapsed = max((now - run.started_at).total_seconds(), MIN_SECONDS)
     if run.status != ImportRun.Status.DONE:
         rate = run.rows_done / elapsed if run.rows_done else None
@@ -114,6 +119,15 @@ def import_run_progress(run: ImportRun, *, now=None) -> dict:
     return {"state": "processing" if waiting else "done", "done": total - waiting, "total": total, "unit": "pictures",
             "percent": round(100.0 * (total - waiting) / total, 1) if total else 100.0, "rate": rate,
             "eta_seconds": waiting / rate if rate else (0.0 if not waiting else None), "counts": counts}
+
+
+def _stalled(run: ImportRun) -> dict:
+    return {"state": "failed", "done": run.rows_done, "total": run.rows_total, "unit": "rows",
+            "percent": round(100.0 * run.rows_done / run.rows_total, 1) if run.rows_total else 100.0,
+            "rate": None, "eta_seconds": None, "counts": {},
+            "stalled": f"No rows written for over {int(STALLED.total_seconds() / 60)} minutes: the importing process "
+                       "stopped (killed, or its machine restarted). The rows written stay; import the file again "
+                       "to finish it."}
 
 
 def _duration(seconds: float) -> str:
@@ -134,7 +148,8 @@ def import_run_display(progress: dict) -> dict:
         summary += (f" · {counts['ready']:,} ready · {counts['pending']:,} waiting · {counts['downloading']:,} to "
                     f"download · {counts['failed'] + counts['downloads_failed']:,} failed")
     if state in ("done", "failed"):
-        detail = "Finished." if state == "done" else "The import stopped with an error (below); rows written before it stay."
+        detail = "Finished." if state == "done" else progress.get(
+            "stalled", "The import stopped with an error (below); rows written before it stay.")
     elif progress["rate"]:
         left = "" if progress["eta_seconds"] is None else f" · about {_duration(progress['eta_seconds'])} left"
         detail = f"{progress['rate']:.1f} {unit}/s{left}"

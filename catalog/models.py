@@ -233,6 +233,7 @@ class ImportRun(models.Model):
     started_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
                                    related_name="+")
     started_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True, help_text="Last progress (each chunk of rows written).")
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

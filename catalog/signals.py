@@ -3,7 +3,12 @@ and thumbnails once the transaction commits (not before: a rollback must keep th
 
 ``images_created`` is sent (``images=[ProductImage, ...]``, inside the writer's transaction) when
 images were inserted in bulk, which sends no ``post_save``; receivers that react to new images
-listen to both."""
+listen to both.
+
+``images_moved`` is sent (``image_ids=[...]``, ``product=`` the product they moved to, inside the
+merge's transaction: catalog.duplicates) when a merge moved images to another product; they are
+pending again, so that the worker embeds them under their new product and checks them for
+duplicates. Receivers fix what names an image's product outside the catalog."""
 
 from django.db import transaction
 from django.db.models.signals import post_delete
@@ -12,6 +17,7 @@ from django.dispatch import Signal, receiver
 from catalog.models import ProductImage
 
 images_created = Signal()
+images_moved = Signal()
 
 
 @receiver(post_delete, sender=ProductImage, dispatch_uid="catalog_delete_image_files")

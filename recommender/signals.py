@@ -11,7 +11,7 @@ from django.dispatch import receiver
 
 from catalog.downloads import downloads_queued
 from catalog.models import ImageDownload, ProductImage
-from catalog.signals import images_created
+from catalog.signals import images_created, images_moved
 from recommender import publishing
 
 
@@ -32,6 +32,19 @@ def enqueue_new_image(sender, instance, created, raw=False, **kwargs):
 def enqueue_new_images(sender, images, **kwargs):
     if any(image.status == ProductImage.Status.PENDING for image in images):
         _wake_on_commit()
+
+
+@receiver(images_moved, sender=ProductImage, dispatch_uid="recommender_images_moved")
+def reembed_moved_images(sender, image_ids, product, **kwargs):
+    """A merge moved these images (catalog.duplicates): every version's embeddings name their new
+    product, and the active version's are dropped so that the worker embeds them again as new
+    rows (the precomputed neighbour lists read rows newer than they are exactly; rows they already
+    hold would keep the old product's place)."""
+    from recommender.models import Embedding, ModelVersion
+
+    Embedding.objects.filter(image_id__in=image_ids).update(product=product)
+    Embedding.objects.filter(image_id__in=image_ids, version__status=ModelVersion.Status.ACTIVE).delete()
+    _wake_on_commit()
 
 
 def _wake_on_commit():

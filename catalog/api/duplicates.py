@@ -100,7 +100,7 @@ class DuplicatePairViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
         if kind is not None and kind not in DuplicatePair.Kind.values:
             raise serializers.ValidationError({"kind": f"One of {', '.join(DuplicatePair.Kind.values)}."})
         category = params.get("category") or None
-        if category is not None and not category.isdigit():
+        if category is not None and not (category.isascii() and category.isdigit()):
             raise serializers.ValidationError({"category": "A category id."})
         return duplicates.duplicate_pairs(status=status, kind=kind, category=category)
 

@@ -269,6 +269,8 @@ def _cached_answer(key, filters, product_id) -> tuple | None:
     now = catalog_selectors.products_fingerprint(ids, hashes)
     if now == fingerprint:
         return cached
+    if duplicates.duplicate_links(product_ids=ids):  # two of them were paired since
+        return None
     items = _products_in_order(rows, **filters)
     if len(items) != len(rows):
         return None
@@ -347,7 +349,8 @@ def _cold_start_similar(*, product, k, same_category, filters, use_cache) -> Sim
 
     rows = cache_get_or_compute(key, compute) if use_cache else compute()
     items = _products_in_order(rows, **filters)
-    if use_cache and len(items) != len(rows):  # a product hidden or moved out of the filters since cached
+    if use_cache and (len(items) != len(rows) or duplicates.duplicate_links(product_ids=[p for p, _ in rows])):
+        # A product hidden or moved out of the filters since cached, or two of them paired since.
         rows = compute()
         cache_set(key, rows)
         items = _products_in_order(rows, **filters)

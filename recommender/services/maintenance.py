@@ -242,7 +242,11 @@ def recover_lost_work() -> dict:
     reembed = _missing_embeddings_publish()
     reextract = _missing_features_publish(stale)
     neighbours = _neighbours_publish()
-    duplicates_checked = duplicates.duplicates_backlog_check(before=stale)
+    try:
+        duplicates_checked = duplicates.duplicates_backlog_check(before=stale)
+    except DatabaseError as exc:  # the rest of the healing must not wait for it
+        logger.warning("duplicate check of the backlog failed: %s", exc)
+        duplicates_checked = 0
     # Last: a refit the ingestion skipped inside its window (services.features.SCALE_REFIT_MIN_SECONDS).
     scale = feature_scale_refresh(backbone=runtime.backbone_spec().identity)
     return {"requeued": requeued, "reembed": reembed, "reextract": reextract, "dead_trainings": dead,

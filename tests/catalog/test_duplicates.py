@@ -196,3 +196,79 @@ def test_admin_lists_pairs_side_by_side_and_its_actions_decide(admin_client, pla
     assert not Product.objects.get(pk=planted["same file"].pk).is_active
     page = admin_client.get(reverse("admin:catalog_duplicatepair_change", args=[exact.pk])).content.decode()
     assert "Merged" in page and page.count("<img") >= 2
+
+
+def test_merged_pictures_are_embedded_again_under_the_kept_product_and_checked(settings, planted):
+    from recommender.models import Embedding
+    from tests.recommender.helpers import import_products, process_all, train_inline
+
+    import_products(40)
+    process_all()
+    version = train_inline(settings, epochs=2)
+    assert version.status == "active"
+    source, other = planted["source"], planted["cropped"]
+    moved = other.images.get()
+    duplicate_pair_merge(pair=pair_of(source, other), keep=source)
+    moved.refresh_from_db()
+    assert moved.product_id == source.pk and moved.status == "pending" and moved.duplicates_checked_at is None
+    assert not Embedding.objects.filter(image=moved, version=version).exists()  # embedded again, as a new row
+    images_process(image_ids=[moved.pk], token="after-merge")
+    moved.refresh_from_db()
+    assert moved.status == "ready" and moved.duplicates_checked_at is not None
+    assert Embedding.objects.get(image=moved, version=version).product_id == source.pk
+    panel = {i.product.pk for i in similar_products(product=source, k=40, use_cache=False).items}
+    assert not panel & {planted[n].pk for n in ("re-encoded", "mirrored", "same file", "cropped")}
+
+
+def test_a_merge_is_refused_while_pictures_are_processed_or_a_product_is_hidden(planted):
+    source, copy, twin = planted["source"], planted["re-encoded"], planted["same file"]
+    ProductImageFactory(product=copy, data=encoded(photo(9)))  # pending: not processed yet
+    with pytest.raises(ValueError, match="still being processed"):
+        duplicate_pair_merge(pair=pair_of(source, copy), keep=source)
+    Product.objects.filter(pk=twin.pk).update(is_active=False)
+    with pytest.raises(ValueError, match="hidden already"):
+        duplicate_pair_merge(pair=pair_of(source, twin), keep=source)
+    assert pair_of(source, copy).status == Status.OPEN and copy.images.count() == 2
+
+
+def test_a_cached_panel_never_shows_two_products_paired_after_it_was_cached(settings, planted):
+    from django.utils import timezone
+
+    from tests.recommender.helpers import import_products, process_all, train_inline
+
+    import_products(40)
+    process_all()
+    assert train_inline(settings, epochs=2).status == "active"
+    query = Product.objects.filter(sku__startswith="FM").order_by("id").first()
+    first = [i.product.pk for i in similar_products(product=query, k=6).items]  # cached
+    a, b = sorted(first[:2])
+    DuplicatePair.objects.filter(product_a_id=a, product_b_id=b).delete()
+    DuplicatePair.objects.create(product_a_id=a, product_b_id=b, kind="near", distance=20)
+    Product.objects.filter(pk__in=[a, b]).update(updated_at=timezone.now())  # as detection does
+    again = [i.product.pk for i in similar_products(product=query, k=6).items]
+    assert not {a, b} <= set(again) and len(again) == 6
+
+
+def test_a_hidden_products_pictures_are_checked_once_it_is_shown():
+    source = product_with(encoded(photo(4)))
+    draft = product_with(encoded(photo(4), "JPEG", quality=50), is_active=False)
+    process(source, draft)
+    assert pair_of(source, draft) is None and draft.images.get().duplicates_checked_at is None
+    Product.objects.filter(pk=draft.pk).update(is_active=True)
+    assert duplicates_backlog_check() == 1
+    assert pair_of(source, draft) is not None
+
+
+def test_the_admin_merge_needs_the_product_change_permission_too(client, planted):
+    from django.contrib.auth.models import Permission, User
+    from django.urls import reverse
+
+    staff = User.objects.create_user("dee", password="x", is_staff=True)
+    staff.user_permissions.add(*Permission.objects.filter(codename__in=["view_duplicatepair", "change_duplicatepair"]))
+    client.force_login(staff)
+    url = reverse("admin:catalog_duplicatepair_changelist")
+    page = client.get(url, {"status__exact": "open"}).content.decode()
+    assert "mark_not_duplicate" in page and "merge_into_older" not in page
+    exact = pair_of(planted["source"], planted["same file"])
+    client.post(url, {"action": "merge_into_older", "_selected_action": [exact.pk]})
+    assert pair_of(planted["source"], planted["same file"]).status == Status.OPEN

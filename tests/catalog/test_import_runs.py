@@ -80,3 +80,11 @@ def test_the_admin_shows_the_bar_the_report_and_live_json(admin_client, imported
     assert data["state"] == "processing" and data["display"]["summary"].startswith("0 of 3 pictures")
     listing = admin_client.get(reverse("admin:catalog_importrun_changelist")).content.decode()
     assert "catalog.csv" in listing and "2 / 2" in listing
+
+
+def test_a_run_whose_process_died_reads_as_failed_after_a_while():
+    now = timezone.now()
+    record = ImportRun.objects.create(source="big.csv", origin="command", rows_total=1000, rows_done=400)
+    ImportRun.objects.filter(pk=record.pk).update(updated_at=now - import_runs.STALLED - timedelta(seconds=1))
+    progress = import_run_progress(record, now=now)
+    assert progress["state"] == "failed" and "import the file again" in import_run_display(progress)["detail"]
