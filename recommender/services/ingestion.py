@@ -173,15 +173,20 @@ def _features_extract(batch: _Batch) -> None:
 
 
 def _hashes_make(batch: _Batch) -> None:
-    """The perceptual hashes near-duplicate detection compares (~0.4 ms a picture); the same file
-    always gives the same hash, so a lost claim's write is harmless."""
+    """The perceptual hashes near-duplicate detection compares (~0.4 ms a picture), written with
+    the thumbnails (one UPDATE of the rows, not two: each is a new row version in every index)."""
     for image_id, picture in batch.pictures.items():
         if batch.images[image_id].perceptual_hash is None:
             try:
                 batch.hashed[image_id] = perceptual.hashes(picture)  # None: a flat picture
             except Exception as exc:  # a decoder quirk must not cost the image its place in search
                 logger.warning("image %s could not be hashed: %s", image_id, exc)
-    duplicates.image_hashes_record(hashes=batch.hashed)
+
+
+def _hashes_rest_record(batch: _Batch, written: set[int]) -> None:
+    """The hashes of images whose thumbnails were made earlier (a redelivery); the same file always
+    gives the same hash, so a lost claim's write is harmless."""
+    duplicates.image_hashes_record(hashes={i: h for i, h in batch.hashed.items() if i not in written})
 
 
 def _duplicates_check(batch: _Batch) -> None:
@@ -200,6 +205,7 @@ def _thumbnails_make(batch: _Batch, token: str) -> None:
     try:
         _thumbnails_write(batch, made)
         recorded = _thumbnails_record(batch, token, made)
+        _hashes_rest_record(batch, recorded)
     except DatabaseError:  # the task retries with backoff: nothing of this claim is kept
         for image_id, thumbs in made.items():
             thumbnails_delete(storage=batch.images[image_id].image.storage, names=thumbs.values())
@@ -236,17 +242,20 @@ def _thumbnails_write(batch: _Batch, made: dict[int, dict[str, str]]) -> None:
 
 
 def _thumbnails_record(batch: _Batch, token: str, made: dict[int, dict[str, str]]) -> set[int]:
-    """Record the thumbnails of the images this claim still holds, in one UPDATE (one per image
-    was a tenth of a 64 px batch's time); returns the ids recorded."""
+    """Record the thumbnails (and perceptual hashes) of the images this claim still holds, in one
+    UPDATE (one per image was a tenth of a 64 px batch's time); returns the ids recorded."""
     if not made:
         return set()
     table = connection.ops.quote_name(ProductImage._meta.db_table)
-    values = ", ".join(["(%s, %s, %s::jsonb)"] * len(made))
+    values = ", ".join(["(%s, %s, %s::jsonb, %s::bit(256), %s::bit(256))"] * len(made))
     params = [p for image_id, thumbs in made.items()
-              for p in (image_id, batch.images[image_id].attempts, json.dumps(thumbs))]
+              for p in (image_id, batch.images[image_id].attempts, json.dumps(thumbs),
+                        *(batch.hashed.get(image_id) or (None, None)))]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} AS i SET thumbnails = made.thumbs FROM (VALUES {values}) AS made(id, attempts, thumbs) "
+            f"UPDATE {table} AS i SET thumbnails = made.thumbs, perceptual_hash = coalesce(made.h, i.perceptual_hash), "
+            "mirror_hash = coalesce(made.m, i.mirror_hash) "
+            f"FROM (VALUES {values}) AS made(id, attempts, thumbs, h, m) "
             "WHERE i.id = made.id AND i.attempts = made.attempts AND i.status = %s AND i.processing_token = %s "
             "RETURNING i.id", params + [Status.PROCESSING, token])
         return {image_id for (image_id,) in cursor.fetchall()}
