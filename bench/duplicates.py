@@ -141,39 +141,34 @@ def labelled_set(name: str, seed: int, sizes) -> dict:
 # --------------------------------------------------------------------------- the signals
 
 def _hash_matrix(pics, side, low, mirror=False) -> np.ndarray:
-    rows = [perceptual.hashes(p, side=side, low=low)[1 if mirror else 0] for p in pics]
+    both = [perceptual.hashes(p, side=side, low=low) for p in pics]
+    rows = ["0" * low * low if h is None else h[1 if mirror else 0] for h in both]  # None: a flat picture
     return np.array([[c == "1" for c in row] for row in rows], dtype=bool)
+
+
+def _nearest(distances) -> tuple[np.ndarray, np.ndarray]:
+    """(smallest distance, catalog index) per query row over several query x catalog matrices
+    (a query and its mirror image)."""
+    stacked = np.stack(list(distances))  # (variants, queries, catalog)
+    flat = stacked.transpose(1, 0, 2).reshape(stacked.shape[1], -1)
+    best = flat.argmin(1)
+    return flat.min(1).astype(float), best % stacked.shape[2]
 
 
 def hash_nearest(data: dict, side: int, low: int) -> tuple[np.ndarray, np.ndarray]:
     """(distance to the nearest catalog image, its index) per query, the mirror image counted."""
     catalog = _hash_matrix(data["catalog"], side, low).astype(np.int32)
-    best_d, best_i = None, None
-    for mirror in (False, True):
+
+    def hamming(mirror):
         q = _hash_matrix(data["queries"], side, low, mirror).astype(np.int32)
-        # Hamming distance by matrix products: bits that differ = |a| + |b| - 2 a.b
-        d = q.sum(1)[:, None] + catalog.sum(1)[None, :] - 2 * q @ catalog.T
-        i, dd = d.argmin(1), d.min(1)
-        if best_d is None:
-            best_d, best_i = dd, i
-        else:
-            better = dd < best_d
-            best_d, best_i = np.where(better, dd, best_d), np.where(better, i, best_i)
-    return best_d.astype(float), best_i
+        return q.sum(1)[:, None] + catalog.sum(1)[None, :] - 2 * q @ catalog.T  # bits that differ
+
+    return _nearest(hamming(mirror) for mirror in (False, True))
 
 
 def _l2_nearest(catalog: np.ndarray, queries: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    best_d, best_i = None, None
     c2 = (catalog ** 2).sum(1)[None, :]
-    for q in queries:
-        d = np.sqrt(np.maximum((q ** 2).sum(1)[:, None] + c2 - 2 * q @ catalog.T, 0))
-        i, dd = d.argmin(1), d.min(1)
-        if best_d is None:
-            best_d, best_i = dd, i
-        else:
-            better = dd < best_d
-            best_d, best_i = np.where(better, dd, best_d), np.where(better, i, best_i)
-    return best_d, best_i
+    return _nearest(np.sqrt(np.maximum((q ** 2).sum(1)[:, None] + c2 - 2 * q @ catalog.T, 0)) for q in queries)
 
 
 def model_nearest(data: dict, name: str, split: str, log) -> dict[str, tuple[np.ndarray, np.ndarray]]:
