@@ -7,6 +7,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from catalog.admin_merchandising import PanelBlockInline, PanelPinInline, panel_preview_view
 from catalog.downloads import downloads_retry
 from catalog.forms import BulkUploadForm
 from catalog.models import Category, ImageDownload, Product, ProductImage
@@ -197,14 +198,24 @@ class ProductAdmin(SavedTogetherAdmin):
     search_fields = ["sku", "title", "description"]
     autocomplete_fields = ["category"]
     date_hierarchy = "created_at"
-    inlines = [ProductImageInline]
+    inlines = [ProductImageInline, PanelPinInline, PanelBlockInline]
+    readonly_fields = ["similar_items"]
     actions = ["retry_failed_images", "mark_inactive", "mark_active"]
     list_per_page = 50
     change_list_template = "admin/catalog/product/change_list.html"
 
     def get_urls(self):
         return [path("bulk-upload/", self.admin_site.admin_view(self.bulk_upload_view),
-                     name="catalog_product_bulk_upload"), *super().get_urls()]
+                     name="catalog_product_bulk_upload"),
+                path("<int:pk>/panel/", self.admin_site.admin_view(lambda request, pk: panel_preview_view(self, request, pk)),
+                     name="catalog_product_panel"), *super().get_urls()]
+
+    @admin.display(description="Similar items")
+    def similar_items(self, obj):
+        if not obj.pk:
+            return "Shown once the product is saved."
+        return format_html('<a href="{}">Preview its panel</a> per model version, with the rules below applied',
+                           reverse("admin:catalog_product_panel", args=[obj.pk]))
 
     def bulk_upload_view(self, request):
         """Validate a ZIP + CSV completely, then (and only then) import. "Check" never writes."""

@@ -242,3 +242,67 @@ class ImportRun(models.Model):
 
     def __str__(self):
         return f"import {self.pk} of {self.source}"
+
+
+class PanelPin(models.Model):
+    """A product staff pinned to the top of another's similar-items panel, in ``position`` order
+    (catalog.merchandising): shown whatever the model version says."""
+
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="panel_pins")
+    pinned = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="+")
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position", "id"]
+        verbose_name = "pinned product"
+        constraints = [
+            models.UniqueConstraint(fields=["product", "pinned"], name="one_pin_per_product_pair"),
+            models.CheckConstraint(condition=~models.Q(product=models.F("pinned")), name="pin_not_itself",
+                                   violation_error_message="A product cannot be pinned to its own panel."),
+        ]
+
+    def __str__(self):
+        return f"{self.pinned_id} pinned under {self.product_id}"
+
+
+class PanelBlock(models.Model):
+    """A product staff never want in another's similar-items panel (catalog.merchandising)."""
+
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="panel_blocks")
+    blocked = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = "blocked product"
+        constraints = [
+            models.UniqueConstraint(fields=["product", "blocked"], name="one_block_per_product_pair"),
+            models.CheckConstraint(condition=~models.Q(product=models.F("blocked")), name="block_not_itself",
+                                   violation_error_message="A product is never in its own panel."),
+        ]
+
+    def __str__(self):
+        return f"{self.blocked_id} blocked under {self.product_id}"
+
+
+class CategoryRule(models.Model):
+    """Never recommend products of ``hidden`` under products of ``category`` ("no socks under
+    suits"), in every panel of the category (catalog.merchandising)."""
+
+    category = models.ForeignKey(Category, on_delete=models.CASCADE, related_name="+",
+                                 help_text="Under products of this category...")
+    hidden = models.ForeignKey(Category, on_delete=models.CASCADE, related_name="+",
+                               help_text="...never recommend products of this one.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["category__name", "hidden__name"]
+        verbose_name = "category rule"
+        constraints = [
+            models.UniqueConstraint(fields=["category", "hidden"], name="one_rule_per_category_pair"),
+            models.CheckConstraint(condition=~models.Q(category=models.F("hidden")), name="category_rule_not_itself",
+                                   violation_error_message="A category rule needs two different "
+                                                           "categories."),
+        ]
+
+    def __str__(self):
+        return f"never {self.hidden} under {self.category}"

@@ -54,7 +54,10 @@ class ModelVersionRefSerializer(serializers.ModelSerializer):
 
 
 class SimilarItemSerializer(serializers.Serializer):
-    distance = serializers.FloatField(help_text="Euclidean distance between embeddings; smaller is more similar.")
+    distance = serializers.FloatField(allow_null=True, help_text=(
+        "Euclidean distance between embeddings; smaller is more similar (null: a pinned product without an "
+        "embedding yet)."))
+    pinned = serializers.BooleanField(help_text="Put there by staff (panel rules), not by distance.")
     product = ProductSummarySerializer()
 
 

@@ -123,7 +123,7 @@ def feature_scale_state(*, backbone: str) -> tuple[int, str] | None:
 
 def features_nearest_products(*, backbone: str, k: int, image=None, vector=None, stored_scale: bool = True,
                               exclude_product=None, category=None, min_price=None,
-                              max_price=None, exclude_products=()) -> list[tuple[int, float]]:
+                              max_price=None, exclude_products=(), exclude_categories=()) -> list[tuple[int, float]]:
     """The k nearest active products (product id, standardised distance of its nearest image) of
     ``image``'s features or of ``vector``, over every feature of ``backbone``; filters apply to the
     candidates, never to the scaler. ``stored_scale``: False when none is stored (fitted here)."""
@@ -133,9 +133,12 @@ def features_nearest_products(*, backbone: str, k: int, image=None, vector=None,
         if value is not None:
             where.append(clause)
             params.append(int(value) if "price" not in clause else Decimal(value))
-    if exclude_products:  # the product's duplicates (catalog.duplicates)
+    if exclude_products:  # the product's duplicates, blocked and pinned products
         where.append("p.id <> ALL(%s)")
         params.append(list(exclude_products))
+    if exclude_categories:  # staff's category rules (catalog.merchandising)
+        where.append("p.category_id <> ALL(%s)")
+        params.append(list(exclude_categories))
     if image is not None:
         query, query_params = _QUERY_IMAGE, [int(image), backbone]
     else:

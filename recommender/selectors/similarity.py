@@ -6,17 +6,18 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 import numpy as np
 from django.db import connection, transaction
 from django.db.models import Prefetch
 
-from catalog import duplicates, selectors as catalog_selectors
+from catalog import duplicates, merchandising, selectors as catalog_selectors
 from catalog.models import Product, ProductImage
 from recommender import db, runtime
 from recommender.conf import config
-from recommender.models import NEIGHBOURS_DELTA_MAX, BackboneFeature, Embedding, ModelVersion
+from recommender.models import BackboneFeature, Embedding, ModelVersion
+from recommender.selectors.lists import filter_sql, listed_products
+from recommender.selectors.rules import ruled
 from recommender.selectors.answers import cache_get, cache_get_or_compute, cache_key, cache_set
 from recommender.selectors.features import feature_scale_state, features_nearest_products
 from recommender.selectors.versions import active_version
@@ -27,7 +28,8 @@ logger = logging.getLogger(__name__)
 @dataclass
 class SimilarItem:
     product: Product
-    distance: float
+    distance: float | None  # None: a pinned product without an embedding under the version
+    pinned: bool = False  # put there by staff (catalog.merchandising), not by distance
 
 
 @dataclass
@@ -54,36 +56,12 @@ def _vector_literal(vector) -> str:
     return "[" + ",".join(f"{float(x):.7g}" for x in np.asarray(vector).ravel()) + "]"
 
 
-def _filter_sql(*, exclude_product=None, category=None, min_price=None, max_price=None, predicted=None,
-                exclude_products=()):
-    where, params = ["p.is_active"], []
-    if exclude_product is not None:
-        where.append("e.product_id <> %s")
-        params.append(exclude_product)
-    if exclude_products:  # the product's duplicates (catalog.duplicates)
-        where.append("p.id <> ALL(%s)")
-        params.append(list(exclude_products))
-    if category is not None:
-        where.append("p.category_id = %s")
-        params.append(category.pk if hasattr(category, "pk") else int(category))
-    if min_price is not None:
-        where.append("p.price >= %s")
-        params.append(Decimal(min_price))
-    if max_price is not None:
-        where.append("p.price <= %s")
-        params.append(Decimal(max_price))
-    if predicted is not None:
-        where.append("e.predicted = %s")
-        params.append(predicted)
-    return " AND ".join(where), params
-
-
 def _nearest_products_sql(*, version_id, vector, k, exact, **filters) -> list[tuple[int, float]]:
     """Top-k distinct products: nearest images first, then one row per product.
 
     The index scan uses pgvector 0.8's iterative scan, so filters that drop most neighbours still
     return k rows; ``exact`` sorts on an expression the index cannot serve (a full scan)."""
-    where, params = _filter_sql(**filters)
+    where, params = filter_sql(**filters)
     literal = _vector_literal(vector)
     if exact:
         # Every image is scanned, and each product keeps its nearest image: k products whenever
@@ -117,52 +95,6 @@ def _nearest_products_sql(*, version_id, vector, k, exact, **filters) -> list[tu
         return [(row[0], float(row[1])) for row in cursor.fetchall()]
 
 
-# The product panel from its precomputed list (recommender.services.neighbours): the list of the
-# query image's product, built from that very image (a product whose first image changed has no
-# list until the next fold), merged with the version's embeddings stored since, scanned exactly.
-# Any product missing from the list is farther than all of it, so once k listed products pass the
-# filters the answer is exact. The query vector stays in the database (no 512-float literal to
-# format and parse: 0.35 ms of Python a query).
-_LISTED_SQL = """
-    WITH list AS (
-        SELECT n.neighbour_ids, n.distances, s.upto, q.vector FROM recommender_neighbours n
-        JOIN recommender_neighbours_state s ON s.version_id = n.version_id
-        JOIN recommender_embedding q ON q.image_id = n.image_id AND q.version_id = n.version_id
-        WHERE n.version_id = %s AND n.product_id = %s AND n.image_id = %s
-    ), fresh AS (
-        SELECT e.product_id, e.vector <-> list.vector AS distance FROM list, recommender_embedding e
-        WHERE e.version_id = %s AND e.id > list.upto AND e.product_id <> %s LIMIT %s
-    ), candidates AS (
-        SELECT u.product_id, u.distance, true AS listed
-        FROM list, unnest(list.neighbour_ids, list.distances) AS u(product_id, distance)
-        UNION ALL SELECT product_id, distance, false FROM fresh
-    )
-    SELECT c.product_id, MIN(c.distance) AS distance,
-           sum(CASE WHEN bool_or(c.listed) THEN 1 ELSE 0 END) OVER () AS listed,
-           (SELECT count(*) FROM fresh) AS fresh
-    FROM candidates c
-    CROSS JOIN LATERAL (SELECT 1 FROM catalog_product p WHERE p.id = c.product_id AND {where} OFFSET 0) passes
-    GROUP BY c.product_id ORDER BY distance, c.product_id LIMIT %s"""
-# LATERAL ... OFFSET 0 keeps the product lookups by primary key: joined plainly, the planner hashed
-# all of catalog_product (57 ms at 100,000 products against 3 ms). The newer rows are capped
-# (NEIGHBOURS_DELTA_MAX; folded in well before that) so the estimate stays below jit_above_cost:
-# JIT compilation alone cost ~10 ms a query.
-
-
-def _listed_products(*, version_id, image, k, exclude_product, **filters) -> list[tuple[int, float]] | None:
-    """The k nearest from the product's list, or None when the list cannot answer exactly (none
-    built, more newer rows than the cap, fewer than k listed products passing the filters)."""
-    where, params = _filter_sql(**filters)
-    pid = int(exclude_product)
-    with connection.cursor() as cursor:
-        cursor.execute(_LISTED_SQL.format(where=where),
-                       [version_id, pid, int(image), version_id, pid, NEIGHBOURS_DELTA_MAX + 1, *params, k])
-        found = cursor.fetchall()
-    if found and found[0][2] >= k and found[0][3] <= NEIGHBOURS_DELTA_MAX:
-        return [(row[0], float(row[1])) for row in found]
-    return None
-
-
 def nearest_products(*, version, vector=None, image=None, k=6, exact: bool = False,
                      **filters) -> list[tuple[int, float]]:
     """The k nearest other products (product id, distance) of ``vector``, or of the embedding of
@@ -172,7 +104,7 @@ def nearest_products(*, version, vector=None, image=None, k=6, exact: bool = Fal
     against)."""
     if image is not None and not exact and filters.get("exclude_product") is not None \
             and filters.get("predicted") is None:
-        rows = _listed_products(version_id=version.pk, image=image, k=k, **filters)
+        rows = listed_products(version_id=version.pk, image=image, k=k, **filters)
         if rows is not None:
             return rows
     if vector is None:
@@ -230,9 +162,10 @@ def _cold_start_nearest(*, backbone, k, scale, image=None, vector=None, **filter
                                      stored_scale=scale is not None, **filters)
 
 
-def _products_in_order(rows, *, category=None, min_price=None, max_price=None, **_) -> list[SimilarItem]:
-    """The products of (product id, distance) rows, in order. Products hidden, deleted or moved out
-    of the filters since the rows were computed (a cached answer) are left out."""
+def _products_in_order(rows, *, category=None, min_price=None, max_price=None, pinned=(), **_) -> list[SimilarItem]:
+    """The products of (product id, distance) rows, in order (``pinned``: those staff pinned).
+    Products hidden, deleted or moved out of the filters since the rows were computed (a cached
+    answer) are left out."""
     ids = [pid for pid, _ in rows]
     qs = Product.objects.filter(is_active=True)
     if category is not None:
@@ -243,7 +176,7 @@ def _products_in_order(rows, *, category=None, min_price=None, max_price=None, *
         qs = qs.filter(price__lte=max_price)
     products = qs.select_related("category").prefetch_related(
         Prefetch("images", queryset=ProductImage.objects.order_by("position", "id"))).in_bulk(ids)
-    return [SimilarItem(product=products[pid], distance=d) for pid, d in rows if pid in products]
+    return [SimilarItem(product=products[pid], distance=d, pinned=pid in pinned) for pid, d in rows if pid in products]
 
 
 def _cache_key(*parts) -> str:
@@ -271,7 +204,7 @@ def _cached_answer(key, filters, product_id) -> tuple | None:
         return cached
     if duplicates.duplicate_links(product_ids=ids):  # two of them were paired since
         return None
-    items = _products_in_order(rows, **filters)
+    items = _products_in_order(rows, **filters, pinned={i.product.pk for i in items if i.pinned})
     if len(items) != len(rows):
         return None
     answer = (rows, now, items, own)
@@ -279,42 +212,48 @@ def _cached_answer(key, filters, product_id) -> tuple | None:
     return answer
 
 
-def _fresh_answer(rows, filters, own) -> tuple:
+def _fresh_answer(rows, filters, own, pinned=()) -> tuple:
     # The fingerprint is read before the products: a change in between makes it stale, not the items.
     fingerprint = catalog_selectors.products_fingerprint([pid for pid, _ in rows])
-    return rows, fingerprint, _products_in_order(rows, **filters), own
+    return rows, fingerprint, _products_in_order(rows, **filters, pinned=set(pinned)), own
 
 
-def _version_answer(*, version, product, k, same_category, filters) -> tuple:
+def _version_answer(*, version, product, k, same_category, filters, apply_rules=True) -> tuple:
     """A product's panel under ``version``: (rows, fingerprint, items, own fingerprint); None when
     the product has no embedding under it."""
-    own = catalog_selectors.products_fingerprint([product.pk])  # before its duplicates are read
+    own = catalog_selectors.products_fingerprint([product.pk])  # before its duplicates and rules are read
     # The query image's id, not its vector: the list answers without it (the index reads it).
     query = (Embedding.objects.filter(version=version, product=product)
              .order_by("image__position", "image_id").values_list("image_id", "predicted").first())
     if query is None:
         return None
     image, predicted = query
-    exclude = duplicates.product_duplicate_ids(product_id=product.pk)
-    rows = duplicates.nearest_without_duplicates(lambda n: nearest_products(
-        version=version, image=image, k=n, exclude_product=product.pk, exclude_products=exclude,
-        predicted=predicted if same_category else None, **filters), k)
-    return _fresh_answer(rows, filters, own)
+    rules = merchandising.panel_rules(product=product) if apply_rules else merchandising.PanelRules()
+    rows = ruled(rules, product=product, k=k, filters=filters, version=version, image=image,
+                  nearest=lambda n, **exclude: nearest_products(
+                      version=version, image=image, k=n, exclude_product=product.pk,
+                      predicted=predicted if same_category else None, **filters, **exclude))
+    return _fresh_answer(rows, filters, own, pinned=rules.pinned)
 
 
 def similar_products(*, product: Product, k: int = 6, same_category: bool = False, category=None,
-                     min_price=None, max_price=None, use_cache: bool = True) -> SimilarResult:
+                     min_price=None, max_price=None, use_cache: bool = True, version=None,
+                     apply_rules: bool = True) -> SimilarResult:
     """The k nearest other active products (one entry per product), by the active version's
-    embeddings, or by standardised backbone features before any version is trained; never the
-    product's own duplicates, nor two products paired as duplicates (catalog.duplicates)."""
+    embeddings (``version``: another's, for the admin's preview; never cached), or by standardised
+    backbone features before any version is trained; never the product's own duplicates, nor two
+    products paired as duplicates (catalog.duplicates); staff's pins first and their blocks and
+    category rules obeyed (catalog.merchandising; ``apply_rules`` off: the preview's comparison)."""
     filters = {"category": category, "min_price": min_price, "max_price": max_price}
-    version = active_version()
+    if version is not None or not apply_rules:
+        use_cache = False
+    version = version or active_version()
     if version is not None:
         key = _cache_key("v", version.pk, product.pk, k, same_category, filters)
         answer = _cached_answer(key, filters, product.pk) if use_cache else None
         if answer is None:
             answer = _version_answer(version=version, product=product, k=k, same_category=same_category,
-                                     filters=filters)
+                                     filters=filters, apply_rules=apply_rules)
             if answer is None:
                 return SimilarResult(items=[], version=version, source="none",
                                      fingerprint=catalog_selectors.products_fingerprint([]))
@@ -323,10 +262,10 @@ def similar_products(*, product: Product, k: int = 6, same_category: bool = Fals
         rows, fingerprint, items, _ = answer
         return SimilarResult(items=items, version=version, source="model", fingerprint=fingerprint)
     return _cold_start_similar(product=product, k=k, same_category=same_category, filters=filters,
-                               use_cache=use_cache)
+                               use_cache=use_cache, apply_rules=apply_rules)
 
 
-def _cold_start_similar(*, product, k, same_category, filters, use_cache) -> SimilarResult:
+def _cold_start_similar(*, product, k, same_category, filters, use_cache, apply_rules=True) -> SimilarResult:
     backbone = runtime.backbone_spec().identity
     image = (BackboneFeature.objects.filter(backbone=backbone, image__product=product)
              .order_by("image__position", "image_id").values_list("image_id", flat=True).first())
@@ -335,25 +274,25 @@ def _cold_start_similar(*, product, k, same_category, filters, use_cache) -> Sim
     if same_category:
         filters["category"] = product.category_id  # no predictions yet: use the catalog's own category
     # Cold start scans every feature, so it is cached too, with the scaler it used and the
-    # product's own row (its duplicates are decided on it): new images are taken in when the cache
+    # product's own row (its duplicates and rules are decided on it): new images are taken in when the cache
     # expires (as with a version) or the scaler is refitted (services.features.SCALE_REFIT_SHARE),
     # not at each new image. One request computes a missing answer; the others wait for it.
     scale = feature_scale_state(backbone=backbone)
     key = _cache_key("b", backbone, scale, product.pk, k, filters, catalog_selectors.products_fingerprint([product.pk]))
 
+    rules = merchandising.panel_rules(product=product) if apply_rules else merchandising.PanelRules()
+
     def compute():
-        exclude = duplicates.product_duplicate_ids(product_id=product.pk)
-        return duplicates.nearest_without_duplicates(lambda n: _cold_start_nearest(
-            backbone=backbone, k=n, scale=scale, image=image, exclude_product=product.pk, exclude_products=exclude,
-            **filters), k)
+        return ruled(rules, product=product, k=k, filters=filters, nearest=lambda n, **exclude: _cold_start_nearest(
+            backbone=backbone, k=n, scale=scale, image=image, exclude_product=product.pk, **filters, **exclude))
 
     rows = cache_get_or_compute(key, compute) if use_cache else compute()
-    items = _products_in_order(rows, **filters)
+    items = _products_in_order(rows, **filters, pinned=set(rules.pinned))
     if use_cache and (len(items) != len(rows) or duplicates.duplicate_links(product_ids=[p for p, _ in rows])):
         # A product hidden or moved out of the filters since cached, or two of them paired since.
         rows = compute()
         cache_set(key, rows)
-        items = _products_in_order(rows, **filters)
+        items = _products_in_order(rows, **filters, pinned=set(rules.pinned))
     return SimilarResult(items=items, version=None, source="backbone")
 
 

@@ -88,6 +88,11 @@ def active_version_at(*, stamp: str | None) -> ModelVersion | None:
     return ModelVersion.from_db(connection.alias, _ACTIVE_FIELDS, pickle.loads(memo[1]))
 
 
+def candidate_versions(*, limit: int = 3) -> list[ModelVersion]:
+    """Ready versions (trained, not serving), newest first: what staff may compare or activate."""
+    return list(ModelVersion.objects.filter(status=ModelVersion.Status.READY).order_by("-id")[:limit])
+
+
 def training_version() -> ModelVersion | None:
     """The version training now (at most one: a partial unique constraint)."""
     return ModelVersion.objects.filter(status=ModelVersion.Status.TRAINING).first()

@@ -184,14 +184,12 @@ def _hashes_make(batch: _Batch) -> None:
 
 
 def _hashes_rest_record(batch: _Batch, written: set[int]) -> None:
-    """The hashes of images whose thumbnails were made earlier (a redelivery); the same file always
-    gives the same hash, so a lost claim's write is harmless."""
+    """The hashes of images whose thumbnails were made earlier (a redelivery; harmless if lost)."""
     duplicates.image_hashes_record(hashes={i: h for i, h in batch.hashed.items() if i not in written})
 
 
 def _duplicates_check(batch: _Batch) -> None:
-    """Pair the ready images with near-duplicates of other products (catalog.duplicates). An error
-    here leaves them unchecked for the periodic recovery, never failed."""
+    """Pair the ready images with near-duplicates (catalog.duplicates); an error leaves them to the recovery."""
     try:
         duplicates.duplicates_detect(image_ids=batch.ok)
     except DatabaseError as exc:

@@ -9,7 +9,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.urls import URLPattern, URLResolver
 
-from catalog.models import DuplicatePair, Product, ProductImage
+from catalog.models import CategoryRule, DuplicatePair, PanelPin, Product, ProductImage
 from recommender.models import ModelVersion
 from tests.api.conftest import PASSWORD, _client_for, app_permissions, grant, media_files
 from tests.factories import CategoryFactory, ProductFactory, ProductImageFactory, png_bytes, upload
@@ -95,6 +95,15 @@ WRITES = {
     ("duplicate-ignore", "post"): [
         ("ignore", {"catalog.change_duplicatepair"}, lambda w: (
             f"/api/v1/duplicates/{w['pair'].pk}/ignore/", None, None))],
+    ("product-panel-rules", "put"): [
+        ("panel-rules", {"catalog.change_product"}, lambda w: (
+            f"{_product(w)}panel-rules/", {"pinned": [w["pair"].product_b_id], "blocked": []}, "json"))],
+    ("categoryrule-list", "post"): [
+        ("add-category-rule", {"catalog.add_categoryrule"}, lambda w: (
+            "/api/v1/category-rules/", {"category": w["category"].pk, "hidden": w["other_category"].pk}, "json"))],
+    ("categoryrule-detail", "delete"): [
+        ("delete-category-rule", {"catalog.delete_categoryrule"}, lambda w: (
+            f"/api/v1/category-rules/{w['rule'].pk}/", None, None))],
     ("duplicate-reopen", "post"): [
         ("reopen", {"catalog.change_duplicatepair"}, lambda w: (
             f"/api/v1/duplicates/{w['pair'].pk}/reopen/", None, None))],
@@ -113,7 +122,10 @@ def world(tmp_path):
     version = {"backbone": "resnet50:random:32", "weights": "random", "input_size": 32, "artifacts": str(artifacts)}
     other = ProductFactory(category=category, title="Its twin")
     pair = DuplicatePair.objects.create(product_a=product, product_b=other, kind="near", distance=12)
+    other_category = CategoryFactory()
+    rule = CategoryRule.objects.create(category=other_category, hidden=category)
     return {"category": category, "product": product, "image": image, "pair": pair,
+            "other_category": other_category, "rule": rule,
             "active": ModelVersion.objects.create(status="active", **version),
             "retired": ModelVersion.objects.create(status="retired", **version)}
 
@@ -124,6 +136,8 @@ def _state(settings):
             "images": list(ProductImage.objects.order_by("pk").values()),
             "versions": list(ModelVersion.objects.order_by("pk").values("pk", "status", "activated_at")),
             "pairs": list(DuplicatePair.objects.order_by("pk").values()),
+            "rules": [list(CategoryRule.objects.order_by("pk").values_list("pk", "category", "hidden")),
+                      list(PanelPin.objects.order_by("pk").values_list("product", "pinned"))],
             "files": media_files(settings)}
 
 

@@ -1,0 +1,50 @@
+"""Staff's rules around a panel's vector query (catalog.merchandising): pinned products first, in
+their order, then the nearest of the rest, with blocked products, hidden categories and the
+product's duplicates left out by the query itself (so the index's iterative scan, or the exact
+scan, still finds k whenever k exist)."""
+
+from __future__ import annotations
+
+from django.db import connection
+
+from catalog import duplicates
+from catalog.models import Product
+
+_PIN_DISTANCES_SQL = """
+    SELECT e.product_id, MIN(e.vector <-> q.vector) FROM recommender_embedding q, recommender_embedding e
+    WHERE q.version_id = %s AND q.image_id = %s AND e.version_id = %s AND e.product_id = ANY(%s)
+    GROUP BY e.product_id"""
+
+
+def _pins_shown(*, pinned, k, filters, version=None, image=None) -> list[tuple[int, float | None]]:
+    """The pinned products a panel shows first, in staff's order: active, within the shopper's
+    filters, at most k; with their distance under ``version`` when they have an embedding."""
+    if not pinned:
+        return []
+    qs = Product.objects.filter(pk__in=pinned, is_active=True)
+    if filters.get("category") is not None:
+        qs = qs.filter(category_id=getattr(filters["category"], "pk", filters["category"]))
+    if filters.get("min_price") is not None:
+        qs = qs.filter(price__gte=filters["min_price"])
+    if filters.get("max_price") is not None:
+        qs = qs.filter(price__lte=filters["max_price"])
+    shown = set(qs.values_list("pk", flat=True))
+    ids = [pk for pk in pinned if pk in shown][:k]
+    distances = {}
+    if version is not None and image is not None and ids:
+        with connection.cursor() as cursor:
+            cursor.execute(_PIN_DISTANCES_SQL, [version.pk, image, version.pk, ids])
+            distances = {pid: float(d) for pid, d in cursor.fetchall()}
+    return [(pk, distances.get(pk)) for pk in ids]
+
+
+def ruled(rules, *, product, k, filters, nearest, version=None, image=None) -> list[tuple[int, float | None]]:
+    """Staff's rules (catalog.merchandising) around ``nearest(n, exclude_products=,
+    exclude_categories=)``: the pins first, then the nearest of the rest, neither blocked nor of a
+    hidden category nor the product's duplicates, k in all whenever k exist."""
+    pins = _pins_shown(pinned=rules.pinned, k=k, filters=filters, version=version, image=image)
+    exclude = sorted(set(duplicates.product_duplicate_ids(product_id=product.pk)) | rules.blocked | set(rules.pinned))
+    if len(pins) >= k:
+        return pins
+    return pins + duplicates.nearest_without_duplicates(
+        lambda n: nearest(n, exclude_products=exclude, exclude_categories=rules.hidden_categories), k - len(pins))
