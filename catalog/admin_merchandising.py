@@ -20,6 +20,10 @@ class PanelPinInline(admin.TabularInline):
     autocomplete_fields = ["pinned"]
     extra = 0
     max_num = merchandising.PINS_MAX
+
+    def get_formset(self, request, obj=None, **kwargs):
+        return super().get_formset(request, obj, validate_max=True, **kwargs)  # max_num alone only hides forms
+
     verbose_name = "product pinned to the top of this product's similar items"
     verbose_name_plural = f"pinned similar items (at most {merchandising.PINS_MAX}, first position first)"
 
@@ -42,10 +46,11 @@ class CategoryRuleAdmin(admin.ModelAdmin):
     fields = ["category", "hidden"]
 
     def save_model(self, request, obj, form, change):
-        if change:  # a rule is its two categories: another pair is another rule
-            merchandising.category_rule_delete(rule=CategoryRule.objects.get(pk=obj.pk))
-        saved = merchandising.category_rule_add(category=obj.category_id, hidden=obj.hidden_id)
-        obj.pk = saved.pk
+        if change:
+            merchandising.category_rule_change(rule=CategoryRule.objects.get(pk=obj.pk), category=obj.category_id,
+                                               hidden=obj.hidden_id)
+        else:
+            obj.pk = merchandising.category_rule_add(category=obj.category_id, hidden=obj.hidden_id).pk
 
     def delete_model(self, request, obj):
         merchandising.category_rule_delete(rule=obj)

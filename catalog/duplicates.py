@@ -294,6 +294,15 @@ def product_duplicate_ids(*, product_id: int) -> list[int]:
     return sorted({b if a == product_id else a for a, b in rows.values_list("product_a_id", "product_b_id")})
 
 
+def partner_ids(*, product_ids) -> set[int]:
+    """The products paired with any of ``product_ids`` (all but "not a duplicate")."""
+    ids = list({int(i) for i in product_ids})
+    if not ids:
+        return set()
+    rows = DuplicatePair.objects.filter(_PAIRED).filter(Q(product_a_id__in=ids) | Q(product_b_id__in=ids))
+    return {p for pair in rows.values_list("product_a_id", "product_b_id") for p in pair} - set(ids)
+
+
 def duplicate_links(*, product_ids) -> set[tuple[int, int]]:
     """The pairs among ``product_ids`` (all but "not a duplicate"), as (lower id, higher id)."""
     ids = list({int(i) for i in product_ids})

@@ -33,9 +33,9 @@ class PanelRules:
 
 
 _RULES_SQL = """
-    SELECT 'pin', pinned_id, position FROM catalog_panelpin WHERE product_id = %(p)s
-    UNION ALL SELECT 'block', blocked_id, 0 FROM catalog_panelblock WHERE product_id = %(p)s
-    UNION ALL SELECT 'category', hidden_id, 0 FROM catalog_categoryrule WHERE category_id = %(c)s"""
+    SELECT 'pin', pinned_id, position, id FROM catalog_panelpin WHERE product_id = %(p)s
+    UNION ALL SELECT 'block', blocked_id, 0, 0 FROM catalog_panelblock WHERE product_id = %(p)s
+    UNION ALL SELECT 'category', hidden_id, 0, 0 FROM catalog_categoryrule WHERE category_id = %(c)s"""
 
 
 def panel_rules(*, product: Product) -> PanelRules:
@@ -43,10 +43,10 @@ def panel_rules(*, product: Product) -> PanelRules:
     with connection.cursor() as cursor:
         cursor.execute(_RULES_SQL, {"p": product.pk, "c": product.category_id})
         rows = cursor.fetchall()
-    pins = sorted((position, pk) for kind, pk, position in rows if kind == "pin")
-    return PanelRules(pinned=tuple(pk for _, pk in pins),
-                      blocked=frozenset(pk for kind, pk, _ in rows if kind == "block"),
-                      hidden_categories=tuple(sorted(pk for kind, pk, _ in rows if kind == "category")))
+    pins = sorted((position, row_id, pk) for kind, pk, position, row_id in rows if kind == "pin")  # as the admin lists them
+    return PanelRules(pinned=tuple(pk for _, _, pk in pins),
+                      blocked=frozenset(pk for kind, pk, _, _ in rows if kind == "block"),
+                      hidden_categories=tuple(sorted(pk for kind, pk, _, _ in rows if kind == "category")))
 
 
 def _touch(**lookup) -> None:
@@ -89,6 +89,16 @@ def category_rule_add(*, category, hidden) -> CategoryRule:
         rule, _ = CategoryRule.objects.get_or_create(category_id=getattr(category, "pk", category),
                                                      hidden_id=getattr(hidden, "pk", hidden))
         _touch(category_id=rule.category_id)
+    return rule
+
+
+def category_rule_change(*, rule: CategoryRule, category, hidden) -> CategoryRule:
+    """Change a rule in place (the panels of its old and its new category change)."""
+    before = rule.category_id
+    rule.category_id, rule.hidden_id = getattr(category, "pk", category), getattr(hidden, "pk", hidden)
+    with transaction.atomic():
+        rule.save(update_fields=["category", "hidden"])
+        _touch(category_id__in={before, rule.category_id})
     return rule
 
 

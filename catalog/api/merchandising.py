@@ -3,8 +3,9 @@
     GET/PUT /api/v1/products/<id>/panel-rules/   {"pinned": [ids, in order], "blocked": [ids]}
     GET/POST /api/v1/category-rules/, DELETE /api/v1/category-rules/<id>/   {"category", "hidden"}
 
-A product's rules need catalog.view_product to read and catalog.change_product to change, as its
-inlines in the admin; category rules their own model permissions. A PUT replaces both lists.
+A product's rules need catalog.view_product to read; changing them catalog.change_product and
+adding/deleting pins and blocks, as its inlines in the admin; category rules their own model
+permissions. A PUT replaces both lists.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ def _rules_data(rules) -> dict:
 
 class PanelRulesView(APIView):
     permission_classes = [StaffWithPermissions]
-    required_permissions = {"get": ["catalog.view_product"], "put": ["catalog.change_product"]}
+    # As the admin's inlines: changing the product, and adding and deleting its pins and blocks.
+    required_permissions = {"get": ["catalog.view_product"],
+                            "put": ["catalog.change_product", "catalog.add_panelpin", "catalog.delete_panelpin",
+                                    "catalog.add_panelblock", "catalog.delete_panelblock"]}
 
     def initial(self, request, *args, **kwargs):
         self.action = request.method.lower()  # StaffWithPermissions reads the action

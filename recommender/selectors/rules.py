@@ -8,6 +8,7 @@ from __future__ import annotations
 from django.db import connection
 
 from catalog import duplicates
+from catalog.merchandising import PINS_MAX
 from catalog.models import Product
 
 _PIN_DISTANCES_SQL = """
@@ -16,12 +17,14 @@ _PIN_DISTANCES_SQL = """
     GROUP BY e.product_id"""
 
 
-def _pins_shown(*, pinned, k, filters, version=None, image=None) -> list[tuple[int, float | None]]:
+def _pins_shown(*, rules, k, filters, dups, version=None, image=None) -> list[tuple[int, float | None]]:
     """The pinned products a panel shows first, in staff's order: active, within the shopper's
-    filters, at most k; with their distance under ``version`` when they have an embedding."""
+    filters, neither blocked nor of a hidden category nor a duplicate of the product or of an
+    earlier pin, at most k; with their distance under ``version`` when they have an embedding."""
+    pinned = [pk for pk in rules.pinned if pk not in rules.blocked and pk not in dups][:PINS_MAX]
     if not pinned:
         return []
-    qs = Product.objects.filter(pk__in=pinned, is_active=True)
+    qs = Product.objects.filter(pk__in=pinned, is_active=True).exclude(category_id__in=rules.hidden_categories)
     if filters.get("category") is not None:
         qs = qs.filter(category_id=getattr(filters["category"], "pk", filters["category"]))
     if filters.get("min_price") is not None:
@@ -29,7 +32,8 @@ def _pins_shown(*, pinned, k, filters, version=None, image=None) -> list[tuple[i
     if filters.get("max_price") is not None:
         qs = qs.filter(price__lte=filters["max_price"])
     shown = set(qs.values_list("pk", flat=True))
-    ids = [pk for pk in pinned if pk in shown][:k]
+    ids = [pk for pk, _ in duplicates.duplicates_collapse(
+        [(pk, None) for pk in pinned if pk in shown], duplicates.duplicate_links(product_ids=shown))][:k]
     distances = {}
     if version is not None and image is not None and ids:
         with connection.cursor() as cursor:
@@ -42,8 +46,11 @@ def ruled(rules, *, product, k, filters, nearest, version=None, image=None) -> l
     """Staff's rules (catalog.merchandising) around ``nearest(n, exclude_products=,
     exclude_categories=)``: the pins first, then the nearest of the rest, neither blocked nor of a
     hidden category nor the product's duplicates, k in all whenever k exist."""
-    pins = _pins_shown(pinned=rules.pinned, k=k, filters=filters, version=version, image=image)
-    exclude = sorted(set(duplicates.product_duplicate_ids(product_id=product.pk)) | rules.blocked | set(rules.pinned))
+    dups = set(duplicates.product_duplicate_ids(product_id=product.pk))
+    pins = _pins_shown(rules=rules, k=k, filters=filters, dups=dups, version=version, image=image)
+    # Nor the pins' own duplicates: a panel never shows two paired products.
+    partners = duplicates.partner_ids(product_ids=[pk for pk, _ in pins])
+    exclude = sorted(dups | partners | rules.blocked | set(rules.pinned))
     if len(pins) >= k:
         return pins
     return pins + duplicates.nearest_without_duplicates(

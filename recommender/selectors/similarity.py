@@ -185,31 +185,19 @@ def _cache_key(*parts) -> str:
 
 
 def _cached_answer(key, filters, product_id) -> tuple | None:
-    """A cached (rows, fingerprint, items, own) still true of the products now, or None.
-
-    The asking product changed (its duplicates are decided on it: catalog.duplicates touches both
-    products): recomputed. Unchanged products shown (same fingerprint) are served as cached, without
-    reading them; changed ones are read again and filtered (_products_in_order), and the answer is
-    recomputed if one of them was hidden, deleted or moved out of the filters. One query."""
+    """A cached (rows, fingerprint, items, own) still true now, or None: recomputed when any product
+    it shows changed (hidden, repriced, moved to a category a rule hides, paired as a duplicate...)
+    or the asking product did, or one of its pinned products (its rules and duplicates are decided
+    on its row: catalog.merchandising and catalog.duplicates touch it). One query; a recomputation
+    from the precomputed lists costs ~1-3 ms."""
     cached = cache_get(key)
     if not isinstance(cached, tuple) or len(cached) != 4:
         return None
-    rows, fingerprint, items, own = cached
+    rows, fingerprint, items, (own, pinned, pinned_fingerprint) = cached
     ids = [pid for pid, _ in rows]
-    hashes = catalog_selectors.product_row_hashes([product_id, *ids])
-    if catalog_selectors.products_fingerprint([product_id], hashes) != own:
-        return None
-    now = catalog_selectors.products_fingerprint(ids, hashes)
-    if now == fingerprint:
-        return cached
-    if duplicates.duplicate_links(product_ids=ids):  # two of them were paired since
-        return None
-    items = _products_in_order(rows, **filters, pinned={i.product.pk for i in items if i.pinned})
-    if len(items) != len(rows):
-        return None
-    answer = (rows, now, items, own)
-    cache_set(key, answer)
-    return answer
+    hashes = catalog_selectors.product_row_hashes([product_id, *ids, *pinned])
+    fingerprints = [catalog_selectors.products_fingerprint(group, hashes) for group in ([product_id], ids, pinned)]
+    return cached if fingerprints == [own, fingerprint, pinned_fingerprint] else None
 
 
 def _fresh_answer(rows, filters, own, pinned=()) -> tuple:
@@ -222,13 +210,14 @@ def _version_answer(*, version, product, k, same_category, filters, apply_rules=
     """A product's panel under ``version``: (rows, fingerprint, items, own fingerprint); None when
     the product has no embedding under it."""
     own = catalog_selectors.products_fingerprint([product.pk])  # before its duplicates and rules are read
+    rules = merchandising.panel_rules(product=product) if apply_rules else merchandising.PanelRules()
+    own = (own, rules.pinned, catalog_selectors.products_fingerprint(list(rules.pinned)))
     # The query image's id, not its vector: the list answers without it (the index reads it).
     query = (Embedding.objects.filter(version=version, product=product)
              .order_by("image__position", "image_id").values_list("image_id", "predicted").first())
     if query is None:
         return None
     image, predicted = query
-    rules = merchandising.panel_rules(product=product) if apply_rules else merchandising.PanelRules()
     rows = ruled(rules, product=product, k=k, filters=filters, version=version, image=image,
                   nearest=lambda n, **exclude: nearest_products(
                       version=version, image=image, k=n, exclude_product=product.pk,
@@ -245,8 +234,8 @@ def similar_products(*, product: Product, k: int = 6, same_category: bool = Fals
     products paired as duplicates (catalog.duplicates); staff's pins first and their blocks and
     category rules obeyed (catalog.merchandising; ``apply_rules`` off: the preview's comparison)."""
     filters = {"category": category, "min_price": min_price, "max_price": max_price}
-    if version is not None or not apply_rules:
-        use_cache = False
+    if version is not None or not apply_rules or not product.is_active:
+        use_cache = False  # a hidden product's row has no fingerprint (catalog.selectors.ROW_HASHES_SQL)
     version = version or active_version()
     if version is not None:
         key = _cache_key("v", version.pk, product.pk, k, same_category, filters)
@@ -288,8 +277,9 @@ def _cold_start_similar(*, product, k, same_category, filters, use_cache, apply_
 
     rows = cache_get_or_compute(key, compute) if use_cache else compute()
     items = _products_in_order(rows, **filters, pinned=set(rules.pinned))
-    if use_cache and (len(items) != len(rows) or duplicates.duplicate_links(product_ids=[p for p, _ in rows])):
-        # A product hidden or moved out of the filters since cached, or two of them paired since.
+    broken = any(i.product.category_id in rules.hidden_categories for i in items if not i.pinned)
+    if use_cache and (len(items) != len(rows) or broken or duplicates.duplicate_links(product_ids=[p for p, _ in rows])):
+        # A product hidden, moved out of the filters or into a hidden category since cached, or two paired since.
         rows = compute()
         cache_set(key, rows)
         items = _products_in_order(rows, **filters, pinned=set(rules.pinned))

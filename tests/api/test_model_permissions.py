@@ -96,7 +96,8 @@ WRITES = {
         ("ignore", {"catalog.change_duplicatepair"}, lambda w: (
             f"/api/v1/duplicates/{w['pair'].pk}/ignore/", None, None))],
     ("product-panel-rules", "put"): [
-        ("panel-rules", {"catalog.change_product"}, lambda w: (
+        ("panel-rules", {"catalog.change_product", "catalog.add_panelpin", "catalog.delete_panelpin",
+                         "catalog.add_panelblock", "catalog.delete_panelblock"}, lambda w: (
             f"{_product(w)}panel-rules/", {"pinned": [w["pair"].product_b_id], "blocked": []}, "json"))],
     ("categoryrule-list", "post"): [
         ("add-category-rule", {"catalog.add_categoryrule"}, lambda w: (

@@ -19,8 +19,11 @@ BULK_URL = "admin:catalog_product_bulk_upload"
 
 
 def inline_management(total=1, initial=0):
+    empty = {f"{prefix}-{field}": value for prefix in ("panel_pins", "panel_blocks")  # the panel rules' inlines
+             for field, value in (("TOTAL_FORMS", "0"), ("INITIAL_FORMS", "0"), ("MIN_NUM_FORMS", "0"),
+                                  ("MAX_NUM_FORMS", "1000"))}
     return {"images-TOTAL_FORMS": str(total), "images-INITIAL_FORMS": str(initial),
-            "images-MIN_NUM_FORMS": "0", "images-MAX_NUM_FORMS": "1000"}
+            "images-MIN_NUM_FORMS": "0", "images-MAX_NUM_FORMS": "1000", **empty}
 
 
 def product_form(category, **overrides):

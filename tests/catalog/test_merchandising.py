@@ -95,3 +95,32 @@ def test_category_rules_in_the_admin_change_the_category_panels(admin_client, ca
     assert not Product.objects.filter(pk__in=panel(query), category=hidden).exists()
     refused = admin_client.post(url, {"category": hidden.pk, "hidden": hidden.pk})
     assert refused.status_code == 200 and "two different categories" in refused.content.decode()
+
+
+def test_pins_obey_blocks_category_rules_and_duplicates(settings, catalog_products):
+    from catalog.models import DuplicatePair
+
+    query = catalog_products[0]
+    assert train_inline(settings, epochs=2).status == "active"
+    plain = panel(query, use_cache=False)
+    others = [p for p in catalog_products[1:] if p.category_id != query.category_id and p.pk not in plain]
+    a, b = others[0], next(p for p in others if p.category_id != others[0].category_id)
+    partner = plain[0]  # a's duplicate, though a nearer product of the query
+    low, high = sorted([a.pk, partner])
+    DuplicatePair.objects.create(product_a_id=low, product_b_id=high, kind="near", distance=10)
+    merchandising.product_rules_set(product=query, pinned=[a.pk, b.pk], blocked=[])
+    merchandising.category_rule_add(category=query.category, hidden=b.category)
+    shown = panel(query)
+    assert shown[0] == a.pk and b.pk not in shown and partner not in shown and len(shown) == 6
+
+
+def test_a_cached_panel_follows_a_product_moved_into_a_hidden_category(settings, catalog_products):
+    query = catalog_products[0]
+    assert train_inline(settings, epochs=2).status == "active"
+    mover = Product.objects.get(pk=panel(query)[0])
+    hidden = Category.objects.exclude(pk__in=[query.category_id, mover.category_id]).first()
+    merchandising.category_rule_add(category=query.category, hidden=hidden)
+    assert mover.pk in panel(query)  # cached with the rule in force
+    mover.category = hidden
+    mover.save()
+    assert mover.pk not in panel(query) and len(panel(query)) == 6

@@ -86,7 +86,7 @@ def test_cold_start_is_filtered_after_standardising_and_is_cached(settings, djan
     distances = {i.product.pk: i.distance for i in unfiltered.items}
     for item in result.items:
         assert item.distance == pytest.approx(distances[item.product.pk], rel=1e-5)
-    with django_assert_max_num_queries(7):  # cached: no feature matrix read (two are its duplicates: the product's own row, the pairs among the answer)
+    with django_assert_max_num_queries(8):  # cached: no feature matrix read (three are its duplicates and rules: the product's own row, its rules, the pairs among the answer)
         again = similar_products(product=product, k=6, same_category=True)
     assert [i.product.pk for i in again.items] == [i.product.pk for i in result.items]
     # 8% more features refit the scaler (services.features.SCALE_REFIT_SHARE), which changes the
