@@ -19,6 +19,7 @@ from django.db import connection
 from catalog.models import ProductImage
 from recommender import db
 from recommender.models import FEATURE_DIM, BackboneFeature, FeatureScale, ModelVersion
+from recommender.selectors.lists import exclusions_sql
 
 _FEATURES_SQL = """SELECT f.image_id, i.product_id, c.name, f.vector
                    FROM recommender_backbonefeature f
@@ -133,12 +134,9 @@ def features_nearest_products(*, backbone: str, k: int, image=None, vector=None,
         if value is not None:
             where.append(clause)
             params.append(int(value) if "price" not in clause else Decimal(value))
-    if exclude_products:  # the product's duplicates, blocked and pinned products
-        where.append("p.id <> ALL(%s)")
-        params.append(list(exclude_products))
-    if exclude_categories:  # staff's category rules (catalog.merchandising)
-        where.append("p.category_id <> ALL(%s)")
-        params.append(list(exclude_categories))
+    clauses, values = exclusions_sql(exclude_products=exclude_products, exclude_categories=exclude_categories)
+    where += clauses
+    params += values
     if image is not None:
         query, query_params = _QUERY_IMAGE, [int(image), backbone]
     else:

@@ -11,18 +11,29 @@ from django.db import connection
 from recommender.models import NEIGHBOURS_DELTA_MAX
 
 
+def exclusions_sql(*, exclude_products=(), exclude_categories=()) -> tuple[list[str], list]:
+    """WHERE clauses (on ``p``, catalog_product) and their parameters that leave out the product's
+    duplicates, blocked and pinned products (catalog.duplicates, catalog.merchandising) and the
+    categories staff's rules hide."""
+    where, params = [], []
+    if exclude_products:
+        where.append("p.id <> ALL(%s)")
+        params.append(list(exclude_products))
+    if exclude_categories:
+        where.append("p.category_id <> ALL(%s)")
+        params.append(list(exclude_categories))
+    return where, params
+
+
 def filter_sql(*, exclude_product=None, category=None, min_price=None, max_price=None, predicted=None,
                 exclude_products=(), exclude_categories=()):
     where, params = ["p.is_active"], []
     if exclude_product is not None:
         where.append("e.product_id <> %s")
         params.append(exclude_product)
-    if exclude_products:  # the product's duplicates, blocked and pinned products
-        where.append("p.id <> ALL(%s)")
-        params.append(list(exclude_products))
-    if exclude_categories:  # staff's category rules (catalog.merchandising)
-        where.append("p.category_id <> ALL(%s)")
-        params.append(list(exclude_categories))
+    clauses, values = exclusions_sql(exclude_products=exclude_products, exclude_categories=exclude_categories)
+    where += clauses
+    params += values
     if category is not None:
         where.append("p.category_id = %s")
         params.append(category.pk if hasattr(category, "pk") else int(category))
