@@ -143,6 +143,11 @@ class SavedTogetherAdmin(admin.ModelAdmin):
             return super().changeform_view(request, object_id, form_url, extra_context)
 
 
+def shortened(text: str, limit: int = 80) -> str:
+    """A list column's view of a long text (an error): its first ``limit`` characters."""
+    return (text[:limit] + "…") if len(text) > limit else text
+
+
 STATUS_COLOURS = {"pending": "#667085", "processing": "#1570ef", "ready": "#067647", "failed": "#b42318"}
 
 
@@ -321,7 +326,7 @@ class ProductImageAdmin(admin.ModelAdmin):
 
     @admin.display(description="Last error")
     def short_error(self, obj):
-        return (obj.last_error[:80] + "…") if len(obj.last_error) > 80 else obj.last_error
+        return shortened(obj.last_error)
 
     @admin.action(description="Retry the selected failed images", permissions=["change"])
     def retry(self, request, queryset):
@@ -350,7 +355,7 @@ class ImageDownloadAdmin(admin.ModelAdmin):
 
     @admin.display(description="Last error")
     def short_error(self, obj):
-        return (obj.last_error[:80] + "…") if len(obj.last_error) > 80 else obj.last_error
+        return shortened(obj.last_error)
 
     @admin.action(description="Retry the selected failed downloads", permissions=["change"])
     def retry(self, request, queryset):

@@ -290,8 +290,7 @@ _PAIRED = ~Q(status=DuplicatePair.Status.NOT_DUPLICATE)
 
 def product_duplicate_ids(*, product_id: int) -> list[int]:
     """The products paired with ``product_id`` (all but "not a duplicate"): never in its panel."""
-    rows = DuplicatePair.objects.filter(_PAIRED).filter(Q(product_a_id=product_id) | Q(product_b_id=product_id))
-    return sorted({b if a == product_id else a for a, b in rows.values_list("product_a_id", "product_b_id")})
+    return sorted(partner_ids(product_ids=[product_id]))
 
 
 def partner_ids(*, product_ids) -> set[int]:

@@ -102,16 +102,8 @@ def import_run_progress(run: ImportRun, *, now=None) -> dict:
     ("importing", "processing", "done" or "failed")."""
     now = now or timezone.now()
     run.refresh_from_db(fields=[f.attname for f in ImportRun._meta.concrete_fields if f.name != "report"])
-    if run.status == ImportRun.Status.IMPORTING and now - run.updated_at > STALLED:
-        return _stalled(run)
-    elapsed = max((now - run.started_at).total_seconds(), MIN_SECONDS)
     if run.status != ImportRun.Status.DONE:
-        rate = run.rows_done / elapsed if run.rows_done else None
-        left = run.rows_total - run.rows_done
-        return {"state": "failed" if run.status == ImportRun.Status.FAILED else "importing",
-                "done": run.rows_done, "total": run.rows_total, "unit": "rows",
-                "percent": round(100.0 * run.rows_done / run.rows_total, 1) if run.rows_total else 100.0,
-                "rate": rate, "eta_seconds": left / rate if rate else None, "counts": {}}
+        return _rows_progress(run, now)
     counts = _picture_counts(run)
     waiting = counts["pending"] + counts["downloading"]
     total = waiting + counts["ready"] + counts["failed"]
@@ -121,13 +113,20 @@ def import_run_progress(run: ImportRun, *, now=None) -> dict:
             "eta_seconds": waiting / rate if rate else (0.0 if not waiting else None), "counts": counts}
 
 
-def _stalled(run: ImportRun) -> dict:
-    return {"state": "failed", "done": run.rows_done, "total": run.rows_total, "unit": "rows",
-            "percent": round(100.0 * run.rows_done / run.rows_total, 1) if run.rows_total else 100.0,
-            "rate": None, "eta_seconds": None, "counts": {},
-            "stalled": f"No rows written for over {int(STALLED.total_seconds() / 60)} minutes: the importing process "
-                       "stopped (killed, or its machine restarted). The rows written stay; import the file again "
-                       "to finish it."}
+def _rows_progress(run: ImportRun, now) -> dict:
+    """An import still writing its rows, failed, or stalled (read as failed: see STALLED)."""
+    stalled = run.status == ImportRun.Status.IMPORTING and now - run.updated_at > STALLED
+    rate = run.rows_done / max((now - run.started_at).total_seconds(), MIN_SECONDS) if run.rows_done else None
+    progress = {"state": "failed" if stalled or run.status == ImportRun.Status.FAILED else "importing",
+                "done": run.rows_done, "total": run.rows_total, "unit": "rows",
+                "percent": round(100.0 * run.rows_done / run.rows_total, 1) if run.rows_total else 100.0,
+                "rate": None if stalled else rate, "counts": {}}
+    progress["eta_seconds"] = (run.rows_total - run.rows_done) / progress["rate"] if progress["rate"] else None
+    if stalled:
+        progress["stalled"] = (f"No rows written for over {int(STALLED.total_seconds() / 60)} minutes: the importing "
+                               "process stopped (killed, or its machine restarted). The rows written stay; import the "
+                               "file again to finish it.")
+    return progress
 
 
 def _duration(seconds: float) -> str:

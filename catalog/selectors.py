@@ -36,6 +36,18 @@ def product_list(*, category=None, q=None, min_price=None, max_price=None, in_st
     return _with_images(qs)
 
 
+def products_shown(*, category=None, min_price=None, max_price=None):
+    """Active products within a shopper's filters (similar items: the answer's, and staff's pins)."""
+    qs = Product.objects.active()
+    if category is not None:
+        qs = qs.filter(category_id=getattr(category, "pk", category))
+    if min_price is not None:
+        qs = qs.filter(price__gte=min_price)
+    if max_price is not None:
+        qs = qs.filter(price__lte=max_price)
+    return qs
+
+
 def product_detail(*, pk):
     return _with_images(Product.objects.active()).get(pk=pk)
 

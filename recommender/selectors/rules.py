@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from django.db import connection
 
-from catalog import duplicates
+from catalog import duplicates, selectors as catalog_selectors
 from catalog.merchandising import PINS_MAX
-from catalog.models import Product
 
 _PIN_DISTANCES_SQL = """
     SELECT e.product_id, MIN(e.vector <-> q.vector) FROM recommender_embedding q, recommender_embedding e
@@ -24,13 +23,8 @@ def _pins_shown(*, rules, k, filters, dups, version=None, image=None) -> list[tu
     pinned = [pk for pk in rules.pinned if pk not in rules.blocked and pk not in dups][:PINS_MAX]
     if not pinned:
         return []
-    qs = Product.objects.filter(pk__in=pinned, is_active=True).exclude(category_id__in=rules.hidden_categories)
-    if filters.get("category") is not None:
-        qs = qs.filter(category_id=getattr(filters["category"], "pk", filters["category"]))
-    if filters.get("min_price") is not None:
-        qs = qs.filter(price__gte=filters["min_price"])
-    if filters.get("max_price") is not None:
-        qs = qs.filter(price__lte=filters["max_price"])
+    qs = catalog_selectors.products_shown(**filters).filter(pk__in=pinned).exclude(
+        category_id__in=rules.hidden_categories)
     shown = set(qs.values_list("pk", flat=True))
     ids = [pk for pk, _ in duplicates.duplicates_collapse(
         [(pk, None) for pk in pinned if pk in shown], duplicates.duplicate_links(product_ids=shown))][:k]

@@ -167,13 +167,7 @@ def _products_in_order(rows, *, category=None, min_price=None, max_price=None, p
     Products hidden, deleted or moved out of the filters since the rows were computed (a cached
     answer) are left out."""
     ids = [pid for pid, _ in rows]
-    qs = Product.objects.filter(is_active=True)
-    if category is not None:
-        qs = qs.filter(category_id=getattr(category, "pk", category))
-    if min_price is not None:
-        qs = qs.filter(price__gte=min_price)
-    if max_price is not None:
-        qs = qs.filter(price__lte=max_price)
+    qs = catalog_selectors.products_shown(category=category, min_price=min_price, max_price=max_price)
     products = qs.select_related("category").prefetch_related(
         Prefetch("images", queryset=ProductImage.objects.order_by("position", "id"))).in_bulk(ids)
     return [SimilarItem(product=products[pid], distance=d, pinned=pid in pinned) for pid, d in rows if pid in products]
