@@ -198,3 +198,74 @@ class NeighbourListState(models.Model):
 
     class Meta:
         db_table = "recommender_neighbours_state"
+
+
+class Experiment(models.Model):
+    """An A/B test of the panel: the active version (arm A) against a ready candidate (arm B).
+
+    Shoppers are assigned by a hash of their visitor id (recommender.selectors.experiments); one
+    experiment runs at a time (a partial unique index). It ends when staff promote or drop the
+    candidate, or when either version stops being served (retired, or another one activated):
+    ``outcome`` says which, and the events keep their arm for the verdict."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        ENDED = "ended", "Ended"
+
+    class Outcome(models.TextChoices):
+        PROMOTED = "promoted", "Candidate promoted"
+        DROPPED = "dropped", "Candidate dropped"
+        RETIRED = "retired", "A version was retired"
+        SUPERSEDED = "superseded", "Another version was activated"
+
+    control = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    candidate = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    split = models.FloatField(help_text="Share of visitors shown the candidate (arm B), 0.05 to 0.95.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    outcome = models.CharField(max_length=12, choices=Outcome.choices, blank=True)
+    started_by = models.CharField(max_length=150, blank=True)
+    started_at = models.DateTimeField(db_default=Now())
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        permissions = [("run_experiment", "Can start and end an A/B experiment")]
+        constraints = [
+            models.UniqueConstraint(fields=["status"], condition=Q(status="running"), name="one_running_experiment"),
+            models.CheckConstraint(condition=Q(split__gte=0.05, split__lte=0.95), name="experiment_split_range"),
+            models.CheckConstraint(condition=~Q(control=models.F("candidate")), name="experiment_two_versions"),
+        ]
+
+    def __str__(self):
+        return f"experiment {self.pk}: v{self.control_id} vs v{self.candidate_id}"
+
+
+class PanelEvent(models.Model):
+    """One panel shown (``view``) or one of its products clicked (``click``).
+
+    Written in batches from a Redis buffer (recommender.services.events); the id is made when the
+    event happens (time-ordered, random low bits), so a batch written twice after a lost
+    acknowledgement is inserted once (ON CONFLICT DO NOTHING). No foreign keys: events outlive
+    products, and writing them never waits on a catalog row's lock."""
+
+    class Kind(models.IntegerChoices):
+        VIEW = 1, "view"
+        CLICK = 2, "click"
+
+    id = models.BigIntegerField(primary_key=True)
+    at = models.DateTimeField()
+    kind = models.SmallIntegerField(choices=Kind.choices)
+    channel = models.CharField(max_length=4)  # "page" or "api"
+    visitor = models.CharField(max_length=32, blank=True)  # random, made by us; "" before it is set
+    product_id = models.IntegerField()  # the product whose panel it is
+    version_id = models.IntegerField(null=True)  # None: the cold start answered
+    experiment_id = models.IntegerField(null=True)
+    arm = models.CharField(max_length=1, blank=True)  # "a", "b", or "" outside an experiment
+    rules = models.CharField(max_length=16, blank=True)  # fingerprint of the staff rules applied
+    shown = ArrayField(models.IntegerField(), default=list, blank=True)  # views: the products, in order
+    target_id = models.IntegerField(null=True)  # clicks: the product clicked
+    position = models.SmallIntegerField(null=True)  # clicks: its place in the panel, from 1
+
+    class Meta:
+        indexes = [models.Index(fields=["version_id", "kind"], name="panel_event_version"),
+                   models.Index(fields=["experiment_id", "arm", "kind"], name="panel_event_experiment")]

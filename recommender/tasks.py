@@ -12,7 +12,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError
 
 from catalog import downloads
 from config.celery import app
-from recommender.services import embeddings, features, ingestion, maintenance, neighbours, training
+from recommender.services import embeddings, events, features, ingestion, maintenance, neighbours, training
 
 RETRYABLE = (OperationalError, InterfaceError, DatabaseError, ConnectionError)
 COMMON = {
@@ -76,3 +76,10 @@ def retrain_if_needed():
 def prune_embeddings():
     return {**embeddings.embeddings_prune(), "features": features.features_prune(),
             "model_files": maintenance.model_files_sweep()}
+
+
+# Every few seconds from the beat; a run that waited longer than a minute in a busy queue is
+# dropped (the next one flushes the same buffer).
+@app.task(ignore_result=True, expires=60)
+def flush_panel_events():
+    return events.panel_events_flush()

@@ -1,4 +1,5 @@
-"""Staff-only JSON endpoints for live progress in the admin (training, ingestion backlog)."""
+"""Staff-only JSON endpoints for live progress in the admin (training, ingestion backlog), and the
+panel's beacon (public)."""
 
 from django.urls import path
 
@@ -8,4 +9,5 @@ app_name = "recommender"
 urlpatterns = [
     path("progress/training/", views.training_progress, name="training_progress"),
     path("progress/ingestion/", views.ingestion_progress, name="ingestion_progress"),
+    path("seen.gif", views.panel_seen, name="panel_seen"),
 ]

@@ -1,14 +1,19 @@
-"""Staff-only JSON for the live progress bars of the admin (polled by catalog/admin-progress.js)."""
+"""Staff-only JSON for the live progress bars of the admin (polled by catalog/admin-progress.js),
+and the panel's beacon (a 1x1 image: no script, nothing from a third party)."""
 
+import base64
+import secrets
 from functools import wraps
 
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from recommender import presentation
 from recommender.selectors.ingestion import ingestion_status
+from recommender.selectors.events import VISITOR_COOKIE, VISITOR_COOKIE_AGE, view_token_read, visitor_of
 from recommender.selectors.versions import training_status
+from recommender.services.events import panel_event_record
 
 
 def staff_json(permission):
@@ -44,3 +49,29 @@ def training_progress(request):
 def ingestion_progress(request):
     status = ingestion_status()
     return JsonResponse({**status, "display": presentation.ingestion_display(status)})
+
+
+_PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+
+
+@require_GET
+@never_cache
+def panel_seen(request):
+    """The panel's beacon (its <img>, loaded lazily: when the panel comes near the screen): records
+    one view of the panel its token names, and gives the browser its random visitor id when it has
+    none. A browser that asked not to be tracked gets the image and nothing else."""
+    response = HttpResponse(_PIXEL, content_type="image/gif")
+    visitor = visitor_of(request)
+    if visitor is None:
+        return response
+    if not visitor:
+        visitor = secrets.token_hex(16)
+        response.set_cookie(VISITOR_COOKIE, visitor, max_age=VISITOR_COOKIE_AGE, httponly=True, samesite="Lax",
+                            secure=request.is_secure())
+    read = view_token_read(request.GET.get("t", ""))
+    if read is not None:
+        origin, shown = read
+        panel_event_record(kind="view", channel="page", visitor=visitor, product_id=origin.product_id,
+                           version_id=origin.version_id, experiment_id=origin.experiment_id, arm=origin.arm,
+                           rules=origin.rules, shown=shown)
+    return response

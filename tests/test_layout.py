@@ -30,9 +30,11 @@ CATALOG_MAY_IMPORT = {
     "recommender.selectors": "reads: similar items, search by photo, the active version, the backlog",
     "recommender.conf": "the typed configuration (read-only), e.g. the attempt limit in the API's help",
     "recommender.services.ingestion": "images_retry, the staff action on failed images",
+    "recommender.services.events": "recording a click that arrives on a product page (buffered, write-only)",
     "recommender.backbone": "rundemo's ImageNet probe (pure ML, no Django)",
 }
-PURE_ML = ("recommender.backbone", "recommender.head", "recommender.evaluation", "recommender.finetune")
+PURE_ML = ("recommender.backbone", "recommender.head", "recommender.evaluation", "recommender.finetune",
+           "recommender.stats")
 
 
 def _bench_sources():
@@ -97,14 +99,14 @@ def test_catalog_reaches_the_recommender_only_through_its_public_reads(graph):
     assert "recommender.selectors" in graph["catalog.views"]
 
 
-def test_the_retry_action_is_the_only_service_catalog_calls():
+def test_catalog_calls_only_the_retry_action_and_the_click_recorder():
     calls = set()
     for module, path in _sources():
         if module.startswith("catalog"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("recommender.services"):
                     calls.update(alias.name for alias in node.names)
-    assert calls == {"images_retry"}
+    assert calls == {"images_retry", "panel_event_record"}
 
 
 def test_only_celery_imports_the_tasks_and_only_publishing_knows_celery(graph):

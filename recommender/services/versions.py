@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from recommender import publishing, runtime
 from recommender.conf import config
 from recommender.locks import serving_lock
-from recommender.models import ModelVersion
+from recommender.models import Experiment, ModelVersion
 from recommender.selectors.features import images_missing_embedding, images_trained_on
 from recommender.selectors.versions import active_version
 from recommender.services.evaluation import head_evaluate
@@ -68,6 +69,21 @@ def _changed(version: ModelVersion, seen: str, now: str, undone: str) -> Validat
                            "Look at it again before retrying.")
 
 
+def _experiments_end(*, promoted: int | None = None, retired: int | None = None) -> None:
+    """End the running experiment when the versions it compares change: its candidate activated
+    (promoted), another version activated (superseded: its control no longer serves), either
+    retired. Within the caller's transaction; an experiment dropped by staff has ended before."""
+    running = Experiment.objects.filter(status=Experiment.Status.RUNNING)
+    now = timezone.now()
+    if promoted is not None:
+        running.filter(candidate_id=promoted).update(status=Experiment.Status.ENDED, ended_at=now,
+                                                     outcome=Experiment.Outcome.PROMOTED)
+        running.update(status=Experiment.Status.ENDED, ended_at=now, outcome=Experiment.Outcome.SUPERSEDED)
+    if retired is not None:
+        running.filter(Q(candidate_id=retired) | Q(control_id=retired)).update(
+            status=Experiment.Status.ENDED, ended_at=now, outcome=Experiment.Outcome.RETIRED)
+
+
 def model_version_activate(*, version: ModelVersion) -> ModelVersion:
     """Atomically make ``version`` the served one; the previous active version is retired.
 
@@ -97,6 +113,7 @@ def model_version_activate(*, version: ModelVersion) -> ModelVersion:
         locked.status = ModelVersion.Status.ACTIVE
         locked.activated_at = timezone.now()
         locked.save(update_fields=["status", "activated_at"])
+        _experiments_end(promoted=locked.pk)
         # Images this version has not embedded (ingested after it trained, e.g. a retired version
         # activated again) are embedded by a worker, not in this (web) request: they join its
         # similar items within moments. The periodic recovery repeats this if the broker is down.
@@ -116,7 +133,10 @@ def model_version_retire(*, version: ModelVersion) -> ModelVersion:
     seen = version.status
     if seen not in (ModelVersion.Status.ACTIVE, ModelVersion.Status.READY):
         raise ValidationError(f"Only an active or ready version can be retired (v{version.pk} is {seen}).")
-    updated = ModelVersion.objects.filter(pk=version.pk, status=seen).update(status=ModelVersion.Status.RETIRED)
+    with transaction.atomic():
+        updated = ModelVersion.objects.filter(pk=version.pk, status=seen).update(status=ModelVersion.Status.RETIRED)
+        if updated:
+            _experiments_end(retired=version.pk)
     version.refresh_from_db()
     if not updated and version.status != ModelVersion.Status.RETIRED:
         raise _changed(version, seen, version.status, "nothing was retired")

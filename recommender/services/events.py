@@ -1,0 +1,149 @@
+"""Shoppers' panel views and clicks, recorded off the request's path and written in batches.
+
+Contract:
+
+- :func:`panel_event_record` appends one compact JSON line to a Redis list (``settings.
+  EVENTS_REDIS_URL``): one RPUSH, ~0.1-0.3 ms. Nothing is written to PostgreSQL on the request.
+- Redis refusing (down, timing out after EVENT_TIMEOUT_SECONDS): the event is inserted into
+  PostgreSQL directly instead (one INSERT, ~1 ms on that request), so an outage of Redis alone
+  loses nothing. Both down: the event is lost and logged.
+- The buffer holds at most BUFFER_MAX events; past that (no flush for a long while) new events are
+  dropped and counted in the log, so a stopped beat cannot fill Redis's memory.
+- :func:`panel_events_flush` (the beat, every EVENTS_FLUSH_EVERY_SECONDS) renames the buffer to a
+  flushing list (atomic: events recorded meanwhile start a new buffer), inserts it in chunks of
+  FLUSH_CHUNK and trims each chunk only after its insert committed. A flush that dies is taken up
+  by the next one, which finishes the flushing list first; a chunk inserted twice is inserted once
+  (the event's id is made when it happens; ON CONFLICT DO NOTHING). Redelivery-safe, at least once.
+- Events are what the shopper's browser asked for: nothing is recorded for a visitor who sends
+  ``DNT: 1`` or ``Sec-GPC: 1`` (callers pass ``visitor=None``), and the only id is a random one
+  we made (recommender.selectors.events.visitor_of).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+from datetime import datetime, timezone
+
+from django.conf import settings
+
+from recommender.models import PanelEvent
+
+logger = logging.getLogger(__name__)
+
+BUFFER_KEY = "lookalike:panel-events"
+FLUSHING_KEY = "lookalike:panel-events:flushing"
+# ~150 bytes an event in Redis: 200,000 are ~30 MB, ~11 hours of 5 views a second with no flush.
+BUFFER_MAX = 200_000
+FLUSH_CHUNK = 2_000
+FLUSH_LOCK_KEY = "lookalike:panel-events:flush-lock"
+FLUSH_LOCK_SECONDS = 300  # a chunk of 2,000 is written in ~0.1 s; 500 chunks well within it
+# A Redis that does not answer must not hold the page (the direct insert takes over).
+EVENT_TIMEOUT_SECONDS = 0.25
+
+_clients: dict[str, object] = {}
+_clients_lock = threading.Lock()
+
+
+def _redis():
+    import redis
+
+    url = settings.EVENTS_REDIS_URL
+    client = _clients.get(url)
+    if client is None:
+        with _clients_lock:
+            client = _clients.setdefault(url, redis.Redis.from_url(
+                url, socket_connect_timeout=EVENT_TIMEOUT_SECONDS, socket_timeout=EVENT_TIMEOUT_SECONDS))
+    return client
+
+
+def event_id(at: float) -> int:
+    """Time-ordered (milliseconds) with 20 random low bits: unique without asking the database."""
+    return (int(at * 1000) << 20) | secrets.randbits(20)
+
+
+def panel_event_record(*, kind: str, channel: str, visitor: str | None, product_id: int, version_id: int | None,
+                       experiment_id: int | None = None, arm: str = "", rules: str = "", shown=(),
+                       target_id: int | None = None, position: int | None = None) -> bool:
+    """Record a panel ``view`` (``shown``: the products, in order) or ``click`` (``target_id`` at
+    ``position``). ``visitor`` None: the shopper asked not to be tracked; nothing is recorded.
+    True when the event was kept (buffered or written)."""
+    if visitor is None or not settings.EVENTS:
+        return False
+    now = time.time()
+    event = {"id": event_id(now), "at": now, "kind": PanelEvent.Kind.VIEW if kind == "view" else PanelEvent.Kind.CLICK,
+             "channel": channel, "visitor": visitor, "product_id": int(product_id), "version_id": version_id,
+             "experiment_id": experiment_id, "arm": arm, "rules": rules, "shown": [int(p) for p in shown],
+             "target_id": target_id, "position": position}
+    try:
+        length = _redis().rpush(BUFFER_KEY, json.dumps(event, separators=(",", ":")))
+        if length > BUFFER_MAX:
+            _redis().rpop(BUFFER_KEY)
+            logger.warning("panel events buffer full (%s): event dropped; is the beat flushing?", BUFFER_MAX)
+            return False
+        return True
+    except Exception as exc:
+        logger.warning("events buffer unavailable (%s); writing the event directly", exc)
+    try:
+        _insert([event])
+        return True
+    except Exception:
+        logger.exception("panel event lost: neither the buffer nor the database took it")
+        return False
+
+
+def _row(event: dict) -> PanelEvent:
+    return PanelEvent(**{**event, "at": datetime.fromtimestamp(event["at"], tz=timezone.utc)})
+
+
+def _insert(events: list[dict]) -> None:
+    PanelEvent.objects.bulk_create([_row(e) for e in events], ignore_conflicts=True)
+
+
+def panel_events_flush(*, max_chunks: int = 500) -> int:
+    """Write buffered events to PostgreSQL; returns how many were read (see the module's contract).
+    At most ``max_chunks`` chunks a run (1,000,000 events), so one run stays bounded."""
+    client = _redis()
+    # One flush at a time: two would read the same chunk and each trim one, dropping the next.
+    lock = client.lock(FLUSH_LOCK_KEY, timeout=FLUSH_LOCK_SECONDS, blocking=False)
+    if not lock.acquire():
+        return 0
+    try:
+        return _flush_chunks(client, max_chunks)
+    finally:
+        try:
+            lock.release()
+        except Exception:  # expired (a flush longer than the lock): the next one takes over
+            logger.warning("panel events flush outlived its lock")
+
+
+def _flush_chunks(client, max_chunks: int) -> int:
+    written = 0
+    for _ in range(max_chunks):
+        if not client.exists(FLUSHING_KEY):
+            try:
+                client.rename(BUFFER_KEY, FLUSHING_KEY)  # atomic; raises when the buffer is empty
+            except Exception as exc:
+                if "no such key" in str(exc).lower():
+                    break
+                raise
+        chunk = client.lrange(FLUSHING_KEY, 0, FLUSH_CHUNK - 1)
+        if not chunk:
+            client.delete(FLUSHING_KEY)
+            continue
+        _insert([json.loads(line) for line in chunk])
+        client.ltrim(FLUSHING_KEY, len(chunk), -1)  # an emptied list is deleted by Redis
+        written += len(chunk)
+    return written
+
+
+def panel_events_buffered() -> int:
+    """Events waiting in Redis (both lists); 0 when Redis is down."""
+    try:
+        client = _redis()
+        return int(client.llen(BUFFER_KEY)) + int(client.llen(FLUSHING_KEY))
+    except Exception:
+        return 0

@@ -1,0 +1,120 @@
+"""A/B experiments (recommender.services.experiments, selectors.experiments): one at a time, a
+consistent assignment, results per arm, and an end by promotion, by drop, or by a version's
+retirement or replacement."""
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from recommender.models import Experiment, ModelVersion, PanelEvent
+from recommender.selectors.experiments import arm_assign, arm_for, experiment_results, experiment_running
+from recommender.services.experiments import experiment_end, experiment_start
+from recommender.services.versions import model_version_activate, model_version_retire
+from tests.recommender.helpers import retired_and_active
+
+pytestmark = pytest.mark.django_db
+
+
+def versions(*statuses):
+    return [ModelVersion.objects.create(status=s, trigger="test", input_size=32) for s in statuses]
+
+
+def test_assignment_is_consistent_and_follows_the_split():
+    visitors = [f"visitor-{n}" for n in range(4000)]
+    arms = [arm_assign(experiment_id=7, split=0.3, visitor=v) for v in visitors]
+    assert arms == [arm_assign(experiment_id=7, split=0.3, visitor=v) for v in visitors]  # same every time
+    assert 0.27 < arms.count("b") / len(arms) < 0.33
+    reshuffled = [arm_assign(experiment_id=8, split=0.3, visitor=v) for v in visitors]
+    assert reshuffled != arms  # a new experiment is a new draw
+
+
+def test_one_experiment_at_a_time_and_bad_starts_refused():
+    active, candidate, other = versions("active", "ready", "ready")
+    experiment = experiment_start(candidate=candidate, split=0.5, started_by="ann")
+    assert experiment_running() == experiment
+    with pytest.raises(ValidationError, match="running; end it first"):
+        experiment_start(candidate=other, split=0.5)
+    with pytest.raises(ValidationError, match="between 5% and 95%"):
+        experiment_start(candidate=other, split=0.99)
+    retired = versions("retired")[0]
+    with pytest.raises(ValidationError, match="Only a ready version"):
+        experiment_start(candidate=retired, split=0.5)
+    assert Experiment.objects.count() == 1
+
+
+def test_no_experiment_without_an_active_version():
+    candidate = versions("ready")[0]
+    with pytest.raises(ValidationError, match="No version is active"):
+        experiment_start(candidate=candidate, split=0.5)
+
+
+def test_visitors_without_an_id_stay_outside():
+    active, candidate = versions("active", "ready")
+    experiment_start(candidate=candidate, split=0.95)
+    assert arm_for(visitor="").name == "" and arm_for(visitor=None).name == ""
+    arms = {arm_for(visitor=f"v{n}").name for n in range(50)}
+    assert arms == {"a", "b"}
+    assert {arm_for(visitor=f"v{n}").version for n in range(50)} == {None, candidate}
+
+
+@pytest.mark.parametrize("end", ["retire candidate", "retire control", "activate another"])
+def test_a_version_leaving_ends_the_experiment(end, monkeypatch):
+    active, candidate, other = versions("active", "ready", "ready")
+    experiment = experiment_start(candidate=candidate, split=0.5)
+    if end == "retire candidate":
+        model_version_retire(version=candidate)
+    elif end == "retire control":
+        model_version_retire(version=active)
+    else:
+        from recommender import runtime
+
+        ModelVersion.objects.filter(pk=other.pk).update(artifacts={"head": "x"})
+        other.refresh_from_db()
+        monkeypatch.setattr(runtime, "artifacts_stored", lambda version: True)  # no files needed to swap rows
+        model_version_activate(version=other)
+    experiment.refresh_from_db()
+    assert experiment.status == "ended" and experiment.ended_at is not None
+    assert experiment.outcome == ("superseded" if end == "activate another" else "retired")
+    assert experiment_running() is None and arm_for(visitor="v1").name == ""
+
+
+def test_a_row_that_missed_its_end_does_not_serve_a_retired_version():
+    active, candidate = versions("active", "ready")
+    experiment_start(candidate=candidate, split=0.5)
+    ModelVersion.objects.filter(pk=candidate.pk).update(status="retired")  # behind the service's back
+    assert experiment_running() is None
+
+
+def test_promote_and_drop_with_real_versions(settings):
+    old, new = retired_and_active(settings)
+    ModelVersion.objects.filter(pk=old.pk).update(status="ready")
+    old.refresh_from_db()
+    experiment = experiment_end(experiment=experiment_start(candidate=old, split=0.5), promote=False)
+    assert (experiment.outcome, ModelVersion.objects.get(pk=old.pk).status) == ("dropped", "retired")
+    with pytest.raises(ValidationError, match="already ended"):
+        experiment_end(experiment=experiment, promote=True)
+    ModelVersion.objects.filter(pk=old.pk).update(status="ready")
+    old.refresh_from_db()
+    experiment = experiment_end(experiment=experiment_start(candidate=old, split=0.5), promote=True)
+    assert experiment.outcome == "promoted"
+    assert ModelVersion.objects.get(pk=old.pk).status == "active" and ModelVersion.objects.get(pk=new.pk).status == "retired"
+
+
+def test_results_per_arm_with_the_verdict():
+    active, candidate = versions("active", "ready")
+    experiment = experiment_start(candidate=candidate, split=0.5)
+
+    def events(arm, views, clicks, first_id):
+        rows = [PanelEvent(id=first_id + n, at="2026-01-01T00:00:00Z", kind=1, channel="page", product_id=1,
+                           version_id=active.pk, experiment_id=experiment.pk, arm=arm, shown=[1, 2, 3, 4, 5, 6])
+                for n in range(views)]
+        rows += [PanelEvent(id=first_id + views + n, at="2026-01-01T00:00:00Z", kind=2, channel="page", product_id=1,
+                            version_id=active.pk, experiment_id=experiment.pk, arm=arm, target_id=2, position=1)
+                 for n in range(clicks)]
+        return rows
+
+    PanelEvent.objects.bulk_create(events("a", 1000, 100, first_id=1) + events("b", 1000, 150, first_id=10_000))
+    results = experiment_results(experiment=experiment)
+    assert (results["a"]["views"], results["a"]["clicks"], results["b"]["clicks"]) == (1000, 100, 150)
+    assert results["a"]["ctr"] == pytest.approx(0.1) and results["a"]["per_1000"] == pytest.approx(100 / 6)
+    assert results["a"]["ctr_low"] < 0.1 < results["a"]["ctr_high"]
+    assert results["verdict"] == "B ahead, 95% confident" and results["p_value"] == pytest.approx(0.000723, abs=2e-5)
