@@ -17,7 +17,7 @@ from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
 
-from recommender import presentation
+from recommender import admin_experiments, presentation
 from recommender.models import ModelVersion
 from recommender.selectors.ingestion import ingestion_status
 from recommender.selectors.versions import (active_version, training_kind, training_readiness, training_status,
@@ -58,6 +58,9 @@ class ModelVersionAdmin(admin.ModelAdmin):
         wrap = self.admin_site.admin_view
         return [
             path("train/", wrap(self.train_view), name="recommender_modelversion_train"),
+            path("experiment/start/", wrap(self.experiment_start_view), name="recommender_experiment_start"),
+            path("experiment/<int:experiment_id>/end/", wrap(self.experiment_end_view),
+                 name="recommender_experiment_end"),
             path("<path:object_id>/activate/", wrap(self.activate_view), name="recommender_modelversion_activate"),
             path("<path:object_id>/retire/", wrap(self.retire_view), name="recommender_modelversion_retire"),
             *super().get_urls(),
@@ -130,7 +133,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     def changelist_view(self, request, extra_context=None):
         active = active_version()
-        context = {**self._progress_context(), "active": active,
+        context = {**self._progress_context(), **admin_experiments.experiment_context(request), "active": active,
                    "active_accuracy": f"{100 * active.val_accuracy:.1f}%" if active and active.val_accuracy is not None
                    else "", "can_train": request.user.has_perm(TRAIN), **(extra_context or {})}
         context["title"] = "Recommender dashboard"
@@ -231,6 +234,12 @@ class ModelVersionAdmin(admin.ModelAdmin):
             return f"Version v{version.pk} is now active: similar items and search by photo use it.{pruned}"
 
         return self._transition(request, object_id, model_version_activate, success)
+
+    def experiment_start_view(self, request):
+        return admin_experiments.experiment_start_view(self, request)
+
+    def experiment_end_view(self, request, experiment_id):
+        return admin_experiments.experiment_end_view(self, request, experiment_id)
 
     def retire_view(self, request, object_id):
         def success(version, was_active):

@@ -40,7 +40,7 @@ def visitor_of(request, *, api: bool = False) -> str | None:
 
 
 def _sign(payload: str) -> str:
-    return salted_hmac(_SALT, payload).hexdigest()[:16]
+    return salted_hmac(_SALT, payload, algorithm="sha256").hexdigest()[:16]
 
 
 @dataclass(frozen=True)
