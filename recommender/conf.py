@@ -30,7 +30,7 @@ _KEYS = {
     "SIMILAR_CACHE_SECONDS": "similar_cache_seconds", "TRAINING": "training",
     "BACKBONE_EPOCHS": "backbone_epochs", "BACKBONE_INPUT_SIZE": "backbone_input_size",
     "BACKBONE_BATCH_SIZE": "backbone_batch_size", "BACKBONE_LEARNING_RATE": "backbone_learning_rate",
-    "BACKBONE_MIN_STEPS": "backbone_min_steps",
+    "BACKBONE_MIN_STEPS": "backbone_min_steps", "DIVERSITY_LAMBDA": "diversity_lambda",
 }
 TRAINING_KINDS = ("head", "backbone", "auto")
 BACKBONE_RUNTIMES = ("auto", "openvino", "keras")  # recommender.backbone.RUNTIMES (not imported: numpy)
@@ -74,6 +74,7 @@ class RecommenderConfig:
     backbone_batch_size: int
     backbone_learning_rate: float
     backbone_min_steps: int
+    diversity_lambda: float  # MMR's relevance weight in a panel: 1.0 = nearest first (recommender.diversity)
 
     @classmethod
     def from_dict(cls, values: dict) -> RecommenderConfig:
@@ -131,6 +132,8 @@ class RecommenderConfig:
             ("backbone_batch_size", self.backbone_batch_size >= 2, "must be at least 2 (BatchNorm needs a batch)"),
             ("backbone_learning_rate", self.backbone_learning_rate > 0, "must be above 0"),
             ("backbone_min_steps", self.backbone_min_steps >= 0, "must be 0 or more"),
+            ("diversity_lambda", 0 <= self.diversity_lambda <= 1,
+             "must be between 0 (most varied) and 1 (nearest first, no re-ranking)"),
         ]
         return [f"RECOMMENDER['{name.upper()}'] {message} (it is {getattr(self, name)!r})"
                 for name, ok, message in rules if not ok]

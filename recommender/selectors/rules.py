@@ -9,6 +9,7 @@ from django.db import connection
 
 from catalog import duplicates, selectors as catalog_selectors
 from catalog.merchandising import PINS_MAX
+from recommender.selectors.diversity import pool_size
 
 _PIN_DISTANCES_SQL = """
     SELECT e.product_id, MIN(e.vector <-> q.vector) FROM recommender_embedding q, recommender_embedding e
@@ -36,10 +37,13 @@ def _pins_shown(*, rules, k, filters, dups, version=None, image=None) -> list[tu
     return [(pk, distances.get(pk)) for pk in ids]
 
 
-def ruled(rules, *, product, k, filters, nearest, version=None, image=None) -> list[tuple[int, float | None]]:
+def ruled(rules, *, product, k, filters, nearest, version=None, image=None,
+          rerank=None) -> list[tuple[int, float | None]]:
     """Staff's rules (catalog.merchandising) around ``nearest(n, exclude_products=,
     exclude_categories=)``: the pins first, then the nearest of the rest, neither blocked nor of a
-    hidden category nor the product's duplicates, k in all whenever k exist."""
+    hidden category nor the product's duplicates, k in all whenever k exist. ``rerank(rows, n)``
+    (recommender.selectors.diversity): the rest are n of a larger pool of the nearest, chosen by
+    it; the pins stay first, in staff's order."""
     dups = set(duplicates.product_duplicate_ids(product_id=product.pk))
     pins = _pins_shown(rules=rules, k=k, filters=filters, dups=dups, version=version, image=image)
     # Nor the pins' own duplicates: a panel never shows two paired products.
@@ -47,5 +51,9 @@ def ruled(rules, *, product, k, filters, nearest, version=None, image=None) -> l
     exclude = sorted(dups | partners | rules.blocked | set(rules.pinned))
     if len(pins) >= k:
         return pins
-    return pins + duplicates.nearest_without_duplicates(
-        lambda n: nearest(n, exclude_products=exclude, exclude_categories=rules.hidden_categories), k - len(pins))
+    need = k - len(pins)
+    # The pool is already without duplicates and rule-breakers, so whatever rerank keeps of it is too.
+    rows = duplicates.nearest_without_duplicates(
+        lambda n: nearest(n, exclude_products=exclude, exclude_categories=rules.hidden_categories),
+        need if rerank is None else pool_size(need))
+    return pins + (rows if rerank is None else rerank(rows, need))

@@ -17,6 +17,7 @@ from recommender import db, runtime
 from recommender.conf import config
 from recommender.models import BackboneFeature, Embedding, ModelVersion
 from recommender.selectors.lists import filter_sql, listed_products
+from recommender.selectors.diversity import diversity_setting, panel_reranker
 from recommender.selectors.rules import ruled
 from recommender.selectors.answers import cache_get, cache_get_or_compute, cache_key, cache_set
 from recommender.selectors.features import feature_scale_state, features_nearest_products
@@ -202,7 +203,8 @@ def _fresh_answer(rows, filters, own, pinned=()) -> tuple:
 
 def _version_answer(*, version, product, k, same_category, filters, apply_rules=True) -> tuple:
     """A product's panel under ``version``: (rows, fingerprint, items, own fingerprint); None when
-    the product has no embedding under it."""
+    the product has no embedding under it. Re-ranked for variety when RECOMMENDER["DIVERSITY_LAMBDA"]
+    is below 1 (recommender.selectors.diversity), rules or not (the preview compares like with like)."""
     own = catalog_selectors.products_fingerprint([product.pk])  # before its duplicates and rules are read
     rules = merchandising.panel_rules(product=product) if apply_rules else merchandising.PanelRules()
     own = (own, rules.pinned, catalog_selectors.products_fingerprint(list(rules.pinned)))
@@ -213,6 +215,7 @@ def _version_answer(*, version, product, k, same_category, filters, apply_rules=
         return None
     image, predicted = query
     rows = ruled(rules, product=product, k=k, filters=filters, version=version, image=image,
+                  rerank=panel_reranker(version=version, image=image),
                   nearest=lambda n, **exclude: nearest_products(
                       version=version, image=image, k=n, exclude_product=product.pk,
                       predicted=predicted if same_category else None, **filters, **exclude))
@@ -226,13 +229,16 @@ def similar_products(*, product: Product, k: int = 6, same_category: bool = Fals
     embeddings (``version``: another's, for the admin's preview; never cached), or by standardised
     backbone features before any version is trained; never the product's own duplicates, nor two
     products paired as duplicates (catalog.duplicates); staff's pins first and their blocks and
-    category rules obeyed (catalog.merchandising; ``apply_rules`` off: the preview's comparison)."""
+    category rules obeyed (catalog.merchandising; ``apply_rules`` off: the preview's comparison);
+    re-ranked for variety under a version when RECOMMENDER["DIVERSITY_LAMBDA"] is below 1
+    (recommender.selectors.diversity). The cold start is never re-ranked: it has no embedding to
+    measure variety in, only the backbone's features, which the setting was not measured on."""
     filters = {"category": category, "min_price": min_price, "max_price": max_price}
     if version is not None or not apply_rules or not product.is_active:
         use_cache = False  # a hidden product's row has no fingerprint (catalog.selectors.ROW_HASHES_SQL)
     version = version or active_version()
     if version is not None:
-        key = _cache_key("v", version.pk, product.pk, k, same_category, filters)
+        key = _cache_key("v", version.pk, product.pk, k, same_category, filters, diversity_setting())
         answer = _cached_answer(key, filters, product.pk) if use_cache else None
         if answer is None:
             answer = _version_answer(version=version, product=product, k=k, same_category=same_category,
@@ -285,7 +291,8 @@ _search_lock = threading.Lock()
 
 def search_by_image(*, picture, k: int = 6, same_category: bool = False, category=None,
                     min_price=None, max_price=None) -> ImageSearchResult:
-    """An uploaded picture (a decoded PIL image) -> predicted category and nearest products.
+    """An uploaded picture (a decoded PIL image) -> predicted category and nearest products, nearest
+    first (never re-ranked for variety: the shopper asked for what looks like the picture).
 
     Loads the backbone in this process on first use (TensorFlow is imported lazily)."""
     filters = {"category": category, "min_price": min_price, "max_price": max_price}
