@@ -63,7 +63,7 @@ class CategoryRuleAdmin(admin.ModelAdmin):
 def _panel(product, version, *, k):
     from recommender.selectors import similar_products
 
-    ruled = similar_products(product=product, k=k, version=version)
+    ruled = similar_products(product=product, k=k, version=version, use_cache=False)
     plain = similar_products(product=product, k=k, version=version, apply_rules=False)
     shown = {item.product.pk for item in ruled.items}
     return {"version": version, "items": ruled.items, "source": ruled.source,

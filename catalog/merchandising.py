@@ -11,6 +11,8 @@ so their cached panels are recomputed (catalog.selectors.products_fingerprint).
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass
 
 from django.db import connection, transaction
@@ -30,6 +32,14 @@ class PanelRules:
 
     def __bool__(self):
         return bool(self.pinned or self.blocked or self.hidden_categories)
+
+    def fingerprint(self) -> str:
+        """8 hex digits naming this rule set ("" for none): recorded with the panel's views and
+        clicks (recommender.services.events), so results can be told apart by the rules in force."""
+        if not self:
+            return ""
+        text = f"{list(self.pinned)}|{sorted(self.blocked)}|{sorted(self.hidden_categories)}"
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 _RULES_SQL = """

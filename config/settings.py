@@ -116,6 +116,11 @@ CACHES = {
         "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
     }
 }
+# Shoppers' panel views and clicks wait here and are written to PostgreSQL in batches
+# (recommender.services.events). Its own database; the key has no expiry, so a server that evicts
+# only keys with one (volatile-*, as the cache's all do) never drops it. EVENTS=0: record nothing.
+EVENTS_REDIS_URL = env("EVENTS_REDIS_URL", _redis_url(REDIS_URL, 2))
+EVENTS = env_bool("EVENTS", True)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -240,6 +245,10 @@ CELERY_BEAT_SCHEDULE = {
     "retrain-if-needed": {
         "task": "recommender.tasks.retrain_if_needed",
         "schedule": env_float("RETRAIN_CHECK_EVERY_SECONDS", 3600.0),
+    },
+    "flush-panel-events": {
+        "task": "recommender.tasks.flush_panel_events",
+        "schedule": env_float("EVENTS_FLUSH_EVERY_SECONDS", 5.0),
     },
     "prune-embeddings": {
         "task": "recommender.tasks.prune_embeddings",

@@ -34,7 +34,7 @@ CATALOG_MAY_IMPORT = {
     "recommender.backbone": "rundemo's ImageNet probe (pure ML, no Django)",
 }
 PURE_ML = ("recommender.backbone", "recommender.head", "recommender.evaluation", "recommender.finetune",
-           "recommender.stats")
+           "recommender.stats", "recommender.diversity")
 
 
 def _bench_sources():

@@ -26,6 +26,7 @@ from django.core.cache import cache
 
 from catalog import selectors as catalog_selectors
 from recommender.conf import config
+from recommender.selectors.diversity import diversity_setting
 from recommender.selectors.versions import ACTIVE_STAMP_SQL, active_version_at
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,9 @@ def version_shown(version) -> list | None:
     """What an answer shows of the version that answered (or None: no version yet)."""
     if version is None:
         return None
-    return [version.pk, version.status, version.kind, version.backbone, version.weights, str(version.activated_at)]
+    # The panels' variety setting too: a restart with another setting makes every cached answer stale.
+    return [version.pk, version.status, version.kind, version.backbone, version.weights, str(version.activated_at),
+            diversity_setting()]
 
 
 # The active version's row stamp and the hashes of an answer's products, in one query: a cached

@@ -41,6 +41,7 @@ class SimilarResult:
     # catalog.selectors.products_fingerprint of the answer's products, read before they were (None
     # for cold start): a page cached with it is stale as soon as one of them changes.
     fingerprint: str | None = None
+    rules: str = ""  # catalog.merchandising.PanelRules.fingerprint of the staff rules applied
 
 
 @dataclass
@@ -175,8 +176,9 @@ def _products_in_order(rows, *, category=None, min_price=None, max_price=None, p
 
 
 def _cache_key(*parts) -> str:
-    # "similar3": entries are (rows, fingerprint, items, the asking product's own fingerprint).
-    return cache_key("similar3", *parts)
+    # "similar4": entries are (rows, fingerprint, items, (the asking product's own fingerprint, its
+    # pins, their fingerprint, its rules' fingerprint)).
+    return cache_key("similar4", *parts)
 
 
 def _cached_answer(key, filters, product_id) -> tuple | None:
@@ -188,7 +190,7 @@ def _cached_answer(key, filters, product_id) -> tuple | None:
     cached = cache_get(key)
     if not isinstance(cached, tuple) or len(cached) != 4:
         return None
-    rows, fingerprint, items, (own, pinned, pinned_fingerprint) = cached
+    rows, fingerprint, items, (own, pinned, pinned_fingerprint, _) = cached
     ids = [pid for pid, _ in rows]
     hashes = catalog_selectors.product_row_hashes([product_id, *ids, *pinned])
     fingerprints = [catalog_selectors.products_fingerprint(group, hashes) for group in ([product_id], ids, pinned)]
@@ -207,7 +209,7 @@ def _version_answer(*, version, product, k, same_category, filters, apply_rules=
     is below 1 (recommender.selectors.diversity), rules or not (the preview compares like with like)."""
     own = catalog_selectors.products_fingerprint([product.pk])  # before its duplicates and rules are read
     rules = merchandising.panel_rules(product=product) if apply_rules else merchandising.PanelRules()
-    own = (own, rules.pinned, catalog_selectors.products_fingerprint(list(rules.pinned)))
+    own = (own, rules.pinned, catalog_selectors.products_fingerprint(list(rules.pinned)), rules.fingerprint())
     # The query image's id, not its vector: the list answers without it (the index reads it).
     query = (Embedding.objects.filter(version=version, product=product)
              .order_by("image__position", "image_id").values_list("image_id", "predicted").first())
@@ -226,7 +228,8 @@ def similar_products(*, product: Product, k: int = 6, same_category: bool = Fals
                      min_price=None, max_price=None, use_cache: bool = True, version=None,
                      apply_rules: bool = True) -> SimilarResult:
     """The k nearest other active products (one entry per product), by the active version's
-    embeddings (``version``: another's, for the admin's preview; never cached), or by standardised
+    embeddings (``version``: another's: an experiment's candidate, or the admin's preview, which
+    asks ``use_cache=False``), or by standardised
     backbone features before any version is trained; never the product's own duplicates, nor two
     products paired as duplicates (catalog.duplicates); staff's pins first and their blocks and
     category rules obeyed (catalog.merchandising; ``apply_rules`` off: the preview's comparison);
@@ -234,7 +237,7 @@ def similar_products(*, product: Product, k: int = 6, same_category: bool = Fals
     (recommender.selectors.diversity). The cold start is never re-ranked: it has no embedding to
     measure variety in, only the backbone's features, which the setting was not measured on."""
     filters = {"category": category, "min_price": min_price, "max_price": max_price}
-    if version is not None or not apply_rules or not product.is_active:
+    if not apply_rules or not product.is_active:
         use_cache = False  # a hidden product's row has no fingerprint (catalog.selectors.ROW_HASHES_SQL)
     version = version or active_version()
     if version is not None:
@@ -248,8 +251,8 @@ def similar_products(*, product: Product, k: int = 6, same_category: bool = Fals
                                      fingerprint=catalog_selectors.products_fingerprint([]))
             if use_cache:
                 cache_set(key, answer)
-        rows, fingerprint, items, _ = answer
-        return SimilarResult(items=items, version=version, source="model", fingerprint=fingerprint)
+        rows, fingerprint, items, own = answer
+        return SimilarResult(items=items, version=version, source="model", fingerprint=fingerprint, rules=own[3])
     return _cold_start_similar(product=product, k=k, same_category=same_category, filters=filters,
                                use_cache=use_cache, apply_rules=apply_rules)
 
@@ -283,7 +286,7 @@ def _cold_start_similar(*, product, k, same_category, filters, use_cache, apply_
         rows = compute()
         cache_set(key, rows)
         items = _products_in_order(rows, **filters, pinned=set(rules.pinned))
-    return SimilarResult(items=items, version=None, source="backbone")
+    return SimilarResult(items=items, version=None, source="backbone", rules=rules.fingerprint())
 
 
 _search_lock = threading.Lock()

@@ -7,6 +7,7 @@ from html import unescape
 
 import pytest
 
+from catalog import merchandising
 from catalog.models import Product
 from recommender.models import ModelVersion, PanelEvent
 from recommender.selectors.events import VISITOR_COOKIE
@@ -36,6 +37,8 @@ def beacon_and_links(html: str) -> tuple[str, list[str]]:
 def test_a_view_and_a_click_are_recorded_with_what_answered(client, settings):
     version = trained_catalog(settings, count=60)
     product = Product.objects.order_by("id").first()
+    pin = Product.objects.order_by("-id").first()
+    merchandising.product_rules_set(product=product, pinned=[pin.pk], blocked=[])
     html = client.get(product.get_absolute_url()).content.decode()
     beacon, links = beacon_and_links(html)
     assert len(links) == 6 and all("?via=" in link for link in links)
@@ -50,6 +53,8 @@ def test_a_view_and_a_click_are_recorded_with_what_answered(client, settings):
     click = PanelEvent.objects.get(kind=PanelEvent.Kind.CLICK)
     target = int(re.search(r"/p/(\d+)/", links[2]).group(1))
     assert (view.product_id, view.version_id, view.visitor, view.arm) == (product.pk, version.pk, visitor, "")
+    assert view.rules == merchandising.panel_rules(product=product).fingerprint() and len(view.rules) == 8
+    assert view.shown[0] == pin.pk
     assert len(view.shown) == 6 and view.shown[2] == target
     assert (click.product_id, click.target_id, click.position, click.visitor) == (product.pk, target, 3, visitor)
 

@@ -1,11 +1,16 @@
 """Under load: shoppers read pages and the API at a steady rate while staff upload a few hundred
 images and a retraining runs and activates. Afterwards: zero 5xx, every image ready, and the
-similar-items panel answered throughout, by the old version and then the new one."""
+similar-items panel answered throughout, by the old version and then the new one. Events on: each
+shopper's browser loads the panel's beacon and follows one of its links (a view and a click,
+through the Redis buffer and the beat's flushes), and every one of them reaches PostgreSQL."""
 
 import io
 import json
 import os
 import random
+import re
+import uuid
+from html import unescape
 import threading
 import time
 import urllib.error
@@ -15,7 +20,7 @@ import pytest
 from django.core.management import call_command
 
 from catalog.models import Product, ProductImage
-from recommender.models import ModelVersion
+from recommender.models import ModelVersion, PanelEvent
 from recommender.services.training import model_version_start, model_version_train
 from tests.conftest import wait_for
 from tests.recommender.helpers import process_all
@@ -31,24 +36,43 @@ class Shoppers:
         self.stop_at = time.monotonic() + max_seconds
         self.stopped = threading.Event()
         self.statuses, self.versions, self.panels = [], [], []
+        self.events = {"views": 0, "clicks": 0}
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self.run, args=(n,), daemon=True) for n in range(threads)]
 
-    def get(self, path):
+    def get(self, path, visitor=None):
+        request = urllib.request.Request(self.base + path)
+        if visitor:
+            request.add_header("Cookie", f"lk_visitor={visitor}")
         try:
-            with urllib.request.urlopen(self.base + path, timeout=30) as response:
+            with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as error:
             return error.code, error.read()
 
+    def browse(self, body, visitor):
+        """What the shopper's browser does next: load the panel's beacon, follow its first link."""
+        beacon = re.search(rb'<img class="beacon" src="([^"]+)"', body)
+        link = re.search(rb'id="similar".*?<a class="card" href="([^"]+)"', body, re.S)
+        if not (beacon and link):
+            return []
+        seen = self.get(unescape(beacon.group(1).decode()), visitor)[0]
+        clicked = self.get(unescape(link.group(1).decode()), visitor)[0]
+        with self.lock:
+            self.events["views"] += seen == 200
+            self.events["clicks"] += clicked == 200
+        return [seen, clicked]
+
     def run(self, n):
         rng = random.Random(n)
+        visitor = uuid.UUID(int=rng.getrandbits(128)).hex
         while not self.stopped.is_set() and time.monotonic() < self.stop_at:
             pid = rng.choice(self.ids)
-            status, body = self.get(f"/p/{pid}/")
+            status, body = self.get(f"/p/{pid}/", visitor)
             api_status, api_body = self.get(f"/api/v1/products/{pid}/similar/?k=6")
+            browsed = self.browse(body, visitor)
             with self.lock:
-                self.statuses += [status, api_status]
+                self.statuses += [status, api_status, *browsed]
                 self.panels.append(b'id="similar"' in body)
                 if api_status == 200:
                     data = json.loads(api_body)
@@ -68,6 +92,9 @@ class Shoppers:
 
 
 def test_soak_uploads_and_retraining_under_steady_reads(settings, live_server, start_worker):
+    from recommender.services import events
+
+    events._redis().delete(events.BUFFER_KEY, events.FLUSHING_KEY)  # no other test's events
     call_command("import_fashion_mnist", count=150, split="train", verbosity=0, stdout=io.StringIO())
     process_all(token="seed")
     settings.RECOMMENDER = {**settings.RECOMMENDER, "EPOCHS": 3}
@@ -76,7 +103,12 @@ def test_soak_uploads_and_retraining_under_steady_reads(settings, live_server, s
     served = list(Product.objects.values_list("id", flat=True))
 
     # The quality gate is tested elsewhere; here the new version must activate.
-    start_worker(env_overrides={"RECOMMENDER_EPOCHS": "12", "RECOMMENDER_GATE_TOLERANCE": "1.0"})
+    # Its embedded beat flushes the events every second (its own schedule keys; nothing else due).
+    beat_keys = f"test-soak-{uuid.uuid4().hex[:8]}:"
+    start_worker(beat=True, env_overrides={
+        "RECOMMENDER_EPOCHS": "12", "RECOMMENDER_GATE_TOLERANCE": "1.0", "REDBEAT_KEY_PREFIX": beat_keys,
+        "EVENTS_FLUSH_EVERY_SECONDS": "1", "RECOVER_EVERY_SECONDS": "3600", "RETRAIN_CHECK_EVERY_SECONDS": "36000",
+        "PRUNE_EVERY_SECONDS": "36000"})
     marks = {"start": time.monotonic()}
     with Shoppers(live_server.url, served) as shoppers:
         call_command("import_fashion_mnist", count=250, split="train", offset=150, verbosity=0,
@@ -91,6 +123,9 @@ def test_soak_uploads_and_retraining_under_steady_reads(settings, live_server, s
         marks["trained"] = time.monotonic()
         time.sleep(2)  # keep reading for a moment after the switch
     marks["end"] = time.monotonic()
+    expected = shoppers.events["views"] + shoppers.events["clicks"]
+    wait_for(lambda: PanelEvent.objects.filter(channel="page").count() >= expected, timeout=60,
+             message="the events flushed")
     new.refresh_from_db()
     if os.environ.get("SOAK_REPORT"):  # bench/soak.py (make bench) reads the figures of this run
         write_report(os.environ["SOAK_REPORT"], shoppers, marks, old.pk, new)
@@ -100,6 +135,10 @@ def test_soak_uploads_and_retraining_under_steady_reads(settings, live_server, s
     assert not [s for s in shoppers.statuses if s >= 500]
     assert set(shoppers.statuses) == {200}
     assert all(shoppers.panels)  # the panel was on every product page
+    assert shoppers.events["views"] > 50 and shoppers.events["clicks"] == shoppers.events["views"]
+    page = PanelEvent.objects.filter(channel="page")
+    assert page.filter(kind=PanelEvent.Kind.VIEW).count() == shoppers.events["views"]  # none lost
+    assert page.filter(kind=PanelEvent.Kind.CLICK).count() == shoppers.events["clicks"]
     assert all(count == 6 for _, _, count in shoppers.versions)
     sequence = [version for _, version, _ in sorted(shoppers.versions)]
     assert sequence[0] == old.pk and sequence[-1] == new.pk
@@ -135,6 +174,9 @@ def write_report(path, shoppers, marks, old_id, new):
         "new_version_status": new.status, "new_version_error": new.error,
         "images": ProductImage.objects.count(),
         "images_ready": ProductImage.objects.filter(status="ready").count(),
+        "events_sent": dict(shoppers.events),
+        "events_written": {"views": PanelEvent.objects.filter(channel="page", kind=PanelEvent.Kind.VIEW).count(),
+                           "clicks": PanelEvent.objects.filter(channel="page", kind=PanelEvent.Kind.CLICK).count()},
     }
     with open(path, "w") as handle:
         json.dump(payload, handle, indent=2)
