@@ -7,6 +7,7 @@ from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from catalog.cropping import box_from_fields, picture_crop
 from catalog.validators import search_photo_open
 
 
@@ -43,16 +44,61 @@ class ProductFilterForm(forms.Form):
         return filters
 
 
+def _box_input(label: str) -> forms.FloatField:
+    # Fractions of the photo; the checks (and their messages) are catalog.cropping's, for the page
+    # and the API alike, so the field itself takes any number.
+    return forms.FloatField(required=False, label=label, widget=forms.NumberInput(
+        attrs={"min": "0", "max": "1", "step": "any", "inputmode": "decimal", "class": "box-value"}))
+
+
 class PhotoSearchForm(forms.Form):
+    """A photo and, optionally, a box on it (catalog.cropping: four fractions, all or none).
+
+    Once valid: ``picture`` is the whole photo decoded reduced (the page's preview), ``box`` the
+    checked box or None, and ``query`` the picture to search by (the box's part of the photo, or
+    the whole). Box errors are the form's non-field errors."""
+
     photo = forms.FileField(label="Photo", help_text="JPEG, PNG, WebP, GIF, BMP or TIFF.")
     same_category = forms.BooleanField(required=False, label="Same predicted category only")
+    box_x = _box_input("Left edge (x)")
+    box_y = _box_input("Top edge (y)")
+    box_width = _box_input("Width")
+    box_height = _box_input("Height")
 
-    def clean_photo(self):
-        """The photo decoded reduced toward the backbone's input (``self.picture``), within search
-        by photo's own pixel budget; never re-encoded nor stored."""
-        upload = self.cleaned_data["photo"]
-        self.picture = search_photo_open(upload)
-        return upload
+    BOX_FIELDS = {"x": "box_x", "y": "box_y", "width": "box_width", "height": "box_height"}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.box = self.picture = self.query = None
+
+    def clean(self):
+        """The box first (it decides how far the photo is reduced), then the photo decoded reduced
+        toward the backbone's input within search by photo's own pixel budget (never re-encoded
+        nor stored), then the box's part of it."""
+        data = super().clean()
+        if not any(name in self.errors for name in self.BOX_FIELDS.values()):
+            try:
+                self.box = box_from_fields({key: data.get(name) for key, name in self.BOX_FIELDS.items()})
+            except ValidationError as exc:
+                self.add_error(None, exc)
+        upload = data.get("photo")
+        if upload is None:
+            return data
+        try:
+            self.picture = search_photo_open(upload, box=self.box)
+        except ValidationError as exc:
+            self.add_error("photo", exc)
+            return data
+        try:
+            self.query = picture_crop(self.picture, box=self.box)
+        except ValidationError as exc:
+            self.add_error(None, exc)
+        return data
+
+    @property
+    def box_given(self) -> bool:
+        """Some box value was sent (the page then shows the box's fields open)."""
+        return self.is_bound and any(self.data.get(name) not in (None, "") for name in self.BOX_FIELDS.values())
 
 
 # --------------------------------------------------------------------------- bulk upload

@@ -7,7 +7,9 @@ rejected with a message a person can act on. Nothing the client sent is stored a
 A photo to search by is never stored: :func:`search_photo_open` checks it the same way (same
 messages and codes) and decodes it reduced toward the backbone's input, within a pixel budget of
 its own (``SEARCH_MAX_IMAGE_PIXELS``), without re-encoding it. Its peak memory is the decoded
-frame (at most 4 bytes a pixel) plus a few MiB, whatever the mode.
+frame (at most 4 bytes a pixel) plus a few MiB, whatever the mode. Given the shopper's box
+(catalog.cropping), it is reduced less, so that the box keeps the detail the backbone needs, but
+never to more than (:data:`BOX_DETAIL_SIDES` x the usual shorter side) squared pixels.
 """
 
 import hashlib
@@ -169,6 +171,11 @@ REDUCING_GAP = 2
 # bytes a sample) whatever the draft scale (4096x3072 drafted to 512x384: 37 MiB at 4:2:0, 73
 # MiB at 4:4:4; baseline: 0.9 MiB).
 WEBP_DECODE_FRAMES = 4
+# With a box, the picture is decoded and reduced so that the box's shorter side reaches
+# search_photo_side() where it can, but the picture never holds more than (this x that side)
+# squared pixels (side 448: 3.2 Mpx, 12.8 MiB): a small box on a large photo costs a JPEG decoded
+# at 1/2 or 1/4 instead of 1/8, never more than the budget.
+BOX_DETAIL_SIDES = 4
 _BAND_BYTES = 1024 * 1024  # source rows converted at a time, when the mode needs converting
 _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
@@ -226,7 +233,7 @@ def _over_budget(probe: Image.Image, declared: tuple[int, int], cost: int, budge
         code="too_many_pixels")
 
 
-def search_photo_open(upload, *, max_bytes=None, max_pixels=None, budget=None) -> Image.Image:
+def search_photo_open(upload, *, max_bytes=None, max_pixels=None, budget=None, box=None) -> Image.Image:
     """Validate a photo to search by and decode it reduced: an L or RGB image whose shorter side
     is at least :func:`search_photo_side` (or the photo's own, when smaller), EXIF rotation
     applied. Raises ValidationError with :func:`normalise_image`'s messages and codes, and
@@ -235,7 +242,11 @@ def search_photo_open(upload, *, max_bytes=None, max_pixels=None, budget=None) -
     A JPEG is decoded scaled by libjpeg (``draft``: 1/2, 1/4 or 1/8), so the budget counts the
     pixels it decodes to; other formats decode whole, then are reduced (box filter). Decoders
     that hold more than the frame are charged for it (:data:`WEBP_DECODE_FRAMES`, progressive
-    JPEG), so the peak memory is at most 4 bytes x the budget plus a few MiB."""
+    JPEG), so the peak memory is at most 4 bytes x the budget plus a few MiB.
+
+    ``box`` (a catalog.cropping.SearchBox, or None): the part the shopper will search by. The
+    whole picture is returned (the page shows it), reduced less: see :func:`_box_reach`. Crop it
+    with catalog.cropping.picture_crop."""
     max_bytes = max_bytes or settings.MAX_UPLOAD_BYTES
     max_pixels = max_pixels or settings.MAX_IMAGE_PIXELS
     budget = budget or getattr(settings, "SEARCH_MAX_IMAGE_PIXELS", SEARCH_MAX_IMAGE_PIXELS)
@@ -246,8 +257,9 @@ def search_photo_open(upload, *, max_bytes=None, max_pixels=None, budget=None) -
         probe = Image.open(stream)
         _check_declared(probe, max_pixels)
         declared = probe.size
+        wanted, most = _box_reach(side, box)
         if probe.format == "JPEG":
-            probe.draft(probe.mode, (side, side))  # keeps both sides >= side
+            probe.draft(probe.mode, _draft_request(declared, wanted, most))  # keeps both sides >= the request
         cost = _decode_cost(probe, declared)
         if cost > budget:
             raise _over_budget(probe, declared, cost, budget)
@@ -255,10 +267,38 @@ def search_photo_open(upload, *, max_bytes=None, max_pixels=None, budget=None) -
         probe.seek(0)  # multi-frame GIF/TIFF/WebP: the first frame is the photo
         probe.load()
         orientation = probe.getexif().get(0x0112)
-        picture = _reduced(probe, factor=max(1, min(probe.size) // side))
+        picture = _reduced(probe, factor=_reduce_factor(probe.size, wanted, most))
     if orientation in _ORIENTATION:
         picture = picture.transpose(_ORIENTATION[orientation])
     return picture
+
+
+def _box_reach(side: int, box) -> tuple[int, int | None]:
+    """(the shorter side the whole picture should keep, the most pixels it may hold). Without a
+    box: ``side``, no cap (the reduction as it always was). With one: enough for the box's shorter
+    side to keep ``side``, within (BOX_DETAIL_SIDES x side) squared pixels."""
+    if box is None:
+        return side, None
+    return math.ceil(side / box.shorter_side), (BOX_DETAIL_SIDES * side) ** 2
+
+
+def _draft_request(declared: tuple[int, int], wanted: int, most: int | None) -> tuple[int, int]:
+    """The size to ask libjpeg's draft for: ``wanted`` on both sides, unless the scale that gives
+    decodes more than ``most`` pixels; then the scale (1, 2, 4, 8) that keeps within it."""
+    width, height = declared
+    if most is None:
+        return wanted, wanted
+    scale = next(s for s in (8, 4, 2, 1) if min(width // wanted, height // wanted) >= s or s == 1)
+    while scale < 8 and -(-width // scale) * -(-height // scale) > most:
+        scale *= 2
+    return max(1, width // scale), max(1, height // scale)
+
+
+def _reduce_factor(size: tuple[int, int], wanted: int, most: int | None) -> int:
+    factor = max(1, min(size) // wanted)
+    while most is not None and -(-size[0] // factor) * -(-size[1] // factor) > most:
+        factor += 1
+    return factor
 
 
 def _reduced(image: Image.Image, *, factor: int) -> Image.Image:

@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from rest_framework import serializers
 
+from catalog.cropping import picture_crop
 from catalog.models import Product, ProductImage
 from catalog.services import files_removed_on_error, product_create, product_image_add
 from catalog.validators import NormalisedImage, client_file_name, normalise_image, search_photo_open
@@ -32,9 +33,13 @@ def normalise_one(upload, *, field: str) -> NormalisedImage:
     return _field_checked(normalise_image, upload, field=field)
 
 
-def search_photo_one(upload, *, field: str):
-    """A photo to search by, decoded within its own budget (catalog.validators.search_photo_open)."""
-    return _field_checked(search_photo_open, upload, field=field)
+def search_photo_one(upload, *, field: str, box=None, box_field: str = "box"):
+    """The picture to search by: the photo decoded within its own budget
+    (catalog.validators.search_photo_open), then, given a box (catalog.cropping.SearchBox), the part
+    of it inside the box (catalog.cropping.picture_crop). A refusal is the API's 400 for ``field``
+    (the photo) or ``box_field`` (a box too small for this photo)."""
+    picture = _field_checked(lambda data: search_photo_open(data, box=box), upload, field=field)
+    return _field_checked(lambda whole: picture_crop(whole, box=box), picture, field=box_field)
 
 
 def _field_checked(check, upload, *, field: str):

@@ -4,9 +4,11 @@ training progress (thin shapes around selector results and rows; no logic here).
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from catalog import cropping
 from catalog.api.serializers import CategoryRefSerializer, ProductSummarySerializer
 from catalog.models import Category
 from recommender.models import ModelVersion
@@ -39,11 +41,37 @@ class SimilarQuerySerializer(_ResultFilters):
     pass
 
 
+@extend_schema_field({"type": "string", "example": cropping.EXAMPLE})
+class BoxField(serializers.Field):
+    """The box of search by photo as "x,y,width,height" (catalog.cropping.box_parse): a SearchBox,
+    or None when blank; catalog.cropping's messages and codes on a refusal."""
+
+    default_error_messages = {"invalid": "The box must be a string: x,y,width,height."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        try:
+            return cropping.box_parse(data)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages, code=exc.code)
+
+    def to_representation(self, value):
+        return None if value is None else ",".join(f"{v:g}" for v in value.as_dict().values())
+
+
 class ImageSearchRequestSerializer(_ResultFilters):
     image = serializers.FileField(allow_empty_file=True, use_url=False, help_text=(
         f"The photo: JPEG, PNG, WebP, GIF, BMP or TIFF, at most {settings.MAX_UPLOAD_BYTES:,} bytes and "
         f"{settings.SEARCH_MAX_IMAGE_PIXELS:,} pixels (a JPEG counts as decoded at up to 1/8 of its size). "
         "It is not stored."))
+    box = BoxField(required=False, allow_null=True, help_text=(
+        "Search only the part of the photo inside this box: four numbers separated by commas, "
+        "x,y,width,height, as fractions of the photo (0 to 1, the photo as shown, EXIF rotation applied): "
+        f"the top-left corner, then the size; x + width and y + height at most 1, each side at least "
+        f"{cropping.MIN_BOX_SIDE:g} of the photo's and {cropping.MIN_BOX_PIXELS} pixels. For example "
+        f"{cropping.EXAMPLE}; 0.5,0,0.5,1 is the right half. Empty or absent: the whole photo. Refused with "
+        "400 and a code: box_invalid, box_outside, box_empty, box_too_small."))
 
 
 class ModelVersionRefSerializer(serializers.ModelSerializer):
@@ -73,7 +101,17 @@ class SimilarResponseSerializer(serializers.Serializer):
     results = SimilarItemSerializer(source="items", many=True)
 
 
+class SearchBoxSerializer(serializers.Serializer):
+    x = serializers.FloatField(help_text="Left edge, a fraction of the photo's width.")
+    y = serializers.FloatField(help_text="Top edge, a fraction of the photo's height.")
+    width = serializers.FloatField(help_text="A fraction of the photo's width.")
+    height = serializers.FloatField(help_text="A fraction of the photo's height.")
+
+
 class ImageSearchResponseSerializer(serializers.Serializer):
+    box = SearchBoxSerializer(allow_null=True, help_text=(
+        "The box searched inside, as fractions of the photo (a right or bottom edge a rounding error past the "
+        "photo is clipped); null: the whole photo was searched."))
     predicted = serializers.CharField(allow_null=True, help_text="Predicted category name (null without a model).")
     predicted_category = CategoryRefSerializer(allow_null=True, help_text="The catalog category of that name.")
     probabilities = serializers.DictField(child=serializers.FloatField(), help_text=(

@@ -92,7 +92,9 @@ class ImageSearchView(APIView):
     @extend_schema(
         summary="Search by photo",
         description=("Upload a photo: the active model predicts its category (with each category's "
-                     "probability) and the nearest products are returned. Throttled per client "
+                     "probability) and the nearest products are returned. With `box` (x,y,width,height as "
+                     "fractions of the photo), only the part of the photo inside it is searched, and the answer "
+                     "echoes the box. Throttled per client "
                      "(REST_FRAMEWORK throttle rates image_search_anon / image_search_user): 429 with "
                      "Retry-After. The photo is not stored."),
         request={"multipart/form-data": s.ImageSearchRequestSerializer},
@@ -103,9 +105,11 @@ class ImageSearchView(APIView):
         serializer = s.ImageSearchRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         params = dict(serializer.validated_data)
+        box = params.pop("box", None)
         # Decoded reduced toward the backbone's input within search by photo's own pixel budget
-        # (SEARCH_MAX_IMAGE_PIXELS), never re-encoded: see catalog.validators.search_photo_open.
-        picture = search_photo_one(params.pop("image"), field="image")
+        # (SEARCH_MAX_IMAGE_PIXELS), never re-encoded: see catalog.validators.search_photo_open; with
+        # a box, the box's part of it (catalog.cropping: the same crop as the page's).
+        picture = search_photo_one(params.pop("image"), field="image", box=box)
         try:
             result = search_by_image(picture=picture, **params)
         except Exception as exc:
@@ -114,8 +118,9 @@ class ImageSearchView(APIView):
             raise SearchUnavailable() from exc
         category = Category.objects.filter(name=result.predicted).first() if result.predicted else None
         return Response(s.ImageSearchResponseSerializer(
-            {"predicted": result.predicted, "predicted_category": category, "probabilities": result.probabilities,
-             "source": result.source, "version": result.version, "items": result.items},
+            {"box": box, "predicted": result.predicted, "predicted_category": category,
+             "probabilities": result.probabilities, "source": result.source, "version": result.version,
+             "items": result.items},
             context={"request": request}).data)
 
 

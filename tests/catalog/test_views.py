@@ -541,7 +541,7 @@ def test_photo_search_preview_is_made_from_the_reduced_picture(client, monkeypat
 
     seen = []
     real = views._preview_data_uri
-    monkeypatch.setattr(views, "_preview_data_uri", lambda picture: seen.append(picture.size) or real(picture))
+    monkeypatch.setattr(views, "_preview_data_uri", lambda picture, **kw: seen.append(picture.size) or real(picture, **kw))
     response = client.post(reverse("catalog:photo_search"), {"photo": upload(solid((3000, 2000), "JPEG"))})
     assert response.status_code == 200
     assert seen and max(seen[0]) < 3000 // 2  # never the full-size decode
@@ -607,3 +607,99 @@ def test_photo_search_with_a_trained_model_shows_the_predicted_category_and_conf
     assert (first.group(1), int(first.group(2))) == (predicted, confidence)
     assert "No trained model yet" not in html
     assert len(cards(response)) == 12
+
+
+# --------------------------------------------------------------------------- search by photo with a box
+
+
+def side_by_side(left: Product, right: Product) -> bytes:
+    """One picture made of two products' own photos, side by side."""
+    pictures = []
+    for product in (left, right):
+        with product.images.first().image.open("rb") as handle:
+            pictures.append(Image.open(io.BytesIO(handle.read())).convert("RGB"))
+    both = Image.new("RGB", (pictures[0].width + pictures[1].width, max(p.height for p in pictures)), "white")
+    both.paste(pictures[0], (0, 0))
+    both.paste(pictures[1], (pictures[0].width, 0))
+    buffer = io.BytesIO()
+    both.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def boxed_catalog():
+    """Two categories x 3 products with real backbone features (cold start: no version yet)."""
+    from recommender.services.ingestion import images_process
+
+    products = catalog(per_category=3)
+    images_process(image_ids=list(ProductImage.objects.values_list("id", flat=True)), token="t")
+    return products
+
+
+def box_fields(x, y, width, height) -> dict:
+    return {"box_x": x, "box_y": y, "box_width": width, "box_height": height}
+
+
+def test_photo_search_inside_a_box_finds_what_the_box_holds(client, boxed_catalog):
+    left, right = boxed_catalog[0], boxed_catalog[3]
+    data = side_by_side(left, right)
+    url = reverse("catalog:photo_search")
+    found = {}
+    for name, box in (("left", box_fields(0, 0, 0.5, 1)), ("right", box_fields("0.5", "0", "0.5", "1"))):
+        response = client.post(url, {"photo": upload(data, "both.png"), **box})
+        assert response.status_code == 200
+        found[name] = cards(response)
+        html = response.content.decode()
+        assert 'id="box-used"' in html and "Searched inside your box (50% x 100% of the photo)" in html
+        assert 'alt="Your photo, the box searched inside outlined"' in html
+        assert 'name="box_x" value="' in html and "<details class=\"box-fields\" id=\"box-fields\" open>" in html
+    assert found["left"][0] == left.title and found["right"][0] == right.title
+    whole = client.post(url, {"photo": upload(data, "both.png")})
+    assert 'id="box-used"' not in whole.content.decode() and 'id="box-fields" open' not in whole.content.decode()
+
+
+def test_the_preview_outlines_the_box_and_dims_the_rest(client):
+    import base64
+
+    response = client.post(reverse("catalog:photo_search"),
+                           {"photo": upload(solid((400, 200), "PNG")), **box_fields(0.5, 0, 0.5, 1)})
+    uri = re.search(r'src="data:image/webp;base64,([^"]+)"', response.content.decode()).group(1)
+    preview = Image.open(io.BytesIO(base64.b64decode(uri))).convert("RGB")
+    assert preview.size == (192, 96)
+    outside, inside = preview.getpixel((40, 48)), preview.getpixel((144, 48))
+    assert inside[0] > 150 and inside[1] < 80  # the photo's own red inside the box
+    assert outside[1] > 120  # washed towards white outside it
+    edge = preview.getpixel((97, 48))
+    assert edge[2] > 150 and edge[0] < 120  # the outline, in the site's blue
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"box_x": "0.1", "box_y": "0.1"}, "Give all four of the box&#x27;s values (x, y, width and height) or none: "
+                                       "width and height are missing."),
+    (box_fields(0.7, 0, 0.5, 1), "The box goes outside the photo: its right edge (x + width) is at 1.2"),
+    (box_fields(0, 0, 0, 1), "The box has no area: its width is 0."),
+    (box_fields(0, 0, 0.01, 1), "The box is too small: its width is 1% of the photo"),
+    (box_fields("a", 0, 0.5, 1), "Left edge (x): Enter a number."),
+])
+def test_photo_search_refuses_a_bad_box_and_says_why(client, fields, message):
+    response = client.post(reverse("catalog:photo_search"), {"photo": upload(solid((64, 64))), **fields})
+    assert response.status_code == 400
+    html = response.content.decode()
+    error = re.search(r'<p class="error" role="alert" id="box-error">(.*?)</p>', html, re.S).group(1)
+    assert message in error
+    assert 'id="results"' not in html and 'id="box-fields" open' in html
+
+
+def test_a_box_too_small_for_a_tiny_photo_is_refused(client):
+    response = client.post(reverse("catalog:photo_search"),
+                           {"photo": upload(png_bytes((28, 28))), **box_fields(0, 0, 0.2, 1)})
+    assert response.status_code == 400
+    assert "The box is too small for this photo: it covers 6x28 pixels of its 28x28" in response.content.decode()
+
+
+def test_the_page_has_the_box_drawing_script_and_typed_fields(client):
+    html = client.get(reverse("catalog:photo_search")).content.decode()
+    for name in ("box_x", "box_y", "box_width", "box_height"):
+        assert f'name="{name}"' in html
+    assert 'id="box-stage" data-min-side="0.05" hidden' in html and 'id="box-clear"' in html
+    assert "catalog/photo-search.js" in html

@@ -276,3 +276,54 @@ def test_basics_work_without_javascript(live_server, browser, transactional_db):
     assert "No trained model yet" in page.text_content("#prediction")
     page.screenshot(path=str(ARTIFACTS / "11-no-javascript-phone.png"), full_page=True)
     context.close()
+
+
+def test_a_shopper_draws_a_box_on_the_photo_and_searches_inside_it(live_server, browser, transactional_db):
+    """Search by photo with a box: choose a photo, drag across it (the mouse's pointer events), see
+    the box fill the form's four fields, clear it, draw it again, search, and see it was used."""
+    from tests.ui.data import add_features, catalog
+
+    add_features(catalog(per_category=3, categories=("Shoes", "Bags")))  # processed images, no model yet
+    photo = Image.new("RGB", (300, 150), (30, 30, 200))
+    photo.paste(Image.new("RGB", (150, 150), (200, 30, 30)), (150, 0))
+    buffer = io.BytesIO()
+    photo.save(buffer, "PNG")
+    context = browser.new_context(viewport=DESKTOP, base_url=live_server.url)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto("/search/photo/")
+    assert not page.is_visible("#box-stage")  # nothing to draw on before a photo is chosen
+    page.set_input_files("#photo-input", files=[{"name": "two.png", "mimeType": "image/png",
+                                                 "buffer": buffer.getvalue()}])
+    page.wait_for_function("() => document.getElementById('box-image').naturalWidth > 0")
+    image = page.locator("#box-image").bounding_box()
+
+    def drag(x0, y0, x1, y1):
+        page.mouse.move(image["x"] + x0 * image["width"], image["y"] + y0 * image["height"])
+        page.mouse.down()
+        page.mouse.move(image["x"] + x1 * image["width"], image["y"] + y1 * image["height"], steps=6)
+        page.mouse.up()
+
+    def box():
+        return [float(page.input_value(f"input[name={name}]") or "nan")
+                for name in ("box_x", "box_y", "box_width", "box_height")]
+
+    drag(0.9, 0.8, 0.2, 0.1)  # any direction
+    assert box() == pytest.approx([0.2, 0.1, 0.7, 0.7], abs=0.02)
+    assert page.is_visible("#box-rect") and page.is_enabled("#box-clear")
+    page.click("#box-clear")
+    assert page.input_value("input[name=box_x]") == "" and not page.is_visible("#box-rect")
+    drag(0.52, 0.05, 0.98, 0.95)  # the red right half
+    drag(0.3, 0.3, 0.31, 0.31)  # a click: keeps the box there was
+    assert box() == pytest.approx([0.52, 0.05, 0.46, 0.9], abs=0.02)
+    page.screenshot(path=str(ARTIFACTS / "12-photo-search-box-drawn-desktop.png"), full_page=True)
+    page.click("#photo-form button[type=submit]")
+    page.wait_for_selector("#results")
+    assert page.locator("#results .card").count() == 6
+    assert "Searched inside your box (46% x 90% of the photo)" in page.text_content("#box-used")
+    used = [float(v) for v in page.get_attribute("#box-used", "data-box").split(",")]
+    assert used == pytest.approx([0.52, 0.05, 0.46, 0.9], abs=0.02)
+    page.screenshot(path=str(ARTIFACTS / "13-photo-search-box-used-desktop.png"), full_page=True)
+    assert not errors, errors
+    context.close()
