@@ -139,3 +139,14 @@ class AuthTokenThrottle(_AtomicRate, AnonRateThrottle):
 
     def get_cache_key(self, request, view):
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class EventClickThrottle(_AtomicRate, AnonRateThrottle):
+    """Click reports (POST /api/v1/events/click/), by address, signed in or not: cheap (one RPUSH),
+    but each is a row; a storefront reporting for all its shoppers from one address needs a high
+    rate (THROTTLE_EVENT_CLICK)."""
+
+    scope = "event_click"
+
+    def get_cache_key(self, request, view):
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}

@@ -93,12 +93,33 @@ _source_help = ("Who answered: model (the active model version's embeddings), ba
                 "active yet: standardised backbone features) or none (no features for the query yet).")
 
 
+class PanelItemSerializer(SimilarItemSerializer):
+    click_token = serializers.CharField(help_text=(
+        "Report a shopper's click on this product with POST /api/v1/events/click/ {token}, or link to the "
+        "product's page with ?via=<token>: it counts once, for this product, in the panel's results."))
+
+
+class PanelTrackingSerializer(serializers.Serializer):
+    experiment = serializers.IntegerField(allow_null=True, help_text="The A/B experiment the visitor is in, or null.")
+    arm = serializers.ChoiceField(choices=["", "a", "b"], help_text=(
+        "a: the active version answered; b: the experiment's candidate; empty outside an experiment."))
+    rules = serializers.CharField(allow_blank=True, help_text="Fingerprint of the staff rules applied (empty: none).")
+
+
 class SimilarResponseSerializer(serializers.Serializer):
     product = serializers.IntegerField(help_text="The product the results are similar to.")
     source = serializers.ChoiceField(choices=["model", "backbone", "none"], help_text=_source_help)
     model_version = ModelVersionRefSerializer(source="version", allow_null=True,
                                               help_text="The version that answered (null unless source is model).")
-    results = SimilarItemSerializer(source="items", many=True)
+    results = PanelItemSerializer(source="items", many=True)
+    tracking = PanelTrackingSerializer(help_text=(
+        "What answered, as recorded with this view of the panel (send X-Visitor-Id: a random id of the shopper, "
+        "to put them in an A/B experiment consistently; DNT: 1 records nothing)."))
+
+
+class ClickSerializer(serializers.Serializer):
+    token = serializers.CharField(max_length=200, help_text="A result's click_token.")
+    product = serializers.IntegerField(help_text="The product clicked (the result's product id).")
 
 
 class SearchBoxSerializer(serializers.Serializer):

@@ -15,4 +15,5 @@ urlpatterns = [
     *format_suffix_patterns([re_path(r"^products/(?P<pk>[0-9]+)/similar/$", views.SimilarProductsView.as_view(),
                                      name="product-similar")]),
     path("search/image/", views.ImageSearchView.as_view(), name="search-image"),
+    path("events/click/", views.PanelClickView.as_view(), name="event-click"),
 ]

@@ -7,6 +7,7 @@ permissions the admin's dashboard asks for (view, and the custom train / activat
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django_filters.rest_framework import DjangoFilterBackend
@@ -14,7 +15,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, ValidationError as DRFValidationError
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -25,15 +26,18 @@ from catalog.api.permissions import IsStaffOrReadOnly, StaffWithPermissions, sta
 from catalog.api.selectors import product_for_api
 from catalog.selectors import products_fingerprint
 from catalog.api.serializers import ErrorSerializer
-from catalog.api.throttling import ImageSearchAnonThrottle, ImageSearchUserThrottle
+from catalog.api.throttling import EventClickThrottle, ImageSearchAnonThrottle, ImageSearchUserThrottle
 from catalog.api.uploads import search_photo_one
 from catalog.models import Category
 from recommender.api import serializers as s
 from recommender.models import ModelVersion
 from recommender.selectors.answers import answer_get, cache_key, answer_set
+from recommender.selectors.events import PanelOrigin, click_token, click_token_read, visitor_of
+from recommender.selectors.experiments import arm_for
 from recommender.selectors.similarity import search_by_image, similar_products
 from recommender.selectors.versions import training_version
 from recommender.services.training import model_version_start
+from recommender.services.events import panel_event_record
 from recommender.services.versions import model_version_activate, model_version_retire
 
 logger = logging.getLogger(__name__)
@@ -63,22 +67,70 @@ class SimilarProductsView(APIView):
         # while still true (recommender.selectors.answers); the absolute URLs in the answer depend on
         # the scheme and host asked for. 2.4 ms instead of 10.4 ms for one client, 550-790 instead
         # of 136-159 req/s at 32 (2 cores, bench/web_load.py).
+        visitor = None if staff else visitor_of(request, api=True)  # staff's reads are not shoppers'
+        arm = arm_for(visitor=visitor)
         key = None if staff else cache_key("similar-api", request.scheme, request.get_host(), int(pk),
-                                            sorted(request.query_params.lists()))
+                                            sorted(request.query_params.lists()), arm.experiment_id, arm.name)
         if key and (data := answer_get(key)) is not None:
+            _panel_view_record(data, visitor=visitor)
             return Response(data)
         fingerprint = products_fingerprint([pk]) if key else None  # before the product is read
         product = product_for_api(pk=pk, include_inactive=staff)
         query = s.SimilarQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        result = similar_products(product=product, **query.validated_data)
-        data = s.SimilarResponseSerializer(
-            {"product": product.pk, "source": result.source, "version": result.version, "items": result.items},
-            context={"request": request, "view": self}).data
+        result = similar_products(product=product, version=arm.version, **query.validated_data)
+        data = s.SimilarResponseSerializer(_panel_answer(product, result, arm),
+                                           context={"request": request, "view": self}).data
         if key and result.source == "model" and result.fingerprint is not None:
-            answer_set(key, data, version=result.version, ids=[[int(pk)], [item.product.pk for item in result.items]],
+            active = arm.experiment.control if arm.version is not None else result.version
+            answer_set(key, data, version=active, ids=[[int(pk)], [item.product.pk for item in result.items]],
                        fingerprints=[fingerprint, result.fingerprint])
+        _panel_view_record(data, visitor=visitor)
         return Response(data)
+
+
+def _panel_answer(product, result, arm) -> dict:
+    origin = PanelOrigin(product.pk, result.version.pk if result.version else None, arm.experiment_id, arm.name,
+                         result.rules)
+    items = [SimpleNamespace(distance=item.distance, pinned=item.pinned, product=item.product,
+                             click_token=click_token(origin, target_id=item.product.pk, position=n))
+             for n, item in enumerate(result.items, start=1)]
+    return {"product": product.pk, "source": result.source, "version": result.version, "items": items,
+            "tracking": {"experiment": arm.experiment_id, "arm": arm.name, "rules": result.rules}}
+
+
+def _panel_view_record(data, *, visitor) -> None:
+    """One view of the panel, from the answer itself (fresh or cached): one RPUSH."""
+    if visitor is None or not data["results"]:
+        return
+    tracking = data["tracking"]
+    panel_event_record(kind="view", channel="api", visitor=visitor, product_id=data["product"],
+                       version_id=(data["model_version"] or {}).get("id"), experiment_id=tracking["experiment"],
+                       arm=tracking["arm"], rules=tracking["rules"], shown=[r["product"]["id"] for r in data["results"]])
+
+
+class PanelClickView(APIView):
+    """/api/v1/events/click/: a shopper clicked a result of a similar-items answer (its click_token).
+    Public, like the answer; throttled by address (THROTTLE_EVENT_CLICK); nothing recorded under DNT."""
+
+    permission_classes = [AllowAny]
+    parser_classes = [JSONParser]
+    throttle_classes = [EventClickThrottle]
+
+    @extend_schema(summary="Record a click on a similar item", request=s.ClickSerializer,
+                   responses={204: None, 400: ErrorSerializer}, tags=["events"])
+    def post(self, request):
+        body = s.ClickSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        read = click_token_read(body.validated_data["token"], target_id=body.validated_data["product"])
+        if read is None:
+            raise DRFValidationError({"token": ["Not a click token of this product."]}, code="invalid_token")
+        origin, position = read
+        panel_event_record(kind="click", channel="api", visitor=visitor_of(request, api=True),
+                           product_id=origin.product_id, version_id=origin.version_id,
+                           experiment_id=origin.experiment_id, arm=origin.arm, rules=origin.rules,
+                           target_id=body.validated_data["product"], position=position)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 # --------------------------------------------------------------------------- search by image

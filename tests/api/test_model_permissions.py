@@ -17,7 +17,7 @@ from tests.factories import CategoryFactory, ProductFactory, ProductImageFactory
 pytestmark = pytest.mark.django_db
 
 SAFE = {"get", "head", "options", "trace"}
-PUBLIC_WRITES = {("search-image", "post"), ("auth-token", "post")}  # anyone; throttled
+PUBLIC_WRITES = {("search-image", "post"), ("auth-token", "post"), ("event-click", "post")}  # anyone; throttled
 
 
 def _write_endpoints(patterns) -> set[tuple[str, str]]:

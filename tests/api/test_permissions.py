@@ -13,6 +13,7 @@ PUBLIC = {
     ("get", "/api/v1/categories/"), ("get", "/api/v1/categories/{id}/"),
     ("get", "/api/v1/products/"), ("get", "/api/v1/products/{id}/"), ("get", "/api/v1/products/{id}/similar/"),
     ("post", "/api/v1/search/image/"), ("get", "/api/v1/health/"), ("post", "/api/v1/auth/token/"),
+    ("post", "/api/v1/events/click/"),
 }
 
 

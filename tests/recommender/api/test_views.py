@@ -25,7 +25,8 @@ def similar(client, product, **params):
 def test_similar_without_features_answers_none(anon_client):
     product = ProductFactory()
     body = similar(anon_client, product).json()
-    assert body == {"product": product.pk, "source": "none", "model_version": None, "results": []}
+    assert body == {"product": product.pk, "source": "none", "model_version": None, "results": [],
+                    "tracking": {"experiment": None, "arm": "", "rules": ""}}
 
 
 def test_similar_cold_start_uses_backbone_features_and_is_public(clients, small_catalog):
