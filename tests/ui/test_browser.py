@@ -327,3 +327,84 @@ def test_a_shopper_draws_a_box_on_the_photo_and_searches_inside_it(live_server, 
     page.screenshot(path=str(ARTIFACTS / "13-photo-search-box-used-desktop.png"), full_page=True)
     assert not errors, errors
     context.close()
+
+
+def _pick(page, group, text):
+    """Add a row to an admin inline and choose a product in its autocomplete (select2) box."""
+    page.click(f"#{group}-group .add-row a")
+    page.locator(f"#{group}-group .select2-selection").last.click()
+    page.fill(".select2-search__field", text)
+    page.click(f".select2-results__option:has-text('{text}')")
+
+
+def test_a_merchandiser_pins_blocks_and_runs_an_experiment(live_server, browser, transactional_db, settings):
+    """Staff pin a product to the top of a panel and block another (the product's page, select2
+    boxes), check the preview, start an A/B experiment from the dashboard, see a shopper's view
+    and click counted in the arm the shopper was given, and promote the candidate."""
+    from recommender.selectors import similar_products
+    from recommender.services import events
+    from tests.recommender.helpers import retired_and_active
+
+    events._redis().delete(events.BUFFER_KEY, events.FLUSHING_KEY)
+    old, new = retired_and_active(settings)
+    ModelVersion.objects.filter(pk=old.pk).update(status="ready")  # a candidate to compare with v(new)
+    User.objects.create_superuser("merch", "merch@example.com", "merch-pw")
+    product = Product.objects.order_by("id").first()
+    before = [item.product.pk for item in similar_products(product=product, k=6).items]
+    pin = Product.objects.exclude(pk__in=[product.pk, *before]).order_by("-id").first()
+    blocked = Product.objects.get(pk=before[0])
+    pages = Pages(browser, live_server.url)
+    desktop = pages.desktop
+    desktop.goto(f"/admin/login/?next=/admin/catalog/product/{product.pk}/change/")
+    desktop.fill("#id_username", "merch")
+    desktop.fill("#id_password", "merch-pw")
+    desktop.click("input[type=submit]")
+
+    # 1. Pin and block on the product's page, then check the preview.
+    _pick(desktop, "panel_pins", pin.sku)
+    _pick(desktop, "panel_blocks", blocked.sku)
+    desktop.click("input[name=_continue]")
+    assert "was changed successfully" in desktop.text_content(".messagelist")
+    desktop.goto(f"/admin/catalog/product/{product.pk}/panel/")
+    active_panel = desktop.locator(f"#panel-{new.pk} li")
+    assert active_panel.first.get_attribute("data-product") == str(pin.pk)
+    assert "lk-pinned" in active_panel.first.get_attribute("class")
+    assert str(blocked.pk) not in [active_panel.nth(n).get_attribute("data-product") for n in range(6)]
+    pages.shot(desktop, "14-panel-preview-desktop")
+
+    # 2. Start an experiment: v(new) as A, the ready v(old) as B, half of the visitors each.
+    desktop.goto("/admin/recommender/modelversion/")
+    desktop.select_option("#experiment-candidate", str(old.pk))
+    desktop.select_option("#experiment-split", "0.5")
+    desktop.click("#experiment-start-button")
+    assert "started" in desktop.text_content(".messagelist")
+    assert desktop.text_content("#verdict").strip() == "Not enough data yet"
+
+    # 3. A shopper: the first page gives the browser its visitor id (the beacon), the next ones are
+    # answered by its arm; the pin is first whichever version answers, the blocked product absent.
+    shopper = browser.new_context(viewport=DESKTOP, base_url=live_server.url).new_page()
+    for _ in range(2):
+        shopper.goto(product.get_absolute_url())
+        shopper.locator("img.beacon").scroll_into_view_if_needed()
+        shopper.wait_for_function("() => document.querySelector('img.beacon').complete")
+    cards = shopper.locator("#similar .card")
+    assert cards.count() == 6 and f"/p/{pin.pk}/" in cards.first.get_attribute("href")
+    assert not shopper.locator(f"#similar .card[href^='/p/{blocked.pk}/']").count()
+    cards.nth(1).click()
+    shopper.wait_for_selector("h1")
+    # Three views (the product twice, then the clicked product's own panel) and a click; the beat
+    # writes them every few seconds, the test at once.
+    assert events.panel_events_flush() == 4
+
+    # 4. The dashboard counts them in the shopper's arm; staff promote the candidate.
+    desktop.reload()  # the dashboard, again
+    rows = desktop.locator("#experiment-arms tbody tr")
+    cells = [rows.nth(n).locator("td").all_text_contents() for n in range(rows.count())]
+    counts = [(int(row[1]), int(row[2])) for row in cells]  # arm, views, clicks, CTR, per 1,000
+    assert sorted(counts) == [(0, 0), (2, 1)]  # the first view came before the shopper had an id: outside
+    pages.shot(desktop, "15-ab-experiment-desktop")
+    desktop.click("#experiment-end button[value=promote]")
+    assert "promoted" in desktop.text_content(".messagelist")
+    assert ModelVersion.objects.get(pk=old.pk).status == "active"
+    assert not pages.errors, pages.errors
+    pages.context.close()
