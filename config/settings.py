@@ -121,6 +121,7 @@ CACHES = {
 # only keys with one (volatile-*, as the cache's all do) never drops it. EVENTS=0: record nothing.
 EVENTS_REDIS_URL = env("EVENTS_REDIS_URL", _redis_url(REDIS_URL, 2))
 EVENTS = env_bool("EVENTS", True)
+EVENTS_KEEP_DAYS = env_int("EVENTS_KEEP_DAYS", 400)  # the hourly prune deletes older ones (a year and a season)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

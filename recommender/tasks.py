@@ -75,7 +75,7 @@ def retrain_if_needed():
 @app.task(**COMMON)
 def prune_embeddings():
     return {**embeddings.embeddings_prune(), "features": features.features_prune(),
-            "model_files": maintenance.model_files_sweep()}
+            "model_files": maintenance.model_files_sweep(), "panel_events": events.panel_events_prune()}
 
 
 # Every few seconds from the beat; a run that waited longer than a minute in a busy queue is

@@ -97,3 +97,16 @@ def test_the_beat_and_a_real_worker_write_the_buffer(empty_buffer, start_worker)
         client = redis.Redis.from_url(settings.CELERY_REDBEAT_REDIS_URL)
         for key in client.scan_iter(f"{prefix}*"):
             client.delete(key)
+
+
+def test_events_older_than_the_retention_are_pruned(settings):
+    import time
+
+    settings.EVENTS_KEEP_DAYS = 30
+    now = time.time()
+    for age_days in (31, 29, 0):
+        events._insert([{"id": events.event_id(now - age_days * 86400), "at": now - age_days * 86400, "kind": 1,
+                         "channel": "page", "visitor": "v", "product_id": 1, "version_id": None, "experiment_id": None,
+                         "arm": "", "rules": "", "shown": [], "target_id": None, "position": None}])
+    assert events.panel_events_prune(now=now) == 1
+    assert PanelEvent.objects.count() == 2
