@@ -269,3 +269,32 @@ class PanelEvent(models.Model):
     class Meta:
         indexes = [models.Index(fields=["version_id", "kind"], name="panel_event_version"),
                    models.Index(fields=["experiment_id", "arm", "kind"], name="panel_event_experiment")]
+
+
+class PanelCount(models.Model):
+    """Views, clicks and products shown per day, version, experiment and arm: what the dashboard and
+    an experiment's verdict read (a few rows, instead of scanning the events). Added to in the same
+    statement that inserts the events (recommender.services.events), so an event counts once."""
+
+    day = models.DateField()
+    version_id = models.IntegerField(null=True)
+    experiment_id = models.IntegerField(null=True)
+    arm = models.CharField(max_length=1, blank=True)
+    views = models.BigIntegerField(default=0)
+    clicks = models.BigIntegerField(default=0)
+    items = models.BigIntegerField(default=0)  # products shown, over the views
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["day", "version_id", "experiment_id", "arm"],
+                                               nulls_distinct=False, name="one_panel_count_per_day")]
+
+
+class PanelShown(models.Model):
+    """A product shown in some panel under a version (None: the cold start): the coverage."""
+
+    version_id = models.IntegerField(null=True)
+    product_id = models.IntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["version_id", "product_id"], nulls_distinct=False,
+                                               name="one_panel_shown_per_product")]

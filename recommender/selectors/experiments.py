@@ -16,10 +16,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from django.db.models import Count, Q, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import Sum
 
-from recommender.models import Experiment, ModelVersion, PanelEvent
+from recommender.models import Experiment, ModelVersion, PanelCount
 from recommender.selectors.events import panel_rates
 from recommender.stats import two_proportions
 
@@ -65,11 +64,9 @@ def arm_for(*, visitor: str | None) -> Arm:
 
 def experiment_results(*, experiment: Experiment) -> dict:
     """Both arms' views, clicks, CTR with its 95% interval, clicks per 1,000 products shown, and
-    the verdict (recommender.stats.two_proportions: B against A). One aggregate query."""
-    rows = (PanelEvent.objects.filter(experiment_id=experiment.pk).values("arm").annotate(
-        views=Count("id", filter=Q(kind=PanelEvent.Kind.VIEW)),
-        clicks=Count("id", filter=Q(kind=PanelEvent.Kind.CLICK)),
-        items=Coalesce(Sum("shown__len", filter=Q(kind=PanelEvent.Kind.VIEW)), 0)))
+    the verdict (recommender.stats.two_proportions: B against A). One query over the day counts."""
+    rows = (PanelCount.objects.filter(experiment_id=experiment.pk).values("arm")
+            .annotate(views=Sum("views"), clicks=Sum("clicks"), items=Sum("items")))
     found = {row["arm"]: row for row in rows}
     arms = {}
     for name in ("a", "b"):

@@ -26,9 +26,9 @@ import logging
 import secrets
 import threading
 import time
-from datetime import datetime, timezone
 
 from django.conf import settings
+from django.db import connection
 
 from recommender.models import PanelEvent
 
@@ -88,19 +88,50 @@ def panel_event_record(*, kind: str, channel: str, visitor: str | None, product_
     except Exception as exc:
         logger.warning("events buffer unavailable (%s); writing the event directly", exc)
     try:
-        _insert([event])
+        panel_events_write([event])
         return True
     except Exception:
         logger.exception("panel event lost: neither the buffer nor the database took it")
         return False
 
 
-def _row(event: dict) -> PanelEvent:
-    return PanelEvent(**{**event, "at": datetime.fromtimestamp(event["at"], tz=timezone.utc)})
+# One statement: the events inserted (a redelivered one skipped by its id), and only those added to
+# the day's counts and the versions' shown products (the dashboard reads those, never the events:
+# at 1,000,000 events the scan for per-version figures took 4 s). Counts are locked in one order.
+_WRITE_SQL = """
+WITH incoming AS (
+    SELECT * FROM jsonb_to_recordset(%s::jsonb) AS e(
+        id bigint, at double precision, kind smallint, channel text, visitor text, product_id int, version_id int,
+        experiment_id int, arm text, rules text, shown int[], target_id int, position smallint)
+), new AS (
+    INSERT INTO recommender_panelevent (id, at, kind, channel, visitor, product_id, version_id, experiment_id, arm,
+                                        rules, shown, target_id, position)
+    SELECT id, to_timestamp(at), kind, channel, visitor, product_id, version_id, experiment_id, arm, rules,
+           coalesce(shown, '{}'), target_id, position FROM incoming
+    ON CONFLICT (id) DO NOTHING
+    RETURNING at, kind, version_id, experiment_id, arm, shown
+), counted AS (
+    INSERT INTO recommender_panelcount (day, version_id, experiment_id, arm, views, clicks, items)
+    SELECT (at AT TIME ZONE 'UTC')::date, version_id, experiment_id, arm, count(*) FILTER (WHERE kind = 1),
+           count(*) FILTER (WHERE kind = 2), coalesce(sum(cardinality(shown)) FILTER (WHERE kind = 1), 0)
+    FROM new GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (day, version_id, experiment_id, arm) DO UPDATE SET
+        views = recommender_panelcount.views + excluded.views, clicks = recommender_panelcount.clicks + excluded.clicks,
+        items = recommender_panelcount.items + excluded.items
+    RETURNING 1
+)
+INSERT INTO recommender_panelshown (version_id, product_id)
+SELECT DISTINCT new.version_id, s.id FROM new, unnest(new.shown) s(id) WHERE new.kind = 1 ORDER BY 1, 2
+ON CONFLICT DO NOTHING"""
 
 
-def _insert(events: list[dict]) -> None:
-    PanelEvent.objects.bulk_create([_row(e) for e in events], ignore_conflicts=True)
+def panel_events_write(events: list[dict]) -> None:
+    """Insert events (dicts as :func:`panel_event_record` makes them) with their counts; an event
+    already stored (same id) is skipped, its counts too. The flush's and the fallback's one path."""
+    if not events:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(_WRITE_SQL, [json.dumps(events, separators=(",", ":"))])
 
 
 def panel_events_flush(*, max_chunks: int = 500) -> int:
@@ -134,7 +165,7 @@ def _flush_chunks(client, max_chunks: int) -> int:
         if not chunk:
             client.delete(FLUSHING_KEY)
             continue
-        _insert([json.loads(line) for line in chunk])
+        panel_events_write([json.loads(line) for line in chunk])
         client.ltrim(FLUSHING_KEY, len(chunk), -1)  # an emptied list is deleted by Redis
         written += len(chunk)
     return written

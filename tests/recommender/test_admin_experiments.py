@@ -5,7 +5,8 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.urls import reverse
 
-from recommender.models import Experiment, ModelVersion, PanelEvent
+from recommender.models import Experiment, ModelVersion
+from recommender.services.events import panel_events_write
 
 pytestmark = pytest.mark.django_db
 DASHBOARD = "admin:recommender_modelversion_changelist"
@@ -17,11 +18,12 @@ def versions(*statuses):
 
 
 def views_and_clicks(*, version, experiment=None, arm="", views, clicks, first_id):
-    common = {"at": "2026-01-01T00:00:00Z", "channel": "page", "product_id": 1, "version_id": version.pk,
-              "experiment_id": experiment.pk if experiment else None, "arm": arm}
-    PanelEvent.objects.bulk_create(
-        [PanelEvent(id=first_id + n, kind=1, shown=[1, 2, 3], **common) for n in range(views)]
-        + [PanelEvent(id=first_id + views + n, kind=2, target_id=2, position=1, **common) for n in range(clicks)])
+    common = {"at": 1.7e9, "channel": "page", "visitor": "v", "product_id": 1, "version_id": version.pk,
+              "experiment_id": experiment.pk if experiment else None, "arm": arm, "rules": "", "target_id": None,
+              "position": None}
+    panel_events_write([{**common, "id": first_id + n, "kind": 1, "shown": [1, 2, 3]} for n in range(views)]
+                       + [{**common, "id": first_id + views + n, "kind": 2, "shown": [], "target_id": 2,
+                           "position": 1} for n in range(clicks)])
 
 
 def test_start_follow_and_drop_an_experiment(admin_client):

@@ -5,7 +5,8 @@ retirement or replacement."""
 import pytest
 from django.core.exceptions import ValidationError
 
-from recommender.models import Experiment, ModelVersion, PanelEvent
+from recommender.models import Experiment, ModelVersion
+from recommender.services.events import panel_events_write
 from recommender.selectors.experiments import arm_assign, arm_for, experiment_results, experiment_running
 from recommender.services.experiments import experiment_end, experiment_start
 from recommender.services.versions import model_version_activate, model_version_retire
@@ -104,15 +105,15 @@ def test_results_per_arm_with_the_verdict():
     experiment = experiment_start(candidate=candidate, split=0.5)
 
     def events(arm, views, clicks, first_id):
-        rows = [PanelEvent(id=first_id + n, at="2026-01-01T00:00:00Z", kind=1, channel="page", product_id=1,
-                           version_id=active.pk, experiment_id=experiment.pk, arm=arm, shown=[1, 2, 3, 4, 5, 6])
-                for n in range(views)]
-        rows += [PanelEvent(id=first_id + views + n, at="2026-01-01T00:00:00Z", kind=2, channel="page", product_id=1,
-                            version_id=active.pk, experiment_id=experiment.pk, arm=arm, target_id=2, position=1)
-                 for n in range(clicks)]
-        return rows
+        common = {"at": 1.7e9, "channel": "page", "visitor": "v", "product_id": 1, "version_id": active.pk,
+                  "experiment_id": experiment.pk, "arm": arm, "rules": "", "target_id": None, "position": None}
+        return ([{**common, "id": first_id + n, "kind": 1, "shown": [1, 2, 3, 4, 5, 6]} for n in range(views)]
+                + [{**common, "id": first_id + views + n, "kind": 2, "shown": [], "target_id": 2, "position": 1}
+                   for n in range(clicks)])
 
-    PanelEvent.objects.bulk_create(events("a", 1000, 100, first_id=1) + events("b", 1000, 150, first_id=10_000))
+    written = events("a", 1000, 100, first_id=1) + events("b", 1000, 150, first_id=10_000)
+    panel_events_write(written)
+    panel_events_write(written[:500])  # a chunk written again after a lost acknowledgement: counted once
     results = experiment_results(experiment=experiment)
     assert (results["a"]["views"], results["a"]["clicks"], results["b"]["clicks"]) == (1000, 100, 150)
     assert results["a"]["ctr"] == pytest.approx(0.1) and results["a"]["per_1000"] == pytest.approx(100 / 6)
