@@ -22,7 +22,9 @@ features; a head (recommender.head, the product's 32 epochs and 20% validation s
 on the catalog's categories; products and queries are its standardised 512-d mid-layer embeddings.
 
 Each query's 24 nearest products (recommender.selectors.diversity.POOL_MIN) are re-ranked by MMR
-(recommender.diversity.mmr_order_from_distances) at each trade-off, and of the 6 kept:
+(recommender.diversity.mmr_order_from_distances) at each trade-off, and by the variant cap (CAPS:
+nearest first, at most N of a variant group, groups inferred from the pool's distances by
+recommender.diversity.variant_groups; the product's setting DIVERSITY_VARIANTS_MAX), and of the 6 kept:
 
 - P@6: share with the query's category (what re-ranking costs);
 - distinct families among the 6 (the variant-crowding measure: higher is better, 6 at most), and
@@ -65,13 +67,17 @@ from PIL import Image, ImageEnhance  # noqa: E402
 from bench import catalogs, common  # noqa: E402
 from catalog import perceptual  # noqa: E402  (pure PIL + numpy)
 from recommender.diversity import (  # noqa: E402
-    intra_list_distance, mmr_order_from_distances, pairwise_distances, rerank_metrics)
+    intra_list_distance, mmr_order_from_distances, pairwise_distances, rerank_metrics, variant_groups)
 from recommender.evaluation import nearest  # noqa: E402
 
 SOURCES = ("colour_objects", "recoloured_crops", "line_drawings")
 SIZES = {"quick": (180, 300), "full": (900, 1000)}  # families per catalog, held-out queries per catalog
 FAMILY_SIZES = (1, 3, 6)  # products per family: a base item and V-1 variants
 TRADE_OFFS = (1.0, 0.9, 0.8, 0.7, 0.5)  # RECOMMENDER["DIVERSITY_LAMBDA"]; 1.0 = nearest first (the default)
+# The variant cap (RECOMMENDER["DIVERSITY_VARIANTS_MAX"], ["DIVERSITY_VARIANT_CLOSENESS"]): (trade-off,
+# at most this many of a variant group, closeness as a share of the pool's median distance to the query).
+CAPS = ((1.0, 2, 0.5), (1.0, 2, 0.6), (1.0, 2, 0.7), (1.0, 1, 0.6), (0.9, 2, 0.6))
+SETTINGS = tuple((t, 0, 0.0) for t in TRADE_OFFS) + CAPS
 K, POOL = 6, 24  # the panel, and the pool it is re-ranked from (recommender.selectors.diversity.POOL_MIN)
 CROWDED = 3  # a panel with this many products of one family is crowded
 PIXELS = 32  # side of the raw-pixel space
@@ -150,43 +156,58 @@ def standardise(index: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
 # --------------------------------------------------------------------------- metrics (pure)
 
 
+def setting_label(setting) -> str:
+    """'0.80' for MMR alone (its trade-off), 'cap 2 @0.6' for the variant cap (+ MMR's trade-off below 1)."""
+    trade_off, per_group, closeness = setting
+    if not per_group:
+        return f"{trade_off:.2f}"
+    return f"cap {per_group} @{closeness:.1f}" + (f" + {trade_off:.2f}" if trade_off < 1 else "")
+
+
+PLAIN = setting_label(SETTINGS[0])  # nearest first: every change is against it
+
+
 def panel_metrics(*, query_vectors, query_labels, index_vectors, index_labels, index_family, spaces=None,
-                  trade_offs=TRADE_OFFS, k: int = K, pool: int = POOL, exclude_self: bool = False) -> dict:
-    """Per trade-off, over queries: P@k (same category), distinct families among the k, distinct
-    families of the query's category among them (relevant_families), share of panels with CROWDED
-    or more of one family, intra-list distance in the embedding and in each of
-    ``spaces`` ({name: index rows}). ``exclude_self``: the queries are the index rows themselves
-    (product pages), each left out of its own pool. Also ``pool_crowded_share``: queries whose pool
-    holds CROWDED or more products of one family (what the re-ranker can act on)."""
+                  settings=SETTINGS, k: int = K, pool: int = POOL, exclude_self: bool = False) -> dict:
+    """Per setting (trade-off, per_group, closeness; :func:`setting_label` names it, the first is the
+    baseline), over queries: P@k (same category), distinct families among the k, distinct families
+    of the query's category among them (relevant_families), share of panels with CROWDED or more of
+    one family, intra-list distance in the embedding and in each of ``spaces`` ({name: index
+    rows}). ``exclude_self``: the queries are the index rows themselves (product pages), each left
+    out of its own pool. Also ``pool_crowded_share``: queries whose pool holds CROWDED or more
+    products of one family (what the re-ranker can act on)."""
     query_vectors = np.asarray(query_vectors, dtype=np.float64)
     index_vectors = np.asarray(index_vectors, dtype=np.float64)
     query_labels, index_labels, index_family = map(np.asarray, (query_labels, index_labels, index_family))
     spaces = {"embedding": index_vectors, **{name: np.asarray(v, np.float64) for name, v in (spaces or {}).items()}}
     neighbours = nearest(query_vectors, index_vectors, pool, exclude_self=exclude_self)
-    sums = {t: dict.fromkeys([f"precision_at_{k}", "distinct_families", "relevant_families", "crowded_share",
-                              *(f"intra_list_distance_{name}" for name in spaces)], 0.0) for t in trade_offs}
-    pool_crowded, hits = 0, {t: [] for t in trade_offs}  # hits: per-query P@k, for the change's error
+    labels = [setting_label(s) for s in settings]
+    sums = {name: dict.fromkeys([f"precision_at_{k}", "distinct_families", "relevant_families", "crowded_share",
+                                 *(f"intra_list_distance_{space}" for space in spaces)], 0.0) for name in labels}
+    pool_crowded, hits = 0, {name: [] for name in labels}  # hits: per-query P@k, for the change's error
     for query, label, rows in zip(query_vectors, query_labels, neighbours):
         candidates = index_vectors[rows]
         relevance = np.linalg.norm(candidates - query[None, :], axis=1)
         pairwise = pairwise_distances(candidates)
         pool_crowded += np.bincount(index_family[rows]).max() >= CROWDED
-        for t in trade_offs:
-            picked = rows[mmr_order_from_distances(relevance=relevance, pairwise=pairwise, k=k, trade_off=t)]
-            s = sums[t]
-            hits[t].append(float(np.mean(index_labels[picked] == label)))
-            s[f"precision_at_{k}"] += hits[t][-1]
+        for name, (t, per_group, closeness) in zip(labels, settings):
+            groups = variant_groups(relevance=relevance, pairwise=pairwise, closeness=closeness) if per_group else None
+            picked = rows[mmr_order_from_distances(relevance=relevance, pairwise=pairwise, k=k, trade_off=t,
+                                                   groups=groups, per_group=per_group)]
+            s = sums[name]
+            hits[name].append(float(np.mean(index_labels[picked] == label)))
+            s[f"precision_at_{k}"] += hits[name][-1]
             s["distinct_families"] += len(set(index_family[picked].tolist()))
             s["relevant_families"] += len(set(index_family[picked][index_labels[picked] == label].tolist()))
             s["crowded_share"] += np.bincount(index_family[picked]).max() >= CROWDED
-            for name, space in spaces.items():
-                s[f"intra_list_distance_{name}"] += intra_list_distance(space[picked])
+            for space, vectors in spaces.items():
+                s[f"intra_list_distance_{space}"] += intra_list_distance(vectors[picked])
     n = max(len(query_vectors), 1)
-    base = np.asarray(hits[trade_offs[0]])
+    base = np.asarray(hits[labels[0]])
     return {"queries": len(query_vectors), "pool_crowded_share": pool_crowded / n,
-            "by_trade_off": {t: {**{key: float(v) / n for key, v in s.items()},
-                                 f"precision_at_{k}_change_se": paired_se(np.asarray(hits[t]) - base)}
-                             for t, s in sums.items()}}
+            "by_setting": {name: {**{key: float(v) / n for key, v in s.items()},
+                                  f"precision_at_{k}_change_se": paired_se(np.asarray(hits[name]) - base)}
+                           for name, s in sums.items()}}
 
 
 def paired_se(differences: np.ndarray) -> float:
@@ -200,12 +221,12 @@ def combined(parts: list[dict]) -> dict:
 
     def mean(t, key):
         if key.endswith("_se"):  # independent sets: the weighted mean's error
-            return float(np.sqrt(sum((p["by_trade_off"][t][key] * p["queries"]) ** 2 for p in parts)) / n)
-        return sum(p["by_trade_off"][t][key] * p["queries"] for p in parts) / n
+            return float(np.sqrt(sum((p["by_setting"][t][key] * p["queries"]) ** 2 for p in parts)) / n)
+        return sum(p["by_setting"][t][key] * p["queries"] for p in parts) / n
 
     return {"queries": n, "pool_crowded_share": sum(p["pool_crowded_share"] * p["queries"] for p in parts) / n,
-            "by_trade_off": {t: {key: mean(t, key) for key in parts[0]["by_trade_off"][t]}
-                             for t in parts[0]["by_trade_off"]}}
+            "by_setting": {t: {key: mean(t, key) for key in parts[0]["by_setting"][t]}
+                           for t in parts[0]["by_setting"]}}
 
 
 def sibling_nearest_share(vectors, family, family_size) -> float:
@@ -295,7 +316,7 @@ def measure_source(source: str, n_families: int, n_queries: int, embed, log=prin
                            spaces={"raw_pixels": p_index})
     for t, expected in check.items():
         for key, value in expected.items():
-            assert abs(held["by_trade_off"][t][key] - value) < 1e-6, (source, t, key, value)
+            assert abs(held["by_setting"][setting_label((t, 0, 0.0))][key] - value) < 1e-6, (source, t, key, value)
     pages = panel_metrics(query_vectors=e_index, query_labels=labels, exclude_self=True, **shared)
     sizes = {str(v): int(np.sum(catalog["family_size"][np.unique(family, return_index=True)[1]] == v))
              for v in FAMILY_SIZES}
@@ -307,7 +328,7 @@ def measure_source(source: str, n_families: int, n_queries: int, embed, log=prin
         "features_precision_at_6": None if features is None else
         retrieval_metrics(features[1], queries["labels"], features[0], labels, k=K)["precision_at_6"],
         "held_out": held, "product_pages": pages, "seconds": round(time.perf_counter() - started, 1)}
-    plain = held["by_trade_off"][1.0]
+    plain = held["by_setting"][PLAIN]
     log(f"  plain panels: P@6 {plain['precision_at_6']:.3f}, {plain['distinct_families']:.2f} distinct families, "
         f"{plain['crowded_share']:.1%} crowded; variants nearest a sibling {result['sibling_nearest_share']:.1%} "
         f"({result['seconds']} s)")
@@ -317,19 +338,19 @@ def measure_source(source: str, n_families: int, n_queries: int, embed, log=prin
 # --------------------------------------------------------------------------- tables
 
 
-COLUMNS = ["Trade-off (1 = nearest first)", "P@6", "P@6 change (± 1 s.e.)", "Distinct families in 6", "Change",
+COLUMNS = ["Re-ranking (1.00 = nearest first; 0.xx = MMR; cap N @c = at most N of a variant group)", "P@6", "P@6 change (± 1 s.e.)", "Distinct families in 6", "Change",
            "Same-category families in 6",
            f"Panels with >= {CROWDED} of a family", "Intra-list distance, embedding", "Gain",
            "Intra-list distance, raw pixels", "Gain"]
 
 
 def trade_off_rows(m: dict, first: list | None = None) -> list[list]:
-    base = m["by_trade_off"][1.0]
+    base = m["by_setting"][PLAIN]
     rows = []
-    for t, r in m["by_trade_off"].items():
+    for t, r in m["by_setting"].items():
         gains = [r[f"intra_list_distance_{s}"] / base[f"intra_list_distance_{s}"] - 1
                  for s in ("embedding", "raw_pixels")]
-        rows.append([*(first or []), f"{t:.2f}", f"{r['precision_at_6']:.4f}",
+        rows.append([*(first or []), t, f"{r['precision_at_6']:.4f}",
                      f"{r['precision_at_6'] - base['precision_at_6']:+.4f} ± {r['precision_at_6_change_se']:.4f}",
                      f"{r['distinct_families']:.3f}",
                      f"{r['distinct_families'] - base['distinct_families']:+.3f}", f"{r['relevant_families']:.3f}",
@@ -344,11 +365,11 @@ def catalog_table(results: list[dict], spec, epochs: int) -> dict:
     for r in results:
         fams = r["families"]
         rows.append([r["source"], r["categories"], f"{fams['1']}/{fams['3']}/{fams['6']}", r["products"], r["queries"],
-                     r["embedding"].get("val_accuracy"), r["held_out"]["by_trade_off"][1.0]["precision_at_6"],
+                     r["embedding"].get("val_accuracy"), r["held_out"]["by_setting"][PLAIN]["precision_at_6"],
                      r["features_precision_at_6"], f"{r['sibling_nearest_share']:.1%}",
                      f"{r['sibling_duplicate_share']:.1%}",
                      f"{r['held_out']['pool_crowded_share']:.1%}",
-                     f"{r['held_out']['by_trade_off'][1.0]['crowded_share']:.1%}"])
+                     f"{r['held_out']['by_setting'][PLAIN]['crowded_share']:.1%}"])
     return common.table(
         "Variant-heavy catalogs (families of 1, 3 and 6 near-identical products; held-out queries)",
         ["Catalog", "Categories", "Families V=1/3/6", "Products", "Queries", "Head val. accuracy", "P@6, head",
@@ -365,7 +386,10 @@ def catalog_table(results: list[dict], spec, epochs: int) -> dict:
 
 
 def tables_for(results: list[dict], overall: dict, spec, epochs: int) -> list[dict]:
-    note = (f"Each query's {POOL} nearest products re-ranked by MMR (recommender.diversity); intra-list distance: "
+    note = (f"Each query's {POOL} nearest products re-ranked (recommender.diversity): 0.xx = MMR at that trade-off "
+            "(RECOMMENDER['DIVERSITY_LAMBDA']); cap N @c = nearest first with at most N of a variant group "
+            "(RECOMMENDER['DIVERSITY_VARIANTS_MAX']), variants linked when closer than c x the pool's median distance "
+            "to the query (['DIVERSITY_VARIANT_CLOSENESS']; single linkage, the query in its own group); intra-list distance: "
             f"mean over the 15 pairs of the {K}, raw pixels = {PIXELS}x{PIXELS} RGB standardised on the catalog. "
             "Same-category families: distinct families of the query's category among the 6.")
     tables = [catalog_table(results, spec, epochs)]
@@ -416,7 +440,8 @@ def main(argv=None) -> int:
     epochs = int(os.environ.get("RECOMMENDER_EPOCHS", 32))
     spec = BackboneSpec(weights=weights, input_size=input_size)
     n_families, n_queries = SIZES[args.mode]
-    print(f"Backbone {spec.identity} ({reason}); head {epochs} epochs; trade-offs {TRADE_OFFS}")
+    print(f"Backbone {spec.identity} ({reason}); head {epochs} epochs; settings "
+          f"{', '.join(setting_label(x) for x in SETTINGS)}")
     embed = head_embedder(spec, epochs)
     results = [measure_source(source, n_families, n_queries, embed) for source in sources]
     overall = {view: combined([r[view] for r in results]) for view in ("held_out", "product_pages")}
@@ -431,7 +456,8 @@ def main(argv=None) -> int:
             "backbone": spec.identity, "input_size": input_size, "epochs": epochs,
             "protocol": {"sources": sources, "families_per_catalog": n_families, "family_sizes": list(FAMILY_SIZES),
                          "queries_per_catalog": n_queries, "k": K, "pool": POOL, "crowded": CROWDED,
-                         "trade_offs": list(TRADE_OFFS), "seed": SEED, "query_seed": SEED + 1},
+                         "trade_offs": list(TRADE_OFFS), "caps": [list(c) for c in CAPS],
+                         "settings": [setting_label(x) for x in SETTINGS], "seed": SEED, "query_seed": SEED + 1},
             "catalogs": {r["source"]: r for r in results}, "overall": overall, "tables": tables,
             "seconds": seconds})
     return 0

@@ -331,6 +331,13 @@ RECOMMENDER = {
     # cost 0.010 for +20.5% (+8.9%); an uncached panel ~2 ms more (one query). Off by default: that
     # benchmark has no variants to show the real case; try 0.8 for a catalog of many variants.
     "DIVERSITY_LAMBDA": env_float("RECOMMENDER_DIVERSITY_LAMBDA", 1.0),
+    # At most N products of a variant group in a panel (0 = off): near-identical products, closer than
+    # CLOSENESS x the pool's median distance to the query (recommender/diversity.py). bench/diversity.py
+    # (variant-heavy catalogs, quick): N=2 on product pages 2.62 -> 3.80 distinct families of 6,
+    # crowded panels 79.6% -> 9.3%, P@6 -0.084 (only siblings replaced; same-category families
+    # 2.01 -> 2.74); held-out queries P@6 -0.009; Fashion-MNIST -0.0003 (bench/quality.py). Try 2.
+    "DIVERSITY_VARIANTS_MAX": env_int("RECOMMENDER_DIVERSITY_VARIANTS_MAX", 0),
+    "DIVERSITY_VARIANT_CLOSENESS": env_float("RECOMMENDER_DIVERSITY_VARIANT_CLOSENESS", 0.6),
 }
 THUMBNAIL_SIZES = (128, 256, 512)
 

@@ -31,6 +31,7 @@ _KEYS = {
     "BACKBONE_EPOCHS": "backbone_epochs", "BACKBONE_INPUT_SIZE": "backbone_input_size",
     "BACKBONE_BATCH_SIZE": "backbone_batch_size", "BACKBONE_LEARNING_RATE": "backbone_learning_rate",
     "BACKBONE_MIN_STEPS": "backbone_min_steps", "DIVERSITY_LAMBDA": "diversity_lambda",
+    "DIVERSITY_VARIANTS_MAX": "diversity_variants_max", "DIVERSITY_VARIANT_CLOSENESS": "diversity_variant_closeness",
 }
 TRAINING_KINDS = ("head", "backbone", "auto")
 BACKBONE_RUNTIMES = ("auto", "openvino", "keras")  # recommender.backbone.RUNTIMES (not imported: numpy)
@@ -75,6 +76,8 @@ class RecommenderConfig:
     backbone_learning_rate: float
     backbone_min_steps: int
     diversity_lambda: float  # MMR's relevance weight in a panel: 1.0 = nearest first (recommender.diversity)
+    diversity_variants_max: int  # at most this many of a variant group in a panel; 0 = no cap
+    diversity_variant_closeness: float  # variants: closer than this x the pool's median distance to the query
 
     @classmethod
     def from_dict(cls, values: dict) -> RecommenderConfig:
@@ -134,6 +137,10 @@ class RecommenderConfig:
             ("backbone_min_steps", self.backbone_min_steps >= 0, "must be 0 or more"),
             ("diversity_lambda", 0 <= self.diversity_lambda <= 1,
              "must be between 0 (most varied) and 1 (nearest first, no re-ranking)"),
+            ("diversity_variants_max", self.diversity_variants_max >= 0,
+             "must be 0 (no cap) or more (at most that many of a variant group in a panel)"),
+            ("diversity_variant_closeness", 0 < self.diversity_variant_closeness <= 2,
+             "must be above 0 and at most 2 (a share of the pool's median distance to the query)"),
         ]
         return [f"RECOMMENDER['{name.upper()}'] {message} (it is {getattr(self, name)!r})"
                 for name, ok, message in rules if not ok]

@@ -19,6 +19,15 @@ Contract:
 - ties go to the nearer candidate (the earlier position), so the order is deterministic;
 - ``min(k, len(candidates))`` positions are returned, never a position twice.
 
+Variant cap: MMR barely breaks up a family on a product page (the query is itself a family member,
+so for a trade-off above 0.5 a sibling, nearer to both, always outscores a distinct product). The
+cap, :func:`variant_groups` and ``per_group``, groups the pool's near-identical variants instead: two
+candidates (or a candidate and the query) closer than ``closeness`` times the pool's median
+distance to the query are linked, and a group is whatever links join (single linkage; the query's
+group holds its own siblings). At most ``per_group`` of a group are picked while others are left;
+when only capped candidates remain, they fill the panel back in order, so k whenever k exist.
+The threshold is relative to the pool itself, so no calibration per model version is stored.
+
 :func:`intra_list_distance` measures what it buys (the mean pairwise distance of a list), and
 :func:`rerank_metrics` what it costs in same-category precision, for the quality benchmark.
 """
@@ -28,6 +37,10 @@ from __future__ import annotations
 import numpy as np
 
 RELEVANCE_ONLY = 1.0  # the trade-off that leaves the nearest-first order untouched
+NO_CAP = 0  # per_group: no variant cap
+# Variants are closer than this share of the pool's median distance to the query: measured by
+# bench/diversity.py (0.5 to 0.7 tried: 0.6 breaks up the families for little more precision lost).
+CLOSENESS = 0.6
 
 
 def pairwise_distances(vectors) -> np.ndarray:
@@ -39,29 +52,70 @@ def pairwise_distances(vectors) -> np.ndarray:
     return np.sqrt(np.maximum(d2, 0.0))  # rounding can make a tiny distance negative
 
 
-def mmr_order_from_distances(*, relevance, pairwise, k: int, trade_off: float) -> list[int]:
+def variant_groups(*, relevance, pairwise, closeness: float = CLOSENESS) -> np.ndarray:
+    """A group number per candidate: candidates closer to each other, or to the query, than
+    ``closeness`` times the median of ``relevance`` are linked, and linked candidates share a group
+    (single linkage). The query's own group, if any candidate joins it, is number -1."""
+    relevance = np.asarray(relevance, dtype=np.float64)
+    n = len(relevance)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    threshold = closeness * float(np.median(relevance))
+    linked = np.zeros((n + 1, n + 1), dtype=bool)  # the last node is the query
+    linked[:n, :n] = np.asarray(pairwise, dtype=np.float64) < threshold
+    linked[:n, n] = linked[n, :n] = relevance < threshold
+    np.fill_diagonal(linked, True)
+    group = np.arange(n + 1)
+    while True:  # each node takes the smallest number among its links, until nothing changes
+        spread = np.where(linked, group[None, :], n + 1).min(axis=1)
+        if np.array_equal(spread, group):
+            break
+        group = spread
+    return np.where(group[:n] == group[n], -1, group[:n])
+
+
+def mmr_order_from_distances(*, relevance, pairwise, k: int, trade_off: float, groups=None,
+                             per_group: int = NO_CAP) -> list[int]:
     """MMR over precomputed distances: ``relevance`` (n,) each candidate's distance to the query,
-    ``pairwise`` (n, n) the candidates' distances to each other. Positions, in panel order."""
+    ``pairwise`` (n, n) the candidates' distances to each other. Positions, in panel order.
+    ``groups`` (n,) and ``per_group`` > 0: at most that many of a group while other candidates are
+    left (then the capped ones, best first: k whenever k exist)."""
     if not 0.0 <= trade_off <= 1.0:
         raise ValueError(f"trade_off must be between 0 and 1, not {trade_off!r}")
     relevance = np.asarray(relevance, dtype=np.float64)
     n = len(relevance)
     k = min(int(k), n)
-    if trade_off >= RELEVANCE_ONLY or k <= 0:
+    capped = per_group > NO_CAP and groups is not None
+    if (trade_off >= RELEVANCE_ONLY and not capped) or k <= 0:
         return list(range(max(k, 0)))
     pairwise = np.asarray(pairwise, dtype=np.float64)
-    chosen = [0]  # the nearest first: with nothing picked yet, there is no novelty to weigh
-    left = np.ones(n, dtype=bool)
-    left[0] = False
-    novelty = pairwise[0].copy()  # each candidate's distance to the nearest picked product
+    groups = np.asarray(groups) if capped else np.zeros(n, dtype=np.int64)
+    taken: dict = {}
+    chosen, left = [], np.ones(n, dtype=bool)
+    novelty = np.zeros(n)  # each candidate's distance to the nearest picked product
     while len(chosen) < k:
         score = -trade_off * relevance + (1.0 - trade_off) * novelty
+        if not chosen:  # with nothing picked yet there is no novelty to weigh: the nearest comes first
+            score = np.where(np.arange(n) == 0, 0.0, -np.inf)
         score[~left] = -np.inf
+        if capped:
+            full = np.array([taken.get(g, 0) >= per_group for g in groups.tolist()])
+            if (left & ~full).any():
+                score[full] = -np.inf
         pick = int(np.argmax(score))  # the first maximum: ties go to the nearer candidate
         chosen.append(pick)
         left[pick] = False
-        novelty = np.minimum(novelty, pairwise[pick])
+        taken[groups[pick].item()] = taken.get(groups[pick].item(), 0) + 1
+        novelty = pairwise[pick].copy() if len(chosen) == 1 else np.minimum(novelty, pairwise[pick])
     return chosen
+
+
+def rerank_order(*, relevance, pairwise, k: int, trade_off: float = RELEVANCE_ONLY, per_group: int = NO_CAP,
+                 closeness: float = CLOSENESS) -> list[int]:
+    """MMR at ``trade_off`` with at most ``per_group`` of a variant group (0: no cap)."""
+    groups = variant_groups(relevance=relevance, pairwise=pairwise, closeness=closeness) if per_group else None
+    return mmr_order_from_distances(relevance=relevance, pairwise=pairwise, k=k, trade_off=trade_off,
+                                    groups=groups, per_group=per_group)
 
 
 def mmr_order(*, query, candidates, k: int, trade_off: float) -> list[int]:
@@ -82,12 +136,14 @@ def intra_list_distance(vectors) -> float:
 
 
 def rerank_metrics(*, query_vectors, query_labels, index_vectors, index_labels, trade_offs, k: int = 6,
-                   pool: int = 24, spaces: dict | None = None) -> dict:
+                   pool: int = 24, spaces: dict | None = None, per_group: int = NO_CAP,
+                   closeness: float = CLOSENESS) -> dict:
     """Per trade-off: same-category P@k of the re-ranked top k of each query's ``pool`` nearest
     index rows (Euclidean, exact), and the mean intra-list distance of those k lists in the
     embedding and in each of ``spaces`` ({name: index rows in another space}, e.g. raw pixels: a
     gain measured only in the space MMR optimises would flatter it). At trade-off 1.0 the lists
-    are the plain k nearest, so P@k equals recommender.evaluation.retrieval_metrics'."""
+    are the plain k nearest, so P@k equals recommender.evaluation.retrieval_metrics' (unless
+    ``per_group`` caps the variant groups: :func:`rerank_order`)."""
     from recommender.evaluation import nearest  # pure numpy too
 
     query_vectors = np.asarray(query_vectors, dtype=np.float64)
@@ -101,8 +157,10 @@ def rerank_metrics(*, query_vectors, query_labels, index_vectors, index_labels, 
         candidates = index_vectors[rows]
         relevance = np.linalg.norm(candidates - query[None, :], axis=1)
         pairwise = pairwise_distances(candidates)
+        groups = variant_groups(relevance=relevance, pairwise=pairwise, closeness=closeness) if per_group else None
         for trade_off in trade_offs:
-            picked = rows[mmr_order_from_distances(relevance=relevance, pairwise=pairwise, k=k, trade_off=trade_off)]
+            picked = rows[mmr_order_from_distances(relevance=relevance, pairwise=pairwise, k=k, trade_off=trade_off,
+                                                   groups=groups, per_group=per_group)]
             hits[trade_off] += float(np.mean(index_labels[picked] == label))
             for name, space in spaces.items():
                 distance[trade_off][name] += intra_list_distance(space[picked])

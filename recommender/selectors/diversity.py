@@ -1,14 +1,17 @@
-"""A panel's nearest products re-ranked for variety under a model version: maximal marginal
-relevance (recommender.diversity) over the products' embeddings, with RECOMMENDER["DIVERSITY_LAMBDA"]
-as its trade-off.
+"""A panel's nearest products re-ranked for variety under a model version (recommender.diversity,
+over the products' embeddings): maximal marginal relevance with RECOMMENDER["DIVERSITY_LAMBDA"] as
+its trade-off, and at most RECOMMENDER["DIVERSITY_VARIANTS_MAX"] products of a variant group
+(near-identical products, closer than ["DIVERSITY_VARIANT_CLOSENESS"] times the pool's median
+distance to the query; the product's own variants form its group).
 
-Contract: :func:`panel_reranker` gives None when the setting is 1.0 (the default: the panel is the
-nearest first, as before) and otherwise a re-ranker for recommender.selectors.rules.ruled, which
+Contract: :func:`panel_reranker` gives None when neither is asked for (lambda 1.0, cap 0: the panel
+is the nearest first) and otherwise a re-ranker for recommender.selectors.rules.ruled, which
 asks the vector query for :func:`pool_size` candidates (still without blocked products, hidden
 categories or duplicates: the query leaves them out, so any subset of the pool obeys the rules),
-then keeps k of them by MMR. Pins are not re-ranked (ruled puts them first, untouched). Every
-product keeps its real distance to the query; the panel's order is MMR's, no longer by distance.
-k products whenever the pool holds k. The distances MMR needs are computed in PostgreSQL (each
+then keeps k of them by MMR under the cap (a capped group's further members come back, in order,
+only when too few others are left: k products whenever the pool holds k). Pins are not re-ranked
+(ruled puts them first, untouched) nor counted in a group. Every product keeps its real distance to
+the query; the panel's order is the re-ranker's, no longer by distance. The distances MMR needs are computed in PostgreSQL (each
 candidate at its image nearest the query, as the panel's distance is): no vector is read into
 Python.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 from django.db import connection
 
 from recommender.conf import config
-from recommender.diversity import RELEVANCE_ONLY, mmr_order_from_distances
+from recommender.diversity import NO_CAP, RELEVANCE_ONLY, rerank_order
 
 # Candidates per place re-ranked, and at least POOL_MIN: 24 for a 6-product panel, the pool the
 # quality benchmark measured (bench/quality.py, DIVERSITY_POOL), and within a product's precomputed
@@ -43,17 +46,23 @@ def pool_size(k: int) -> int:
     return max(k * POOL_FACTOR, POOL_MIN)
 
 
-def diversity_setting() -> float:
-    """The configured trade-off (part of a cached panel's key: another setting, another answer)."""
-    return float(config().diversity_lambda)
+def diversity_setting() -> list:
+    """The configured re-ranking, [trade-off, variants per group, closeness] (part of a cached
+    panel's key and of a cached answer's version: another setting, another answer). A list, so it
+    reads the same after a JSON round trip."""
+    settings = config()
+    return [float(settings.diversity_lambda), int(settings.diversity_variants_max),
+            float(settings.diversity_variant_closeness)]
 
 
-def diversified(rows, *, version_id: int, image: int, k: int, trade_off: float) -> list[tuple[int, float]]:
-    """``rows`` (product id, distance to the query image), nearest first, re-ranked by MMR: k of
-    them in panel order. (A candidate without an embedding under the version would count as
-    identical to every other: rows of the version's own query always have one.)"""
+def diversified(rows, *, version_id: int, image: int, k: int, trade_off: float, per_group: int = NO_CAP,
+                closeness: float = 1.0) -> list[tuple[int, float]]:
+    """``rows`` (product id, distance to the query image), nearest first, re-ranked by MMR with at
+    most ``per_group`` of a variant group: k of them in panel order. (A candidate without an
+    embedding under the version would count as identical to every other: rows of the version's own
+    query always have one.)"""
     rows = list(rows)
-    if trade_off >= RELEVANCE_ONLY or len(rows) <= 1:
+    if (trade_off >= RELEVANCE_ONLY and per_group == NO_CAP) or len(rows) <= 1:
         return rows[:k]
     ids = [pid for pid, _ in rows]
     with connection.cursor() as cursor:
@@ -64,18 +73,20 @@ def diversified(rows, *, version_id: int, image: int, k: int, trade_off: float) 
     pairwise = [[0.0] * n for _ in range(n)]
     for a, b, distance in pairs:
         pairwise[position[a]][position[b]] = pairwise[position[b]][position[a]] = float(distance)
-    order = mmr_order_from_distances(relevance=[d for _, d in rows], pairwise=pairwise, k=k, trade_off=trade_off)
+    order = rerank_order(relevance=[d for _, d in rows], pairwise=pairwise, k=k, trade_off=trade_off,
+                         per_group=per_group, closeness=closeness)
     return [rows[i] for i in order]
 
 
 def panel_reranker(*, version, image):
-    """None when the panel is the nearest first (the setting at 1.0); else ``rerank(rows, k)`` for
-    ruled, over the embeddings of ``version`` around the query ``image``."""
-    trade_off = diversity_setting()
-    if trade_off >= RELEVANCE_ONLY:
+    """None when the panel is the nearest first (lambda 1.0 and no variant cap); else
+    ``rerank(rows, k)`` for ruled, over the embeddings of ``version`` around the query ``image``."""
+    trade_off, per_group, closeness = diversity_setting()
+    if trade_off >= RELEVANCE_ONLY and per_group == NO_CAP:
         return None
 
     def rerank(rows, k):
-        return diversified(rows, version_id=version.pk, image=image, k=k, trade_off=trade_off)
+        return diversified(rows, version_id=version.pk, image=image, k=k, trade_off=trade_off,
+                           per_group=per_group, closeness=closeness)
 
     return rerank

@@ -42,8 +42,8 @@ def ruled(rules, *, product, k, filters, nearest, version=None, image=None,
     """Staff's rules (catalog.merchandising) around ``nearest(n, exclude_products=,
     exclude_categories=)``: the pins first, then the nearest of the rest, neither blocked nor of a
     hidden category nor the product's duplicates, k in all whenever k exist. ``rerank(rows, n)``
-    (recommender.selectors.diversity): the rest are n of a larger pool of the nearest, chosen by
-    it; the pins stay first, in staff's order."""
+    (recommender.selectors.diversity: MMR, the variant cap): the rest are n of a larger pool of the
+    nearest, chosen by it (n whenever the pool holds n); the pins stay first, in staff's order."""
     dups = set(duplicates.product_duplicate_ids(product_id=product.pk))
     pins = _pins_shown(rules=rules, k=k, filters=filters, dups=dups, version=version, image=image)
     # Nor the pins' own duplicates: a panel never shows two paired products.

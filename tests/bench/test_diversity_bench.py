@@ -28,7 +28,7 @@ def test_grey_drawings_stay_grey_png():
     assert all(catalogs.extension(f) == "png" and catalogs.decode(f).mode == "L" for f in c["files"])
 
 
-def test_panel_metrics_count_families_and_mmr_breaks_a_crowd():
+def test_panel_metrics_count_families_and_mmr_and_the_cap_break_a_crowd():
     rng = np.random.default_rng(0)
     crowd = np.array([1.0, 0.0]) + rng.normal(0, 0.01, (6, 2))  # six variants of one product, near the query
     others = np.array([[0.0, 1.2], [0.0, -1.2], [-1.2, 0.0], [1.5, 1.5], [1.5, -1.5], [-1.5, 1.5]])
@@ -36,14 +36,16 @@ def test_panel_metrics_count_families_and_mmr_breaks_a_crowd():
     family = np.array([0] * 6 + [1, 2, 3, 4, 5, 6])
     labels = np.array(["a"] * 6 + ["a", "b", "b", "a", "b", "b"])
     m = diversity.panel_metrics(query_vectors=[[0.0, 0.0]], query_labels=["a"], index_vectors=index,
-                                index_labels=labels, index_family=family, trade_offs=(1.0, 0.5), pool=12)
-    plain, mixed = m["by_trade_off"][1.0], m["by_trade_off"][0.5]
+                                index_labels=labels, index_family=family, pool=12,
+                                settings=((1.0, 0, 0.0), (0.5, 0, 0.0), (1.0, 2, 0.6)))
+    plain, mixed, capped = (m["by_setting"][name] for name in ("1.00", "0.50", "cap 2 @0.6"))
     assert (plain["distinct_families"], plain["crowded_share"], plain["precision_at_6"]) == (1, 1.0, 1.0)
     assert mixed["distinct_families"] == 6 and mixed["crowded_share"] == 0.0
     # A sibling of a family already shown counts for P@6, not as another relevant product.
     assert plain["relevant_families"] == 1 and mixed["relevant_families"] > 1
     assert mixed["intra_list_distance_embedding"] > plain["intra_list_distance_embedding"]
     assert m["pool_crowded_share"] == 1.0
+    assert capped["distinct_families"] == 5 and capped["crowded_share"] == 0.0  # two variants, four others
 
 
 def test_a_tiny_catalog_end_to_end_and_the_overall_weighs_each_query():
@@ -52,12 +54,12 @@ def test_a_tiny_catalog_end_to_end_and_the_overall_weighs_each_query():
     for r in parts:
         assert r["products"] == 40 and r["families"] == {"1": 4, "3": 4, "6": 4}
         for view in ("held_out", "product_pages"):
-            assert list(r[view]["by_trade_off"]) == list(diversity.TRADE_OFFS)
-            for t, m in r[view]["by_trade_off"].items():
+            assert list(r[view]["by_setting"]) == [diversity.setting_label(s) for s in diversity.SETTINGS]
+            for t, m in r[view]["by_setting"].items():
                 assert 1 <= m["distinct_families"] <= 6 and 0 <= m["precision_at_6"] <= 1
     overall = diversity.combined([r["held_out"] for r in parts])
-    p6 = [r["held_out"]["by_trade_off"][0.8]["precision_at_6"] for r in parts]
-    assert overall["queries"] == 20 and np.isclose(overall["by_trade_off"][0.8]["precision_at_6"], np.mean(p6))
+    p6 = [r["held_out"]["by_setting"]["cap 2 @0.6"]["precision_at_6"] for r in parts]
+    assert overall["queries"] == 20 and np.isclose(overall["by_setting"]["cap 2 @0.6"]["precision_at_6"], np.mean(p6))
     tables = diversity.tables_for(parts, {"held_out": overall, "product_pages": diversity.combined(
         [r["product_pages"] for r in parts])}, spec=type("Spec", (), {"identity": "pixels"})(), epochs=0)
     assert len(tables) == 1 + len(parts) + 2

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from recommender import diversity
-from recommender.diversity import intra_list_distance, mmr_order, mmr_order_from_distances, rerank_metrics
+from recommender.diversity import (
+    intra_list_distance, mmr_order, mmr_order_from_distances, pairwise_distances, rerank_metrics, rerank_order,
+    variant_groups)
 from recommender.evaluation import retrieval_metrics
 
 
@@ -89,6 +91,52 @@ def test_rerank_metrics_match_plain_retrieval_at_one_and_trade_precision_for_var
     assert found[1.0]["precision_at_6"] == pytest.approx(plain["precision_at_6"])
     assert found[0.5]["intra_list_distance_embedding"] > found[1.0]["intra_list_distance_embedding"]
     assert set(found[0.5]) == {"precision_at_6", "intra_list_distance_embedding", "intra_list_distance_raw_pixels"}
+
+
+def _distances(query, candidates):
+    return {"relevance": np.linalg.norm(candidates - query[None, :], axis=1), "pairwise": pairwise_distances(candidates)}
+
+
+def test_variant_groups_link_near_identical_candidates_relative_to_the_pool_and_chain():
+    query, candidates = variants_and_others()
+    groups = variant_groups(**_distances(query, candidates))
+    assert len(set(groups[:5].tolist())) == 1  # the five variants, one group
+    assert len(set(groups[5:].tolist())) == 5 and groups[0] not in groups[5:]  # each distinct product its own
+    # The threshold is a share of the pool's median distance to the query: scale-free.
+    scaled = variant_groups(**{key: 10 * value for key, value in _distances(query, candidates).items()})
+    assert scaled.tolist() == groups.tolist()
+    # Single linkage: a chain of near steps is one group; the query's own variants are group -1.
+    relevance = [0.1, 0.2, 1.0, 1.0, 1.0]
+    pairwise = np.full((5, 5), 2.0) - 2.0 * np.eye(5)
+    pairwise[0, 1] = pairwise[1, 0] = 0.1
+    pairwise[2, 3] = pairwise[3, 2] = pairwise[3, 4] = pairwise[4, 3] = 0.3  # 2-3-4 a chain (2-4: 2.0)
+    assert variant_groups(relevance=relevance, pairwise=pairwise, closeness=0.5).tolist() == [-1, -1, 2, 2, 2]
+    assert variant_groups(relevance=[], pairwise=np.zeros((0, 0))).tolist() == []
+
+
+@pytest.mark.parametrize("per_group, expected", [(1, [0, 5, 6, 7, 8, 9]), (2, [0, 1, 5, 6, 7, 8]), (0, [0, 1, 2, 3, 4, 5])])
+def test_the_cap_keeps_at_most_n_of_a_variant_group_nearest_first(per_group, expected):
+    query, candidates = variants_and_others()
+    assert rerank_order(**_distances(query, candidates), k=6, per_group=per_group) == expected
+
+
+def test_a_capped_group_fills_the_panel_back_in_order_when_too_few_others_are_left():
+    query, candidates = variants_and_others()
+    candidates = candidates[:7]  # five variants, two distinct products
+    assert rerank_order(**_distances(query, candidates), k=6, per_group=2) == [0, 1, 5, 6, 2, 3]
+    assert rerank_order(**_distances(query, candidates), k=10, per_group=1) == [0, 5, 6, 1, 2, 3, 4]
+    # With MMR too: the cap holds while others are left.
+    order = rerank_order(**_distances(query, candidates), k=6, per_group=2, trade_off=0.9)
+    assert sorted(order[:4]) == [0, 1, 5, 6] and len(set(order)) == 6
+
+
+def test_rerank_metrics_with_the_cap_measure_more_variety_on_variants():
+    query, candidates = variants_and_others()
+    labels = np.array(["a"] * 10)
+    plain, capped = (rerank_metrics(query_vectors=[query], query_labels=["a"], index_vectors=candidates,
+                                    index_labels=labels, trade_offs=(1.0,), k=6, pool=10, per_group=n)[1.0]
+                     for n in (0, 1))
+    assert capped["intra_list_distance_embedding"] > 3 * plain["intra_list_distance_embedding"]
 
 
 def test_the_module_is_pure_ml_no_django():

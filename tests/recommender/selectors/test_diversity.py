@@ -1,7 +1,8 @@
 """Panels re-ranked for variety (recommender.selectors.diversity) by the real panel query on the
 real database: a cluster of near-identical products makes way for distinct ones when
-RECOMMENDER["DIVERSITY_LAMBDA"] is below 1, and the panel is nearest first at 1 (the default);
-the setting is part of a cached panel's key; pins, blocks and duplicates are obeyed with k kept.
+RECOMMENDER["DIVERSITY_LAMBDA"] is below 1, and the panel is nearest first at 1 with no variant
+cap; RECOMMENDER["DIVERSITY_VARIANTS_MAX"] shows at most N of a variant group, k kept; the settings
+are part of a cached panel's key; pins, blocks and duplicates are obeyed with k kept.
 
 Embeddings are written by hand under a version created active (no training): the geometry is
 known, so the expected panels are too."""
@@ -52,12 +53,13 @@ def _names(catalog, **options):
     return [by_pk[item.product.pk] for item in similar_products(product=catalog["query"], k=6, **options).items]
 
 
-def _trade_off(settings, value):
-    settings.RECOMMENDER = {**settings.RECOMMENDER, "DIVERSITY_LAMBDA": value}
+def _trade_off(settings, value, variants_max=0):
+    settings.RECOMMENDER = {**settings.RECOMMENDER, "DIVERSITY_LAMBDA": value, "DIVERSITY_VARIANTS_MAX": variants_max}
 
 
 def test_variants_make_way_for_distinct_products_below_one_and_the_setting_keys_the_cache(settings, catalog):
-    assert config().diversity_lambda == 1.0  # the default: nearest first, as before
+    assert config().diversity_lambda == 1.0  # the default: no MMR
+    _trade_off(settings, 1.0)  # and no variant cap: nearest first
     nearest = [f"variant{i}" for i in range(5)] + ["distinct0"]
     assert _names(catalog) == nearest  # computed and cached
     _trade_off(settings, 0.5)
@@ -105,3 +107,17 @@ def test_a_trade_off_outside_zero_to_one_is_named_by_the_system_check(settings, 
     _trade_off(settings, value)
     [error] = check_config()
     assert error.id == "recommender.E001" and "DIVERSITY_LAMBDA" in error.msg and words in error.msg
+
+
+def test_the_variant_cap_shows_at_most_n_of_a_group_keeps_k_and_keys_the_cache(settings, catalog):
+    _trade_off(settings, 1.0)
+    assert _names(catalog)[:5] == [f"variant{i}" for i in range(5)]  # crowded, and cached
+    _trade_off(settings, 1.0, variants_max=2)
+    assert _names(catalog) == ["variant0", "variant1", "distinct0", "distinct1", "distinct2", "distinct3"]
+    _trade_off(settings, 1.0, variants_max=1)
+    assert _names(catalog) == ["variant0", "distinct0", "distinct1", "distinct2", "distinct3", "distinct4"]
+    # Too few others left once the rules are obeyed: the capped variants fill the panel back in order.
+    merchandising.product_rules_set(product=catalog["query"], pinned=[catalog["far"].pk],
+                                    blocked=[catalog[f"distinct{i}"].pk for i in range(3)])
+    names = _names(catalog)
+    assert names == ["far", "variant0", "distinct3", "distinct4", "variant1", "variant2"]
