@@ -243,17 +243,16 @@ class Experiment(models.Model):
 class PanelEvent(models.Model):
     """One panel shown (``view``) or one of its products clicked (``click``).
 
-    Written in batches from a Redis buffer (recommender.services.events); the id is made when the
-    event happens (time-ordered, random low bits), so a batch written twice after a lost
-    acknowledgement is inserted once (ON CONFLICT DO NOTHING). No foreign keys: events outlive
-    products, and writing them never waits on a catalog row's lock."""
+    Written in batches from a Redis buffer (recommender.services.events); a batch written twice
+    after a lost acknowledgement is inserted once (its digest is claimed in PanelFlush by the same
+    statement). No foreign keys: events outlive products, and writing them never waits on a
+    catalog row's lock."""
 
     class Kind(models.IntegerChoices):
         VIEW = 1, "view"
         CLICK = 2, "click"
 
-    id = models.BigIntegerField(primary_key=True)
-    at = models.DateTimeField()
+    at = models.DateTimeField(db_index=True)  # the prune deletes by it
     kind = models.SmallIntegerField(choices=Kind.choices)
     channel = models.CharField(max_length=4)  # "page" or "api"
     visitor = models.CharField(max_length=32, blank=True)  # random, made by us; "" before it is set
@@ -298,3 +297,11 @@ class PanelShown(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["version_id", "product_id"], nulls_distinct=False,
                                                name="one_panel_shown_per_product")]
+
+
+class PanelFlush(models.Model):
+    """A chunk of buffered events already written (the SHA-256 of its lines): claimed in the
+    statement that writes it, so the chunk read again after a flush died is not written twice."""
+
+    chunk = models.CharField(max_length=64, primary_key=True)
+    at = models.DateTimeField(db_default=Now(), db_index=True)

@@ -14,6 +14,8 @@ def _isolated(settings, tmp_path):
     """Each test gets an empty MEDIA_ROOT, models storage and models cache, and an empty cache."""
     from django.core.cache import cache
 
+    from recommender.selectors.experiments import experiment_cache_clear
+
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.MODELS_ROOT = tmp_path / "models"
     settings.MODELS_STORAGE_ROOT = tmp_path / "model-store"
@@ -21,6 +23,7 @@ def _isolated(settings, tmp_path):
         "BACKEND": "django.core.files.storage.FileSystemStorage",
         "OPTIONS": {"location": str(settings.MODELS_STORAGE_ROOT)}}}
     cache.clear()
+    experiment_cache_clear()  # no running experiment read by an earlier test
     yield
 
 

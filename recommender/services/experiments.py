@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from recommender.models import Experiment, ModelVersion
+from recommender.selectors.experiments import experiment_cache_clear
 from recommender.selectors.versions import active_version
 from recommender.services.versions import model_version_activate, model_version_retire
 
@@ -29,8 +30,10 @@ def experiment_start(*, candidate: ModelVersion, split: float, started_by: str =
         raise ValidationError(f"Only a ready version can be a candidate (v{candidate.pk} is {candidate.status}).")
     try:
         with transaction.atomic():
-            return Experiment.objects.create(control=control, candidate=candidate, split=split,
-                                             started_by=started_by[:150])
+            experiment = Experiment.objects.create(control=control, candidate=candidate, split=split,
+                                                   started_by=started_by[:150])
+            transaction.on_commit(experiment_cache_clear)  # this process serves it at once
+            return experiment
     except IntegrityError:
         running = Experiment.objects.filter(status=Experiment.Status.RUNNING).first()
         raise ValidationError(f"Experiment {running.pk if running else ''} is running; end it first "

@@ -18,6 +18,7 @@ from recommender import publishing, runtime
 from recommender.conf import config
 from recommender.locks import serving_lock
 from recommender.models import Experiment, ModelVersion
+from recommender.selectors.experiments import experiment_cache_clear
 from recommender.selectors.features import images_missing_embedding, images_trained_on
 from recommender.selectors.versions import active_version
 from recommender.services.evaluation import head_evaluate
@@ -74,6 +75,7 @@ def _experiments_end(*, promoted: int | None = None, retired: int | None = None)
     (promoted), another version activated (superseded: its control no longer serves), either
     retired. Within the caller's transaction; an experiment dropped by staff has ended before."""
     running = Experiment.objects.filter(status=Experiment.Status.RUNNING)
+    transaction.on_commit(experiment_cache_clear)  # this process serves without it at once
     now = timezone.now()
     if promoted is not None:
         running.filter(candidate_id=promoted).update(status=Experiment.Status.ENDED, ended_at=now,

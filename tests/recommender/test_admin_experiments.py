@@ -17,13 +17,12 @@ def versions(*statuses):
             for s in statuses]
 
 
-def views_and_clicks(*, version, experiment=None, arm="", views, clicks, first_id):
+def views_and_clicks(*, version, experiment=None, arm="", views, clicks):
     common = {"at": 1.7e9, "channel": "page", "visitor": "v", "product_id": 1, "version_id": version.pk,
               "experiment_id": experiment.pk if experiment else None, "arm": arm, "rules": "", "target_id": None,
               "position": None}
-    panel_events_write([{**common, "id": first_id + n, "kind": 1, "shown": [1, 2, 3]} for n in range(views)]
-                       + [{**common, "id": first_id + views + n, "kind": 2, "shown": [], "target_id": 2,
-                           "position": 1} for n in range(clicks)])
+    panel_events_write([{**common, "kind": 1, "shown": [1, 2, 3]} for n in range(views)]
+                       + [{**common, "kind": 2, "shown": [], "target_id": 2, "position": 1} for n in range(clicks)])
 
 
 def test_start_follow_and_drop_an_experiment(admin_client):
@@ -35,8 +34,8 @@ def test_start_follow_and_drop_an_experiment(admin_client):
     assert response.status_code == 302
     experiment = Experiment.objects.get(status="running")
     assert (experiment.control_id, experiment.candidate_id, experiment.split) == (active.pk, candidate.pk, 0.2)
-    views_and_clicks(version=active, experiment=experiment, arm="a", views=1000, clicks=100, first_id=1)
-    views_and_clicks(version=candidate, experiment=experiment, arm="b", views=1000, clicks=150, first_id=5000)
+    views_and_clicks(version=active, experiment=experiment, arm="a", views=1000, clicks=100)
+    views_and_clicks(version=candidate, experiment=experiment, arm="b", views=1000, clicks=150)
     page = admin_client.get(reverse(DASHBOARD)).content.decode()
     assert "B ahead, 95% confident" in page and "10.0% (8.3–12.0%)" in page and "15.0% (12.9–17.3%)" in page
     assert 'id="clicks-per-version"' in page and "50.0" in page  # 150 clicks per 3,000 products shown

@@ -41,11 +41,13 @@ def test_a_chunk_written_twice_is_stored_once(empty_buffer, monkeypatch):
     for n in range(5):
         view(product_id=n + 1)
     monkeypatch.setattr(events, "FLUSH_CHUNK", 2)
-    # A flush that died after its insert and before trimming: the next one inserts the chunk again.
+    # A flush that died after its insert and before trimming: the next one reads the chunk again.
     empty_buffer.rename(events.BUFFER_KEY, events.FLUSHING_KEY)
-    events.panel_events_write([json.loads(line) for line in empty_buffer.lrange(events.FLUSHING_KEY, 0, 1)])
+    chunk = empty_buffer.lrange(events.FLUSHING_KEY, 0, 1)
+    events.panel_events_write([json.loads(line) for line in chunk], chunk=events.chunk_digest(chunk))
     assert events.panel_events_flush() == 5
     assert PanelEvent.objects.count() == 5
+    assert sorted(PanelEvent.objects.values_list("product_id", flat=True)) == [1, 2, 3, 4, 5]
 
 
 def test_redis_down_writes_the_event_directly(settings, tmp_path):
@@ -105,9 +107,9 @@ def test_events_older_than_the_retention_are_pruned(settings):
     settings.EVENTS_KEEP_DAYS = 30
     now = time.time()
     for age_days in (31, 29, 0):
-        events.panel_events_write([{"id": events.event_id(now - age_days * 86400), "at": now - age_days * 86400, "kind": 1,
-                         "channel": "page", "visitor": "v", "product_id": 1, "version_id": None, "experiment_id": None,
-                         "arm": "", "rules": "", "shown": [], "target_id": None, "position": None}])
+        events.panel_events_write([{"at": now - age_days * 86400, "kind": 1, "channel": "page", "visitor": "v",
+                                    "product_id": 1, "version_id": None, "experiment_id": None, "arm": "",
+                                    "rules": "", "shown": [], "target_id": None, "position": None}])
     assert events.panel_events_prune(now=now) == 1
     assert PanelEvent.objects.count() == 2
 
@@ -119,11 +121,10 @@ def test_counts_and_coverage_per_version_come_from_the_written_events():
     products = [ProductFactory().pk for _ in range(4)]
     common = {"at": 1.7e9, "channel": "page", "visitor": "v", "product_id": products[0], "version_id": 7,
               "experiment_id": None, "arm": "", "rules": "", "target_id": None, "position": None}
-    written = [{**common, "id": 1, "kind": 1, "shown": products[1:3]},
-               {**common, "id": 2, "kind": 1, "shown": products[2:4]},
-               {**common, "id": 3, "kind": 2, "shown": [], "target_id": products[2], "position": 1}]
-    events.panel_events_write(written)
-    events.panel_events_write(written)  # again: nothing counted twice
+    written = [{**common, "kind": 1, "shown": products[1:3]}, {**common, "kind": 1, "shown": products[2:4]},
+               {**common, "kind": 2, "shown": [], "target_id": products[2], "position": 1}]
+    events.panel_events_write(written, chunk="c1")
+    events.panel_events_write(written, chunk="c1")  # the same chunk again: nothing counted twice
     stats = version_panel_stats(version_ids=[7, 8])
     assert (stats[7]["views"], stats[7]["clicks"], stats[7]["per_1000"]) == (2, 1, 250.0)
     assert stats[7]["coverage_shown"] == 0.75 and stats[7]["coverage_lists"] is None  # 3 of 4 products shown
