@@ -23,8 +23,8 @@ categories (recommender.head, what an active version embeds with).
 
     python bench/crop_search.py [--quick | --full]
 
---quick (make bench): 1,000 catalog images and 300 queries per catalog at 64 px (~3 min on 2 cores);
---full: 3,000 and 1,000 at 224 px, the product's input size. Prints the table and writes
+--quick (make bench): 1,000 catalog images and 300 queries per catalog at 64 px (73 s on 2 cores);
+--full: 3,000 and 1,000 at 224 px, the product's input size (28 min on 2 cores). Prints the table and writes
 bench/results/crop_search.json (``results[catalog][embedding][variant]`` = {precision_at_1,
 precision_at_6, map_at_6, queries}, with ``lift_true_box`` and ``lift_loosened_box`` in P@6 over
 the whole picture).
