@@ -19,7 +19,7 @@ from bench import common, heldout  # noqa: E402
 
 DOC = common.ROOT / "docs" / "benchmarks.md"
 ORDER = ["quality", "backbone_training", "extraction_speed", "runtimes", "query_speed", "web_load", "web_shapes", "web_floor", "ingestion", "ingestion_shop",
-         "model_storage", "soak", "heldout", "demo", "duplicates"]
+         "model_storage", "soak", "heldout", "demo", "duplicates", "quality_diversity", "diversity", "crop_search", "events"]
 
 
 def load(name: str) -> dict | None:
@@ -365,6 +365,38 @@ def _headline_duplicates(d: dict) -> list[str]:
                if best_other else ".")]
 
 
+def _headline_diversity(d: dict) -> list[str]:
+    pages = d.get("overall", {}).get("product_pages", {}).get("by_setting", {})
+    plain, cap = pages.get("1.00"), pages.get("cap 2 @0.6")
+    held = d.get("overall", {}).get("held_out", {}).get("by_setting", {})
+    if not (plain and cap and held.get("cap 2 @0.6")):
+        return []
+    return [f"**Variety** (at most 2 of a variant group, the default; variant-heavy catalogs): product pages' panels "
+            f"crowded with >= 3 of one family {plain['crowded_share']:.1%} -> {cap['crowded_share']:.1%}, distinct "
+            f"families of 6 {plain['distinct_families']:.2f} -> {cap['distinct_families']:.2f}, for P@6 "
+            f"{plain['precision_at_6']:.3f} -> {cap['precision_at_6']:.3f} (the product's own siblings replaced); "
+            f"held-out queries' P@6 {held['cap 2 @0.6']['precision_at_6'] - held['1.00']['precision_at_6']:+.3f}."]
+
+
+def _headline_crop(d: dict) -> list[str]:
+    rows = [r for r in d["tables"][0]["rows"] if r[1] == "trained head"]
+    if not rows:
+        return []
+    parts = ", ".join(f"{r[0]} {r[2]:.3f} -> {r[3]:.3f} (loosened box) / {r[4]:.3f} (true box)" for r in rows)
+    return [f"**Search by photo with a box** (a product pasted into a larger scene; P@6, trained head): {parts}."]
+
+
+def _headline_events(d: dict) -> list[str]:
+    h = d.get("headline", {})
+    on_off, arm = h.get("page_cached_visitor_events_on_off"), h.get("page_cached_arm_lookup")
+    flush = d.get("results", {}).get("flush", {}).get("worst_events_per_s")
+    if not (on_off and arm and flush):
+        return []
+    return [f"**Shoppers' events** (worst of 3 interleaved rounds): a cached product page of a visitor in a running "
+            f"experiment costs {on_off['cpu_ratio']:.2f}x the CPU with events on as off, and {arm['cpu_ratio']:.2f}x "
+            f"a visitor's without an id; the buffer is written at {flush:,.0f} events/s."]
+
+
 def _headline_demo(d: dict) -> list[str]:
     events = d.get("events", {})
     served = [v for v in d.get("versions", []) if v["kind"] == "backbone" and v["status"] == "active"]
@@ -381,7 +413,8 @@ HEADLINES = [("quality", _headline_quality), ("backbone_training", _headline_bac
              ("query_speed", _headline_query_speed),
              ("web_load", _headline_web), ("web_shapes", _headline_web_shapes), ("web_floor", _headline_web_floor), ("ingestion", _headline_ingestion),
              ("ingestion_shop", _headline_ingestion_shop), ("model_storage", _headline_model_storage),
-             ("duplicates", _headline_duplicates),
+             ("duplicates", _headline_duplicates), ("diversity", _headline_diversity), ("crop_search", _headline_crop),
+             ("events", _headline_events),
              ("soak", _headline_soak),
              ("heldout", heldout.headline), ("demo", _headline_demo)]
 
@@ -396,7 +429,8 @@ def section_intro(name: str, data: dict) -> list[str]:
     out = []
     if data.get("shrunk"):
         out.append(f"Shrunk in this {data.get('mode', 'quick')} run: " + "; ".join(data["shrunk"]) + ".")
-    script = {"ingestion_shop": "ingestion.py --shop-only", "web_shapes": "web_load.py --shapes-only"}.get(name, f"{name}.py")
+    script = {"ingestion_shop": "ingestion.py --shop-only", "web_shapes": "web_load.py --shapes-only",
+              "quality_diversity": "quality.py --diversity-only"}.get(name, f"{name}.py")
     out.append(f"Script: `bench/{script}`; results: `bench/results/{name}.json`; "
                f"took {data.get('seconds', 'n/a')} s, finished {data.get('finished_at', 'n/a')}, "
                f"load average then {data.get('machine', {}).get('load_average')}.")
@@ -415,6 +449,10 @@ TITLES = {
     "ingestion_shop": "5b. The shop path at each input size (`bench/ingestion.py --shop-only --input-size N`)",
     "model_storage": "5c. Model files through the models storage: a cold host's first load (`bench/model_storage.py`)",
     "duplicates": "9. Near-duplicate detection, calibrated on a labelled set (`bench/duplicates.py`)",
+    "quality_diversity": "10. Variety on Fashion-MNIST: what re-ranking costs where there are no variants (`bench/quality.py --diversity-only`)",
+    "diversity": "10b. Variety on variant-heavy catalogs: MMR and the variant cap (`bench/diversity.py`)",
+    "crop_search": "11. Search by photo with a box: a product inside a larger picture (`bench/crop_search.py`)",
+    "events": "12. Shoppers' panel events on the shopper's path (`bench/events.py`)",
     "soak": "6. Soak: reads during uploads and a retraining (the suite's slow-tier test)",
     "backbone_training": "1b. The trained backbone, Fashion-MNIST protocol, a longer schedule",
     "heldout": "7. Held-out catalogs: search by photo on catalogs the model was never tuned on",
@@ -547,7 +585,7 @@ def render(results: dict, run: dict | None) -> str:
 
 
 # Results written by a mode of another script.
-SCRIPTS = {"ingestion_shop": "ingestion.py", "web_shapes": "web_load.py"}
+SCRIPTS = {"ingestion_shop": "ingestion.py", "web_shapes": "web_load.py", "quality_diversity": "quality.py"}
 
 
 def readme_section(results: dict, run: dict | None) -> str:

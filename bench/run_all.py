@@ -36,7 +36,7 @@ from bench import common  # noqa: E402
 # a 12-epoch schedule, ~30 min on 2 cores (quality.py's row trains the product's default, 6 epochs).
 ON_REQUEST = ["backbone_training", "runtimes"]
 SCRIPTS = ["quality", "extraction_speed", "query_speed", "web_load", "web_floor", "ingestion", "model_storage", "duplicates", "soak",
-           "heldout", "demo"]
+           "heldout", "demo", "diversity", "crop_search", "events"]
 # TensorFlow's and absl's start-up chatter: kept in the logs, not on the console.
 NOISE = re.compile(r"^([IWE]\d{4} |WARNING: All log messages before absl|.*oneDNN custom operations|"
                    r".*cuda_platform|.*cudart_stub|.*SEEDED RANDOM weights|\s*warnings\.warn|.*UserWarning)")

@@ -83,12 +83,14 @@ def _cache_page(request, response, *, key, pk, fingerprint, answers, active):
 
 
 def _click_record(request, *, pk, visitor):
-    """A shopper arrived from a panel's link (``?via=``): one click, on the product it was signed for."""
+    """A shopper arrived from a panel's link (``?via=``): one click, on the product it was signed for,
+    from a browser with a visitor id (given by the panel's beacon: a crawler following the link
+    without loading images, or without cookies, counts nothing)."""
     from recommender.selectors.events import click_token_read
     from recommender.services.events import panel_event_record
 
     read = click_token_read(request.GET.get("via", ""), target_id=int(pk))
-    if read is not None and visitor is not None:
+    if read is not None and visitor:
         origin, position = read
         panel_event_record(kind="click", channel="page", visitor=visitor, product_id=origin.product_id,
                            version_id=origin.version_id, experiment_id=origin.experiment_id, arm=origin.arm,

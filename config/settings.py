@@ -227,6 +227,7 @@ CELERY_TASK_ROUTES = {
     "recommender.tasks.refresh_neighbours": {"queue": "training"},
     "recommender.tasks.recover_lost_work": {"queue": "celery"},
     "recommender.tasks.retrain_if_needed": {"queue": "celery"},
+    "recommender.tasks.flush_panel_events": {"queue": "celery"},  # shoppers' events: small, every 5 s
 }
 # One beat across hosts (config/beat.py): schedule and lock in the broker's Redis (database 0); a beat
 # sends only while it holds the lock, any other (a second host's, a worker's -B) stands by.
@@ -328,15 +329,16 @@ RECOMMENDER = {
     # Similar-items panels re-ranked for variety (MMR, recommender/diversity.py): 1.0 = nearest first
     # (off); lower trades relevance for variety. bench/quality.py (5,000 queries, head embeddings):
     # 0.8 cost no P@6 (0.7540 vs 0.7541) for +6.0% intra-list distance (+2.7% in raw pixels), 0.5
-    # cost 0.010 for +20.5% (+8.9%); an uncached panel ~2 ms more (one query). Off by default: that
-    # benchmark has no variants to show the real case; try 0.8 for a catalog of many variants.
+    # cost 0.010 for +20.5% (+8.9%); an uncached panel ~2 ms more (one query). Off by default: on
+    # product pages of variant-heavy catalogs (bench/diversity.py) 0.8 cost 0.028 of P@6 and left 65%
+    # of panels crowded: a product's own siblings always win MMR above 0.5 (the cap below does not).
     "DIVERSITY_LAMBDA": env_float("RECOMMENDER_DIVERSITY_LAMBDA", 1.0),
     # At most N products of a variant group in a panel (0 = off): near-identical products, closer than
     # CLOSENESS x the pool's median distance to the query (recommender/diversity.py). bench/diversity.py
     # (variant-heavy catalogs, quick): N=2 on product pages 2.62 -> 3.80 distinct families of 6,
     # crowded panels 79.6% -> 9.3%, P@6 -0.084 (only siblings replaced; same-category families
-    # 2.01 -> 2.74); held-out queries P@6 -0.009; Fashion-MNIST -0.0003 (bench/quality.py). Try 2.
-    "DIVERSITY_VARIANTS_MAX": env_int("RECOMMENDER_DIVERSITY_VARIANTS_MAX", 0),
+    # 2.01 -> 2.74); held-out queries P@6 -0.009; Fashion-MNIST -0.0003 (bench/quality.py). On: 2.
+    "DIVERSITY_VARIANTS_MAX": env_int("RECOMMENDER_DIVERSITY_VARIANTS_MAX", 2),
     "DIVERSITY_VARIANT_CLOSENESS": env_float("RECOMMENDER_DIVERSITY_VARIANT_CLOSENESS", 0.6),
 }
 THUMBNAIL_SIZES = (128, 256, 512)

@@ -75,15 +75,17 @@ def _experiments_end(*, promoted: int | None = None, retired: int | None = None)
     (promoted), another version activated (superseded: its control no longer serves), either
     retired. Within the caller's transaction; an experiment dropped by staff has ended before."""
     running = Experiment.objects.filter(status=Experiment.Status.RUNNING)
-    transaction.on_commit(experiment_cache_clear)  # this process serves without it at once
     now = timezone.now()
+    ended = 0
     if promoted is not None:
-        running.filter(candidate_id=promoted).update(status=Experiment.Status.ENDED, ended_at=now,
-                                                     outcome=Experiment.Outcome.PROMOTED)
-        running.update(status=Experiment.Status.ENDED, ended_at=now, outcome=Experiment.Outcome.SUPERSEDED)
+        ended += running.filter(candidate_id=promoted).update(status=Experiment.Status.ENDED, ended_at=now,
+                                                              outcome=Experiment.Outcome.PROMOTED)
+        ended += running.update(status=Experiment.Status.ENDED, ended_at=now, outcome=Experiment.Outcome.SUPERSEDED)
     if retired is not None:
-        running.filter(Q(candidate_id=retired) | Q(control_id=retired)).update(
+        ended += running.filter(Q(candidate_id=retired) | Q(control_id=retired)).update(
             status=Experiment.Status.ENDED, ended_at=now, outcome=Experiment.Outcome.RETIRED)
+    if ended:
+        transaction.on_commit(experiment_cache_clear)  # this process serves without it at once
 
 
 def model_version_activate(*, version: ModelVersion) -> ModelVersion:

@@ -42,6 +42,7 @@ def test_a_view_and_a_click_are_recorded_with_what_answered(client, settings):
     html = client.get(product.get_absolute_url()).content.decode()
     beacon, links = beacon_and_links(html)
     assert len(links) == 6 and all("?via=" in link for link in links)
+    assert f'<link rel="canonical" href="{product.get_absolute_url()}">' in html and 'rel="nofollow"' in html
     seen = client.get(beacon)
     assert seen.status_code == 200 and seen["Content-Type"] == "image/gif"
     visitor = seen.cookies[VISITOR_COOKIE].value
@@ -59,14 +60,17 @@ def test_a_view_and_a_click_are_recorded_with_what_answered(client, settings):
     assert (click.product_id, click.target_id, click.position, click.visitor) == (product.pk, target, 3, visitor)
 
 
-def test_forged_tokens_and_do_not_track_count_nothing(client, settings):
+def test_forged_tokens_crawlers_and_do_not_track_count_nothing(client, settings):
     trained_catalog(settings, count=60)
     product = Product.objects.order_by("id").first()
     beacon, links = beacon_and_links(client.get(product.get_absolute_url()).content.decode())
     other = Product.objects.exclude(pk=product.pk).order_by("-id").first()
+    client.cookies[VISITOR_COOKIE] = "b" * 32
     moved = re.sub(r"/p/\d+/", f"/p/{other.pk}/", links[0])  # a token on another product's page
     assert client.get(moved).status_code == 200
     assert client.get(beacon.replace("t=", "t=9")).status_code == 200  # a tampered view token
+    client.cookies.pop(VISITOR_COOKIE)
+    assert client.get(links[0]).status_code == 200  # a crawler: no visitor id, so no click
     dnt = client.get(beacon, HTTP_DNT="1")
     assert dnt.status_code == 200 and VISITOR_COOKIE not in dnt.cookies
     client.cookies[VISITOR_COOKIE] = "a" * 32

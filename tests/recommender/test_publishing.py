@@ -113,4 +113,5 @@ def test_every_task_has_its_queue_in_the_routes(settings):
         PROCESS_IMAGES: "features", DRAIN_BACKLOG: "features", EXTRACT_FEATURES: "features", TRAIN_MODEL_VERSION: "training",
         EMBED_MISSING: "training", REFRESH_NEIGHBOURS: "training",
         "recommender.tasks.prune_embeddings": "training", "recommender.tasks.recover_lost_work": "celery",
-        "recommender.tasks.retrain_if_needed": "celery", "recommender.tasks.download_images": "features"}
+        "recommender.tasks.retrain_if_needed": "celery", "recommender.tasks.download_images": "features",
+        "recommender.tasks.flush_panel_events": "celery"}
