@@ -414,8 +414,9 @@ def measure_flush(fx: dict, size: dict, log=print) -> dict:
     t = common.table("panel_events_flush: buffered events written to PostgreSQL, and Redis memory per event",
                      ["Round", "Events", "Rows inserted", "Flush s", "Events/s", "Record us/event",
                       "Redis used_memory B/event", "MEMORY USAGE B/event", "JSON line B"], rows,
-                     [f"Worst round: {worst['events_per_s']:,.0f} events/s. Chunks of FLUSH_CHUNK, one bulk INSERT "
-                      "... ON CONFLICT DO NOTHING each; 'Rows inserted' below 'Events' would be events lost."])
+                     [f"Worst round: {worst['events_per_s']:,.0f} events/s. Chunks of FLUSH_CHUNK, one statement each "
+                      "(events, day counts, shown products; a chunk already written is skipped by its digest); "
+                      "'Rows inserted' below 'Events' would be events lost."])
     return {"rounds": rounds, "worst_events_per_s": worst["events_per_s"],
             "redis_bytes_per_event": max(r["redis_used_memory_bytes_per_event"] for r in rounds), "table": t}
 
