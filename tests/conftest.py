@@ -15,6 +15,7 @@ def _isolated(settings, tmp_path):
     from django.core.cache import cache
 
     from recommender.selectors.experiments import experiment_cache_clear
+    from recommender.services import events
 
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.MODELS_ROOT = tmp_path / "models"
@@ -24,6 +25,7 @@ def _isolated(settings, tmp_path):
         "OPTIONS": {"location": str(settings.MODELS_STORAGE_ROOT)}}}
     cache.clear()
     experiment_cache_clear()  # no running experiment read by an earlier test
+    events._redis().delete(events.BUFFER_KEY, events.FLUSHING_KEY, events.FLUSH_LOCK_KEY)  # nor its events
     yield
 
 

@@ -14,14 +14,6 @@ from tests.ui.data import model_version
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def empty_buffer():
-    client = bench.redis_client()
-    client.delete(events.BUFFER_KEY, events.FLUSHING_KEY)
-    yield
-    client.delete(events.BUFFER_KEY, events.FLUSHING_KEY)
-
-
 def test_a_minimal_run_measures_every_section(settings):
     active = trained_catalog(settings, count=30, epochs=1)
     # The candidate is never served: the bench's visitors are all in arm a (the active version).

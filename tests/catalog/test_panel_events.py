@@ -9,22 +9,12 @@ import pytest
 
 from catalog import merchandising
 from catalog.models import Product
-from recommender.models import ModelVersion, PanelEvent
+from recommender.models import PanelEvent
 from recommender.selectors.events import VISITOR_COOKIE
-from recommender.selectors.experiments import arm_assign
 from recommender.services import events
-from recommender.services.experiments import experiment_start
-from tests.recommender.helpers import retired_and_active, trained_catalog
+from tests.recommender.helpers import experiment_between_two_versions, trained_catalog
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def empty_buffer():
-    client = events._redis()
-    client.delete(events.BUFFER_KEY, events.FLUSHING_KEY)
-    yield
-    client.delete(events.BUFFER_KEY, events.FLUSHING_KEY)
 
 
 def beacon_and_links(html: str) -> tuple[str, list[str]]:
@@ -79,11 +69,7 @@ def test_forged_tokens_crawlers_and_do_not_track_count_nothing(client, settings)
 
 
 def test_an_experiment_answers_each_visitor_by_its_arm(client, settings):
-    old, new = retired_and_active(settings)
-    ModelVersion.objects.filter(pk=old.pk).update(status="ready")
-    experiment = experiment_start(candidate=ModelVersion.objects.get(pk=old.pk), split=0.5)
-    visitors = {arm: next(v for v in (f"{n:032x}" for n in range(100))
-                          if arm_assign(experiment_id=experiment.pk, split=0.5, visitor=v) == arm) for arm in "ab"}
+    old, new, experiment, visitors = experiment_between_two_versions(settings, visitor_prefix="0" * 24)
     product = Product.objects.order_by("id").first()
     for arm, version in (("a", new), ("b", old)):
         client.cookies[VISITOR_COOKIE] = visitors[arm]

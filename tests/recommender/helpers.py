@@ -76,3 +76,17 @@ def ingestion_backlog_with_recent_work(now):
     ProductImage.objects.filter(pk=images[6].pk).update(status="failed", status_changed_at=now - timedelta(hours=2))
     ProductImage.objects.filter(pk=images[7].pk).update(status="processing")
     return images
+
+
+def experiment_between_two_versions(settings, *, visitor_prefix="visitor-"):
+    """Two trained versions (the first made a ready candidate, the second active), a running
+    50/50 experiment between them, and a visitor id that lands in each arm."""
+    from recommender.selectors.experiments import arm_assign
+    from recommender.services.experiments import experiment_start
+
+    old, new = retired_and_active(settings)
+    ModelVersion.objects.filter(pk=old.pk).update(status="ready")
+    experiment = experiment_start(candidate=ModelVersion.objects.get(pk=old.pk), split=0.5)
+    visitors = {arm: next(v for v in (f"{visitor_prefix}{n:08x}" for n in range(100))
+                          if arm_assign(experiment_id=experiment.pk, split=0.5, visitor=v) == arm) for arm in "ab"}
+    return old, new, experiment, visitors

@@ -92,9 +92,6 @@ class Shoppers:
 
 
 def test_soak_uploads_and_retraining_under_steady_reads(settings, live_server, start_worker):
-    from recommender.services import events
-
-    events._redis().delete(events.BUFFER_KEY, events.FLUSHING_KEY)  # no other test's events
     call_command("import_fashion_mnist", count=150, split="train", verbosity=0, stdout=io.StringIO())
     process_all(token="seed")
     settings.RECOMMENDER = {**settings.RECOMMENDER, "EPOCHS": 3}

@@ -345,7 +345,6 @@ def test_a_merchandiser_pins_blocks_and_runs_an_experiment(live_server, browser,
     from recommender.services import events
     from tests.recommender.helpers import retired_and_active
 
-    events._redis().delete(events.BUFFER_KEY, events.FLUSHING_KEY)
     old, new = retired_and_active(settings)
     ModelVersion.objects.filter(pk=old.pk).update(status="ready")  # a candidate to compare with v(new)
     User.objects.create_superuser("merch", "merch@example.com", "merch-pw")

@@ -7,22 +7,12 @@ import pytest
 from django.urls import reverse
 
 from catalog.models import Product
-from recommender.models import ModelVersion, PanelEvent
-from recommender.selectors.experiments import arm_assign
+from recommender.models import PanelEvent
 from recommender.services import events
-from recommender.services.experiments import experiment_start
-from tests.recommender.helpers import retired_and_active
+from tests.recommender.helpers import experiment_between_two_versions, retired_and_active
 
 pytestmark = pytest.mark.django_db
 CLICK = "/api/v1/events/click/"
-
-
-@pytest.fixture(autouse=True)
-def empty_buffer():
-    client = events._redis()
-    client.delete(events.BUFFER_KEY, events.FLUSHING_KEY)
-    yield
-    client.delete(events.BUFFER_KEY, events.FLUSHING_KEY)
 
 
 def similar(client, product, **headers):
@@ -30,11 +20,7 @@ def similar(client, product, **headers):
 
 
 def test_views_clicks_and_experiments_through_the_api(anon_client, admin_client, settings):
-    old, new = retired_and_active(settings)
-    ModelVersion.objects.filter(pk=old.pk).update(status="ready")
-    experiment = experiment_start(candidate=ModelVersion.objects.get(pk=old.pk), split=0.5)
-    shopper = {arm: next(v for v in (f"shopper-{n}" for n in range(100))
-                         if arm_assign(experiment_id=experiment.pk, split=0.5, visitor=v) == arm) for arm in "ab"}
+    old, new, experiment, shopper = experiment_between_two_versions(settings, visitor_prefix="shopper-")
     product = Product.objects.order_by("id").first()
 
     for arm, version in (("a", new), ("b", old)):

@@ -11,12 +11,10 @@ from recommender.services import events
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def empty_buffer():
-    client = events._redis()
-    client.delete(events.BUFFER_KEY, events.FLUSHING_KEY, events.FLUSH_LOCK_KEY)
-    yield client
-    client.delete(events.BUFFER_KEY, events.FLUSHING_KEY, events.FLUSH_LOCK_KEY)
+    """The buffer's Redis (emptied before every test by tests/conftest.py)."""
+    return events._redis()
 
 
 def view(product_id=1, visitor="v1", **extra):
