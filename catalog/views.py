@@ -94,7 +94,8 @@ def _click_record(request, *, pk, visitor):
         origin, position = read
         panel_event_record(kind="click", channel="page", visitor=visitor, product_id=origin.product_id,
                            version_id=origin.version_id, experiment_id=origin.experiment_id, arm=origin.arm,
-                           rules=origin.rules, target_id=int(pk), position=position)
+                           rules=origin.rules, target_id=int(pk), position=position,
+                           once=f"click:{visitor}:{request.GET.get('via', '')}")
 
 
 def _panel_tracking(similar, *, product, arm) -> dict:

@@ -379,6 +379,7 @@ REST_FRAMEWORK = {
         "image_search_user": env("THROTTLE_IMAGE_SEARCH_USER", "60/min"),
         "auth_token": env("THROTTLE_AUTH_TOKEN", "20/min"),
         "event_click": env("THROTTLE_EVENT_CLICK", "600/min"),
+        "panel_view": env("THROTTLE_PANEL_VIEW", "600/min"),  # the beacon, per address (shared NATs)
     },
 }
 from config.api_docs import SPECTACULAR_SETTINGS  # noqa: E402 (the OpenAPI document: its own module)

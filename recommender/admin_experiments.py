@@ -17,7 +17,7 @@ from django.utils.html import format_html
 
 from recommender.models import Experiment, ModelVersion
 from recommender.selectors.events import version_panel_stats
-from recommender.selectors.experiments import experiment_results
+from recommender.selectors.experiments import CANDIDATE_STATUSES, experiment_results
 from recommender.services.experiments import experiment_end, experiment_start
 
 RUN = ("recommender.run_experiment", "recommender.activate_modelversion")
@@ -55,7 +55,8 @@ def experiment_context(request) -> dict:
         "experiment": running,
         "experiment_results": results,
         "experiment_rates": {arm: rate_text(results[arm]) for arm in ("a", "b")} if results else None,
-        "candidates": list(ModelVersion.objects.filter(status="ready").order_by("-id").values_list("pk", flat=True)),
+        "candidates": list(ModelVersion.objects.filter(status__in=CANDIDATE_STATUSES).exclude(artifacts={})
+                           .order_by("-id").values_list("pk", flat=True)[:20]),
         "splits": [(s, f"{s:.0%}") for s in SPLITS],
         "can_experiment": request.user.has_perms(RUN),
         "clicks_per_version": clicks_per_version(),

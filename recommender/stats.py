@@ -4,8 +4,12 @@ Pure Python (no Django, no SciPy): a click-through rate is a binomial proportion
 panel views, so its interval is Wilson's score interval (sound near 0, where CTRs live, unlike the
 normal approximation), and two arms are compared by the two-proportion z-test with a pooled
 variance. The verdict is a fixed-horizon test read at each look: it says "not enough data yet"
-until both arms have MIN_VIEWS views and MIN_CLICKS clicks in all, which keeps the early, noisy
-looks (where peeking inflates false positives most) from declaring a winner.
+until both arms have MIN_VIEWS views, MIN_CLICKS clicks in all and MIN_EXPECTED clicks expected in
+each, which keeps the early, noisy looks (where peeking inflates false positives most) from
+declaring a winner. Two simplifications, stated in the README: the unit is a panel view, though
+visitors are what is assigned (one visitor's views are not independent, so the interval is
+narrower than it should be when visitors see many panels), and repeated looks are not corrected
+(a sequential test would be).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ Z_95 = 1.959963984540054  # two-sided 95%
 # clicks when the CTR is a few per cent) and one look says little.
 MIN_VIEWS = 200
 MIN_CLICKS = 20
+MIN_EXPECTED = 5  # clicks (and non-clicks) expected in each arm under "no difference"
 
 
 def wilson_interval(successes: int, trials: int, *, z: float = Z_95) -> tuple[float, float]:
@@ -52,9 +57,10 @@ def two_proportions(*, clicks_a: int, views_a: int, clicks_b: int, views_b: int,
     clicks_a, clicks_b = min(clicks_a, views_a), min(clicks_b, views_b)  # a rate of views with a click
     rate_a = clicks_a / views_a if views_a else 0.0
     rate_b = clicks_b / views_b if views_b else 0.0
-    if min(views_a, views_b) < MIN_VIEWS or clicks_a + clicks_b < MIN_CLICKS:
+    pooled = (clicks_a + clicks_b) / (views_a + views_b) if views_a + views_b else 0.0
+    expected = min(views_a, views_b) * min(pooled, 1 - pooled)  # the z-test's validity: >= 5 in each arm
+    if min(views_a, views_b) < MIN_VIEWS or clicks_a + clicks_b < MIN_CLICKS or expected < MIN_EXPECTED:
         return Comparison(rate_a, rate_b, 0.0, 1.0, "Not enough data yet", "")
-    pooled = (clicks_a + clicks_b) / (views_a + views_b)
     se = math.sqrt(pooled * (1 - pooled) * (1 / views_a + 1 / views_b))
     z = (rate_b - rate_a) / se if se > 0 else 0.0
     p_value = min(1.0, 2 * normal_sf(abs(z)))

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET
 
 from recommender import presentation
 from recommender.selectors.ingestion import ingestion_status
+from catalog.api.throttling import PanelViewThrottle
 from recommender.selectors.events import VISITOR_COOKIE, VISITOR_COOKIE_AGE, view_token_read, visitor_of
 from recommender.selectors.versions import training_status
 from recommender.services.events import panel_event_record
@@ -58,8 +59,9 @@ _PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBR
 @never_cache
 def panel_seen(request):
     """The panel's beacon (its <img>, loaded lazily: when the panel comes near the screen): records
-    one view of the panel its token names, and gives the browser its random visitor id when it has
-    none. A browser that asked not to be tracked gets the image and nothing else."""
+    one view of the panel its token names (once per visitor and token in ONCE_SECONDS; at most
+    THROTTLE_PANEL_VIEW per address), and gives the browser its random visitor id when it has
+    none. A browser that asked not to be tracked, or staff, get the image and nothing else."""
     response = HttpResponse(_PIXEL, content_type="image/gif")
     visitor = visitor_of(request)
     if visitor is None:
@@ -68,10 +70,11 @@ def panel_seen(request):
         visitor = secrets.token_hex(16)
         response.set_cookie(VISITOR_COOKIE, visitor, max_age=VISITOR_COOKIE_AGE, httponly=True, samesite="Lax",
                             secure=request.is_secure())
-    read = view_token_read(request.GET.get("t", ""))
-    if read is not None:
+    token = request.GET.get("t", "")
+    read = view_token_read(token)
+    if read is not None and PanelViewThrottle().allow_request(request, None):
         origin, shown = read
         panel_event_record(kind="view", channel="page", visitor=visitor, product_id=origin.product_id,
                            version_id=origin.version_id, experiment_id=origin.experiment_id, arm=origin.arm,
-                           rules=origin.rules, shown=shown)
+                           rules=origin.rules, shown=shown, once=f"view:{visitor}:{token}")
     return response

@@ -150,3 +150,10 @@ class EventClickThrottle(_AtomicRate, AnonRateThrottle):
 
     def get_cache_key(self, request, view):
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class PanelViewThrottle(EventClickThrottle):
+    """The panel's beacon (GET /recommender/seen.gif), by address: a view over the rate is not
+    counted (the image is still served). THROTTLE_PANEL_VIEW."""
+
+    scope = "panel_view"

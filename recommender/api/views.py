@@ -126,10 +126,12 @@ class PanelClickView(APIView):
         if read is None:
             raise DRFValidationError({"token": ["Not a click token of this product."]}, code="invalid_token")
         origin, position = read
-        panel_event_record(kind="click", channel="api", visitor=visitor_of(request, api=True),
+        visitor = visitor_of(request, api=True)
+        panel_event_record(kind="click", channel="api", visitor=visitor,
                            product_id=origin.product_id, version_id=origin.version_id,
                            experiment_id=origin.experiment_id, arm=origin.arm, rules=origin.rules,
-                           target_id=body.validated_data["product"], position=position)
+                           target_id=body.validated_data["product"], position=position,
+                           once=f"click:{visitor}:{body.validated_data['token']}" if visitor else None)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

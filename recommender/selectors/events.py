@@ -24,7 +24,7 @@ VISITOR_HEADER = "X-Visitor-Id"
 VISITOR_COOKIE_AGE = 365 * 24 * 3600
 _VISITOR = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _SALT = "lookalike.panel-events"
-TOKEN_MAX_SHOWN = 24  # the largest panel (the API's k) a view token lists
+TOKEN_MAX_SHOWN = 24  # a view token lists at most this many products (the page's panel has 6)
 
 
 def tracking_refused(request) -> bool:
@@ -32,8 +32,10 @@ def tracking_refused(request) -> bool:
 
 
 def visitor_of(request, *, api: bool = False) -> str | None:
-    """The visitor's random id; "" when it has none yet; None when it asked not to be tracked."""
-    if tracking_refused(request):
+    """The visitor's random id; "" when it has none yet; None when it asked not to be tracked, or
+    is signed-in staff (their browsing is not shoppers')."""
+    user = getattr(request, "user", None)
+    if tracking_refused(request) or (user is not None and user.is_authenticated and user.is_staff):
         return None
     value = request.headers.get(VISITOR_HEADER, "") if api else request.COOKIES.get(VISITOR_COOKIE, "")
     return value if _VISITOR.fullmatch(value or "") else ""

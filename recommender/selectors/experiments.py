@@ -7,7 +7,7 @@ with no id yet (its first page: the id is set by that page's beacon), or one who
 tracked, is left out: the active version answers, outside the experiment.
 
 An experiment serves only while it is what it says: its control is the active version and its
-candidate is ready (recommender.services.versions ends it when either changes; the check here
+candidate is ready or retired (recommender.services.versions ends it when either changes; the check here
 keeps a row that missed that from serving a retired version).
 """
 
@@ -42,12 +42,23 @@ class Arm:
 NO_ARM = Arm(None, "")
 
 
+# A candidate is a version not serving whose files are kept: ready, or retired (e.g. the version a
+# retraining replaced). recommender.services.experiments checks its files when it starts.
+CANDIDATE_STATUSES = (ModelVersion.Status.READY, ModelVersion.Status.RETIRED)
+
+
 def experiment_running() -> Experiment | None:
     # Not the versions' history and hyperparameters: large, and never read from here.
     return (Experiment.objects.select_related("control", "candidate")
             .defer(*(f"{v}__{f}" for v in ("control", "candidate") for f in ("history", "hyperparameters", "metrics")))
             .filter(status=Experiment.Status.RUNNING, control__status=ModelVersion.Status.ACTIVE,
-                    candidate__status=ModelVersion.Status.READY).first())
+                    candidate__status__in=CANDIDATE_STATUSES).first())
+
+
+def experiment_candidate_ids() -> set[int]:
+    """The candidate of the running experiment (a set: empty or one), which the recovery must not
+    finish or prune, and whose missing embeddings it has made."""
+    return set(Experiment.objects.filter(status=Experiment.Status.RUNNING).values_list("candidate_id", flat=True))
 
 
 # The running experiment as this process last read it, for the shopper's path: one query a second

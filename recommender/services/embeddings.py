@@ -10,12 +10,13 @@ import logging
 from itertools import batched
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from recommender import db, runtime
 from recommender.conf import config
 from recommender.models import Embedding, ModelVersion
+from recommender.selectors.experiments import experiment_candidate_ids
 from recommender.selectors.features import features_load, images_missing_embedding
 from recommender.publishing import neighbours_publish
 from recommender.services.neighbours import neighbours_delete
@@ -56,8 +57,10 @@ def embeddings_create(*, version: ModelVersion, image_ids, progress=None, refres
 
 
 def embeddings_backfill(*, version_id: int) -> int:
-    """Embed the images an active version lacks (idempotent: existing embeddings are kept)."""
-    version = ModelVersion.objects.filter(pk=version_id, status=ModelVersion.Status.ACTIVE).first()
+    """Embed the images an active version, or the running experiment's candidate, lacks
+    (idempotent: existing embeddings are kept)."""
+    serving = Q(status=ModelVersion.Status.ACTIVE) | Q(pk__in=experiment_candidate_ids())
+    version = ModelVersion.objects.filter(serving, pk=version_id).first()
     if version is None:
         return 0
     created = embeddings_create(version=version, image_ids=images_missing_embedding(version=version))
@@ -72,7 +75,7 @@ def _prunable_version_ids(keep_retired: int) -> list[int]:
     retired = list(ModelVersion.objects.filter(status=ModelVersion.Status.RETIRED)
                    .order_by(F("activated_at").desc(nulls_last=True), "-pk").values_list("pk", flat=True))
     failed = ModelVersion.objects.filter(status=ModelVersion.Status.FAILED).values_list("pk", flat=True)
-    return sorted(set(retired[max(keep_retired, 0):]) | set(failed))
+    return sorted((set(retired[max(keep_retired, 0):]) | set(failed)) - experiment_candidate_ids())
 
 
 def _version_embeddings_delete(version_id: int, batch_size: int) -> int:

@@ -43,7 +43,9 @@ FLUSHING_KEY = "lookalike:panel-events:flushing"
 BUFFER_MAX = 200_000
 FLUSH_CHUNK = 2_000
 FLUSH_LOCK_KEY = "lookalike:panel-events:flush-lock"
-FLUSH_LOCK_SECONDS = 300  # a chunk of 2,000 is written in ~0.1 s; 500 chunks well within it
+FLUSH_LOCK_SECONDS = 300  # renewed before each chunk (2,000 are written in ~0.07 s, bench/events.py)
+ONCE_PREFIX = "lookalike:panel-events:once:"
+ONCE_SECONDS = 1800  # a view or click of one visitor and one token counts once in half an hour
 # A Redis that does not answer must not hold the page (the direct insert takes over).
 EVENT_TIMEOUT_SECONDS = 0.25
 
@@ -65,11 +67,14 @@ def _redis():
 
 def panel_event_record(*, kind: str, channel: str, visitor: str | None, product_id: int, version_id: int | None,
                        experiment_id: int | None = None, arm: str = "", rules: str = "", shown=(),
-                       target_id: int | None = None, position: int | None = None) -> bool:
+                       target_id: int | None = None, position: int | None = None, once: str | None = None) -> bool:
     """Record a panel ``view`` (``shown``: the products, in order) or ``click`` (``target_id`` at
     ``position``). ``visitor`` None: the shopper asked not to be tracked; nothing is recorded.
-    True when the event was kept (buffered or written)."""
+    ``once``: a key (visitor and token) counted once per ONCE_SECONDS: a reload, or a token
+    replayed by the same visitor, counts nothing more. True when the event was kept."""
     if visitor is None or not settings.EVENTS:
+        return False
+    if once is not None and not _first_time(once):
         return False
     now = time.time()
     event = {"at": now, "kind": PanelEvent.Kind.VIEW if kind == "view" else PanelEvent.Kind.CLICK,
@@ -84,6 +89,11 @@ def panel_event_record(*, kind: str, channel: str, visitor: str | None, product_
             return False
         return True
     except Exception as exc:
+        if not _unsent(exc):
+            # A read timed out after the command was sent: Redis may have kept it. Dropped rather
+            # than risk counting it twice (at most once, under a Redis that answers too slowly).
+            logger.warning("events buffer did not answer (%s); event dropped", exc)
+            return False
         logger.warning("events buffer unavailable (%s); writing the event directly", exc)
     try:
         panel_events_write([event])
@@ -91,6 +101,22 @@ def panel_event_record(*, kind: str, channel: str, visitor: str | None, product_
     except Exception:
         logger.exception("panel event lost: neither the buffer nor the database took it")
         return False
+
+
+def _unsent(exc: Exception) -> bool:
+    """Whether the command surely never reached Redis (refused, or no connection in time)."""
+    import redis
+
+    return isinstance(exc, redis.ConnectionError) or (
+        isinstance(exc, redis.TimeoutError) and "connecting" in str(exc).lower())
+
+
+def _first_time(key: str) -> bool:
+    try:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+        return bool(_redis().set(f"{ONCE_PREFIX}{digest}", 1, nx=True, ex=ONCE_SECONDS))
+    except Exception:
+        return True  # Redis down: counted (the direct insert has no memory of what it saw)
 
 
 # One statement: the chunk claimed, its events inserted (none when it was claimed before), and those
@@ -149,7 +175,7 @@ def panel_events_flush(*, max_chunks: int = 500) -> int:
     if not lock.acquire():
         return 0
     try:
-        return _flush_chunks(client, max_chunks)
+        return _flush_chunks(client, lock, max_chunks)
     finally:
         try:
             lock.release()
@@ -157,9 +183,16 @@ def panel_events_flush(*, max_chunks: int = 500) -> int:
             logger.warning("panel events flush outlived its lock")
 
 
-def _flush_chunks(client, max_chunks: int) -> int:
+def _flush_chunks(client, lock, max_chunks: int) -> int:
+    import redis
+
     written = 0
     for _ in range(max_chunks):
+        try:
+            lock.reacquire()  # FLUSH_LOCK_SECONDS again for this chunk, or stop: another flush has it
+        except redis.exceptions.LockError:
+            logger.warning("panel events flush lost its lock; the next flush goes on")
+            break
         if not client.exists(FLUSHING_KEY):
             try:
                 client.rename(BUFFER_KEY, FLUSHING_KEY)  # atomic; raises when the buffer is empty

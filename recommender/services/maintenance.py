@@ -22,8 +22,10 @@ from recommender import artifacts, db, publishing, runtime
 from recommender.conf import config
 from recommender.locks import training_alive, vector_index_lock
 from recommender.models import ModelVersion
+from recommender.selectors.experiments import experiment_candidate_ids
 from recommender.selectors.features import images_missing_embedding, images_missing_features
 from recommender.selectors.versions import active_version, retrain_reason, serving_backbone, training_version
+from recommender.services.experiments import experiments_heal
 from recommender.services.features import feature_scale_refresh, features_enqueue
 from recommender.services.ingestion import ingestion_wake
 from recommender.services.training import model_version_fail, model_version_finish, model_version_start
@@ -82,10 +84,13 @@ def _lost_downloads_publish(stale) -> int:
 def _missing_embeddings_publish() -> int:
     # Ready images that the active version has not embedded yet (ingested during a swap, or an
     # embedding task lost with the broker): embedded by a worker, without touching their status.
-    active = active_version()
-    missing = len(images_missing_embedding(version=active, limit=RECOVER_BATCH, ready_only=True)) if active else 0
-    if missing:
-        publishing.embedding_publish(version_id=active.pk)
+    # The running experiment's candidate too: products added during the experiment reach arm B.
+    missing = 0
+    for version in [active_version(), *ModelVersion.objects.filter(pk__in=experiment_candidate_ids())]:
+        found = len(images_missing_embedding(version=version, limit=RECOVER_BATCH, ready_only=True)) if version else 0
+        if found:
+            publishing.embedding_publish(version_id=version.pk)
+        missing += found
     return missing
 
 
@@ -136,8 +141,9 @@ def _ready_versions_finish() -> dict[str, list[int]]:
     # returning training leaves it active, failed or retired). Newest first, so that an older one
     # finds itself superseded (model_version_finish).
     outcomes: dict[str, list[int]] = {"activated": [], "retired": [], "failed": []}
+    candidates = experiment_candidate_ids()  # kept ready on purpose, for an A/B experiment
     for version in ModelVersion.objects.filter(status=ModelVersion.Status.READY).order_by("-pk"):
-        if training_alive(version.pk):
+        if training_alive(version.pk) or version.pk in candidates:
             continue  # its worker is activating it right now
         outcomes.setdefault(model_version_finish(version=version), []).append(version.pk)
     return outcomes
@@ -239,6 +245,7 @@ def recover_lost_work() -> dict:
     downloads = _lost_downloads_publish(stale)
     dead, republished = _lost_trainings_heal(now, stale)
     ready = _ready_versions_finish()  # before the healers below, which follow the active version
+    experiments = experiments_heal()
     reembed = _missing_embeddings_publish()
     reextract = _missing_features_publish(stale)
     neighbours = _neighbours_publish()
@@ -252,7 +259,7 @@ def recover_lost_work() -> dict:
     return {"requeued": requeued, "reembed": reembed, "reextract": reextract, "dead_trainings": dead,
             "republished_trainings": republished, "ready_versions": ready, "neighbours": neighbours,
             "scale_refitted": scale, "vector_indexes_rebuilt": reindexed, "model_files_published": published,
-            "downloads": downloads, "duplicates_checked": duplicates_checked}
+            "downloads": downloads, "duplicates_checked": duplicates_checked, "experiments_ended": experiments}
 
 
 def retrain_if_needed(*, force_reason: str | None = None) -> ModelVersion | None:

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 def test_a_minimal_run_measures_every_section(settings):
     active = trained_catalog(settings, count=30, epochs=1)
     # The candidate is never served: the bench's visitors are all in arm a (the active version).
-    experiment = experiment_start(candidate=model_version(status=ModelVersion.Status.READY), split=0.5)
+    experiment = experiment_start(candidate=model_version(status=ModelVersion.Status.READY, artifacts={"head": "stored"}), split=0.5)
     fx = bench.fixtures(experiment.pk, active.pk, sample=bench.SMOKE["sample"])
     assert len(fx["visitors"]) == 16 and len(fx["products"]) == bench.SMOKE["sample"]
     results = bench.measure(fx, bench.SMOKE, log=lambda *a: None)

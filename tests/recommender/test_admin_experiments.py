@@ -13,7 +13,8 @@ DASHBOARD = "admin:recommender_modelversion_changelist"
 
 
 def versions(*statuses):
-    return [ModelVersion.objects.create(status=s, trigger="test", input_size=32, metrics={"precision_at_6": 0.5})
+    return [ModelVersion.objects.create(status=s, trigger="test", input_size=32, metrics={"precision_at_6": 0.5},
+                                         artifacts={"head": "stored"})
             for s in statuses]
 
 

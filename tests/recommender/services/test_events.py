@@ -127,3 +127,19 @@ def test_counts_and_coverage_per_version_come_from_the_written_events():
     assert (stats[7]["views"], stats[7]["clicks"], stats[7]["per_1000"]) == (2, 1, 250.0)
     assert stats[7]["coverage_shown"] == 0.75 and stats[7]["coverage_lists"] is None  # 3 of 4 products shown
     assert stats[8]["views"] == 0 and stats[8]["ctr"] is None
+
+
+def test_a_view_or_click_keyed_once_counts_once_and_a_slow_redis_is_not_counted_twice(monkeypatch):
+    import redis
+
+    assert view(once="view:v1:token") and not view(once="view:v1:token")  # a reload
+    assert view(once="view:v2:token")  # another visitor
+    assert events.panel_events_buffered() == 2
+    client = events._redis()
+
+    def answered_too_late(*args, **kwargs):
+        raise redis.TimeoutError("Timeout reading from socket")  # Redis may have kept it
+
+    monkeypatch.setattr(client, "rpush", answered_too_late)
+    assert not view()
+    assert PanelEvent.objects.count() == 0  # not also written directly

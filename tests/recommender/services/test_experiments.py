@@ -5,7 +5,7 @@ retirement or replacement."""
 import pytest
 from django.core.exceptions import ValidationError
 
-from recommender.models import Experiment, ModelVersion
+from recommender.models import Embedding, Experiment, ModelVersion
 from recommender.services.events import panel_events_write
 from recommender.selectors.experiments import arm_assign, arm_for, experiment_results, experiment_running
 from recommender.services.experiments import experiment_end, experiment_start
@@ -16,7 +16,8 @@ pytestmark = pytest.mark.django_db
 
 
 def versions(*statuses):
-    return [ModelVersion.objects.create(status=s, trigger="test", input_size=32) for s in statuses]
+    return [ModelVersion.objects.create(status=s, trigger="test", input_size=32, artifacts={"head": "stored"})
+            for s in statuses]
 
 
 def test_assignment_is_consistent_and_follows_the_split():
@@ -36,9 +37,9 @@ def test_one_experiment_at_a_time_and_bad_starts_refused():
         experiment_start(candidate=other, split=0.5)
     with pytest.raises(ValidationError, match="between 5% and 95%"):
         experiment_start(candidate=other, split=0.99)
-    retired = versions("retired")[0]
-    with pytest.raises(ValidationError, match="Only a ready version"):
-        experiment_start(candidate=retired, split=0.5)
+    failed = versions("failed")[0]
+    with pytest.raises(ValidationError, match="Only a ready or retired version"):
+        experiment_start(candidate=failed, split=0.5)
     assert Experiment.objects.count() == 1
 
 
@@ -78,11 +79,37 @@ def test_a_version_leaving_ends_the_experiment(end, monkeypatch):
     assert experiment_running() is None and arm_for(visitor="v1").name == ""
 
 
-def test_a_row_that_missed_its_end_does_not_serve_a_retired_version():
+def test_a_row_that_missed_its_end_is_not_served_and_the_recovery_ends_it():
+    from recommender.services.experiments import experiments_heal
+
     active, candidate = versions("active", "ready")
-    experiment_start(candidate=candidate, split=0.5)
-    ModelVersion.objects.filter(pk=candidate.pk).update(status="retired")  # behind the service's back
+    experiment = experiment_start(candidate=candidate, split=0.5)
+    ModelVersion.objects.filter(pk=candidate.pk).update(status="failed")  # behind the services' back
     assert experiment_running() is None
+    assert experiments_heal() == [experiment.pk]
+    experiment.refresh_from_db()
+    assert (experiment.status, experiment.outcome) == ("ended", "retired")
+
+
+def test_the_recovery_keeps_a_ready_candidate_ready_and_embeds_what_it_lacks(settings, monkeypatch):
+    from recommender import publishing
+    from recommender.services.maintenance import recover_lost_work
+
+    old, new = retired_and_active(settings)
+    ModelVersion.objects.filter(pk=old.pk).update(status="ready")
+    experiment_start(candidate=ModelVersion.objects.get(pk=old.pk), split=0.5)
+    Embedding.objects.filter(version_id=old.pk).order_by("id")[:1].get().delete()  # a product added since
+    sent = []
+    monkeypatch.setattr(publishing, "embedding_publish", lambda *, version_id: sent.append(version_id) or True)
+    recover_lost_work()
+    assert ModelVersion.objects.get(pk=old.pk).status == "ready"  # not "finished" as left by a lost worker
+    assert old.pk in sent and experiment_running() is not None
+
+
+def test_a_retired_version_can_be_the_candidate_and_dropping_it_keeps_it_retired():
+    active, candidate = versions("active", "retired")
+    experiment = experiment_end(experiment=experiment_start(candidate=candidate, split=0.5), promote=False)
+    assert experiment.outcome == "dropped" and ModelVersion.objects.get(pk=candidate.pk).status == "retired"
 
 
 def test_promote_and_drop_with_real_versions(settings):
