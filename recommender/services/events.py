@@ -45,7 +45,7 @@ FLUSH_CHUNK = 2_000
 FLUSH_LOCK_KEY = "lookalike:panel-events:flush-lock"
 FLUSH_LOCK_SECONDS = 300  # renewed before each chunk (2,000 are written in ~0.07 s, bench/events.py)
 ONCE_PREFIX = "lookalike:panel-events:once:"
-ONCE_SECONDS = 1800  # a view or click of one visitor and one token counts once in half an hour
+ONCE_SECONDS = 1800  # a view or click of one visitor and one token counts once in half an hour (0: off)
 # A Redis that does not answer must not hold the page (the direct insert takes over).
 EVENT_TIMEOUT_SECONDS = 0.25
 
@@ -74,7 +74,7 @@ def panel_event_record(*, kind: str, channel: str, visitor: str | None, product_
     replayed by the same visitor, counts nothing more. True when the event was kept."""
     if visitor is None or not settings.EVENTS:
         return False
-    if once is not None and not _first_time(once):
+    if once is not None and ONCE_SECONDS > 0 and not _first_time(once):
         return False
     now = time.time()
     event = {"at": now, "kind": PanelEvent.Kind.VIEW if kind == "view" else PanelEvent.Kind.CLICK,

@@ -36,7 +36,8 @@ class Shoppers:
         self.stop_at = time.monotonic() + max_seconds
         self.stopped = threading.Event()
         self.statuses, self.versions, self.panels = [], [], []
-        self.events = {"views": 0, "clicks": 0}
+        self.events = {"views": 0, "clicks": 0}  # distinct (visitor, token) pairs sent
+        self.counted = {"views": set(), "clicks": set()}
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self.run, args=(n,), daemon=True) for n in range(threads)]
 
@@ -56,11 +57,16 @@ class Shoppers:
         link = re.search(rb'id="similar".*?<a class="card" href="([^"]+)"', body, re.S)
         if not (beacon and link):
             return []
-        seen = self.get(unescape(beacon.group(1).decode()), visitor)[0]
-        clicked = self.get(unescape(link.group(1).decode()), visitor)[0]
+        beacon_url, link_url = unescape(beacon.group(1).decode()), unescape(link.group(1).decode())
+        seen = self.get(beacon_url, visitor)[0]
+        clicked = self.get(link_url, visitor)[0]
         with self.lock:
-            self.events["views"] += seen == 200
-            self.events["clicks"] += clicked == 200
+            # A visitor's view or click of one panel counts once (recommender.services.events).
+            if seen == 200:
+                self.counted["views"].add((visitor, beacon_url))
+            if clicked == 200:
+                self.counted["clicks"].add((visitor, link_url))
+            self.events = {kind: len(pairs) for kind, pairs in self.counted.items()}
         return [seen, clicked]
 
     def run(self, n):
@@ -132,7 +138,8 @@ def test_soak_uploads_and_retraining_under_steady_reads(settings, live_server, s
     assert not [s for s in shoppers.statuses if s >= 500]
     assert set(shoppers.statuses) == {200}
     assert all(shoppers.panels)  # the panel was on every product page
-    assert shoppers.events["views"] > 50 and shoppers.events["clicks"] == shoppers.events["views"]
+    # A panel that changed (new products) is a new view token; the first link's token stays.
+    assert shoppers.events["clicks"] > 20 and shoppers.events["views"] >= shoppers.events["clicks"]
     page = PanelEvent.objects.filter(channel="page")
     assert page.filter(kind=PanelEvent.Kind.VIEW).count() == shoppers.events["views"]  # none lost
     assert page.filter(kind=PanelEvent.Kind.CLICK).count() == shoppers.events["clicks"]
