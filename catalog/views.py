@@ -87,15 +87,13 @@ def _click_record(request, *, pk, visitor):
     from a browser with a visitor id (given by the panel's beacon: a crawler following the link
     without loading images, or without cookies, counts nothing)."""
     from recommender.selectors.events import click_token_read
-    from recommender.services.events import panel_event_record
+    from recommender.services.events import panel_origin_record
 
     read = click_token_read(request.GET.get("via", ""), target_id=int(pk))
     if read is not None and visitor:
         origin, position = read
-        panel_event_record(kind="click", channel="page", visitor=visitor, product_id=origin.product_id,
-                           version_id=origin.version_id, experiment_id=origin.experiment_id, arm=origin.arm,
-                           rules=origin.rules, target_id=int(pk), position=position,
-                           once=f"click:{visitor}:{request.GET.get('via', '')}")
+        panel_origin_record(origin, kind="click", channel="page", visitor=visitor, target_id=int(pk),
+                            position=position, once=f"click:{visitor}:{request.GET.get('via', '')}")
 
 
 def _panel_tracking(similar, *, product, arm) -> dict:

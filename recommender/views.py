@@ -14,7 +14,7 @@ from recommender.selectors.ingestion import ingestion_status
 from catalog.api.throttling import PanelViewThrottle
 from recommender.selectors.events import VISITOR_COOKIE, VISITOR_COOKIE_AGE, view_token_read, visitor_of
 from recommender.selectors.versions import training_status
-from recommender.services.events import panel_event_record
+from recommender.services.events import panel_origin_record
 
 
 def staff_json(permission):
@@ -74,7 +74,6 @@ def panel_seen(request):
     read = view_token_read(token)
     if read is not None and PanelViewThrottle().allow_request(request, None):
         origin, shown = read
-        panel_event_record(kind="view", channel="page", visitor=visitor, product_id=origin.product_id,
-                           version_id=origin.version_id, experiment_id=origin.experiment_id, arm=origin.arm,
-                           rules=origin.rules, shown=shown, once=f"view:{visitor}:{token}")
+        panel_origin_record(origin, kind="view", channel="page", visitor=visitor, shown=shown,
+                            once=f"view:{visitor}:{token}")
     return response

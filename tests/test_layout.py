@@ -106,7 +106,7 @@ def test_catalog_calls_only_the_retry_action_and_the_click_recorder():
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("recommender.services"):
                     calls.update(alias.name for alias in node.names)
-    assert calls == {"images_retry", "panel_event_record"}
+    assert calls == {"images_retry", "panel_origin_record"}
 
 
 def test_only_celery_imports_the_tasks_and_only_publishing_knows_celery(graph):

@@ -37,7 +37,7 @@ from recommender.selectors.experiments import arm_for
 from recommender.selectors.similarity import search_by_image, similar_products
 from recommender.selectors.versions import training_version
 from recommender.services.training import model_version_start
-from recommender.services.events import panel_event_record
+from recommender.services.events import panel_event_record, panel_origin_record
 from recommender.services.versions import model_version_activate, model_version_retire
 
 logger = logging.getLogger(__name__)
@@ -127,11 +127,9 @@ class PanelClickView(APIView):
             raise DRFValidationError({"token": ["Not a click token of this product."]}, code="invalid_token")
         origin, position = read
         visitor = visitor_of(request, api=True)
-        panel_event_record(kind="click", channel="api", visitor=visitor,
-                           product_id=origin.product_id, version_id=origin.version_id,
-                           experiment_id=origin.experiment_id, arm=origin.arm, rules=origin.rules,
-                           target_id=body.validated_data["product"], position=position,
-                           once=f"click:{visitor}:{body.validated_data['token']}" if visitor else None)
+        panel_origin_record(origin, kind="click", channel="api", visitor=visitor,
+                            target_id=body.validated_data["product"], position=position,
+                            once=f"click:{visitor}:{body.validated_data['token']}" if visitor else None)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

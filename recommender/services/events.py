@@ -103,6 +103,14 @@ def panel_event_record(*, kind: str, channel: str, visitor: str | None, product_
         return False
 
 
+def panel_origin_record(origin, *, kind: str, channel: str, visitor: str | None, **event) -> bool:
+    """:func:`panel_event_record` of a panel named by a token (recommender.selectors.events.PanelOrigin:
+    its product, version, experiment, arm and rules); ``event``: shown, target_id, position, once."""
+    return panel_event_record(kind=kind, channel=channel, visitor=visitor, product_id=origin.product_id,
+                              version_id=origin.version_id, experiment_id=origin.experiment_id, arm=origin.arm,
+                              rules=origin.rules, **event)
+
+
 def _unsent(exc: Exception) -> bool:
     """Whether the command surely never reached Redis (refused, or no connection in time)."""
     import redis
